@@ -1,0 +1,34 @@
+//! Build script: compiles `proto/` for tonic (with a descriptor set for gRPC reflection) and
+//! gives every binary of this package (the server, test and bench binaries) an rpath to
+//! libtorch, so none of them needs `LD_LIBRARY_PATH`.
+
+use std::{env, path::PathBuf};
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    // ---- gRPC: protoc comes from the protoc-bin-vendored crate, so no system protoc is needed.
+    let out_dir = PathBuf::from(env::var("OUT_DIR")?);
+    let protoc = protoc_bin_vendored::protoc_bin_path()?;
+    let mut prost_config = tonic_prost_build::Config::new();
+    prost_config.protoc_executable(protoc);
+    tonic_prost_build::configure()
+        .file_descriptor_set_path(out_dir.join("actor_infer_descriptor.bin"))
+        .compile_with_config(
+            prost_config,
+            &["proto/actor_infer/v1/inference.proto"],
+            &["proto"],
+        )?;
+    println!("cargo:rerun-if-changed=proto");
+
+    // ---- rpath to libtorch. LIBTORCH is set by .cargo/config.toml to the ./libtorch link that
+    // scripts/setup.sh makes; the link is resolved so binaries keep working from anywhere.
+    // `$ORIGIN/../lib` serves packaged layouts (bin/actor-infer beside lib/libtorch*.so, as in
+    // the Docker image).
+    println!("cargo:rerun-if-env-changed=LIBTORCH");
+    if let Ok(libtorch) = env::var("LIBTORCH") {
+        let lib = PathBuf::from(&libtorch).join("lib");
+        let lib = lib.canonicalize().unwrap_or(lib);
+        println!("cargo:rustc-link-arg=-Wl,-rpath,{}", lib.display());
+    }
+    println!("cargo:rustc-link-arg=-Wl,-rpath,$ORIGIN/../lib");
+    Ok(())
+}

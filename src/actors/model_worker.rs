@@ -1,0 +1,208 @@
+//! ModelWorker: one thread (an actix `SyncArbiter` of one) that owns one copy of the model
+//! and runs forwards on it. `model.instances` of them run side by side, each with its share of
+//! the cores (`model.intra_op_threads`).
+//!
+//! Owns: the [`Bert`] weights on its device. Sent to by: the Supervisor ([`Load`] at start,
+//! [`Release`] at stop) and the Router ([`Forward`], one batch at a time: the Router only sends
+//! to an idle worker). A panic inside a forward (a libtorch error surfaces as one) fails that
+//! batch only; the Supervisor is told, the SyncArbiter builds a fresh actor, and the fresh
+//! actor reloads the weights before its next forward.
+
+use std::{
+    panic::{AssertUnwindSafe, catch_unwind},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use actix::prelude::*;
+
+use super::{ActorState, ActorTable, metrics::Recorder, supervisor::ChildPanicked};
+use crate::{
+    error::ApiError,
+    model::{
+        Encoded, ModelError, ModelSpec,
+        bert::{Bert, Padded},
+    },
+};
+
+/// Load the weights and warm up. Answered once the worker can serve.
+#[derive(Message)]
+#[rtype(result = "Result<LoadReport, ModelError>")]
+pub struct Load;
+
+/// How long loading took.
+#[derive(Debug, Clone, Copy)]
+pub struct LoadReport {
+    /// Reading the weights onto the device.
+    pub load: Duration,
+    /// Warm-up forwards.
+    pub warmup: Duration,
+}
+
+/// Run one batch.
+#[derive(Message)]
+#[rtype(result = "Result<ForwardOutput, ApiError>")]
+pub struct Forward {
+    /// The batch's texts, tokenized, unpadded.
+    pub texts: Vec<Encoded>,
+    /// The span of the batch (which links to its requests' spans).
+    pub span: tracing::Span,
+}
+
+/// One batch's result.
+#[derive(Debug)]
+pub struct ForwardOutput {
+    /// Pooled, not normalised, one per text in the batch's order.
+    pub embeddings: Vec<Vec<f32>>,
+    /// When the forward began (the end of the texts' queue wait).
+    pub started: Instant,
+    /// How long the forward took.
+    pub elapsed: Duration,
+}
+
+/// Drop the weights (freeing device memory) and acknowledge.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Release;
+
+/// One model instance.
+pub struct ModelWorker {
+    id: usize,
+    name: String,
+    spec: Arc<ModelSpec>,
+    model: Option<Bert>,
+    pad_id: i64,
+    table: Arc<ActorTable>,
+    metrics: Recorder,
+    supervisor: Recipient<ChildPanicked>,
+}
+
+impl ModelWorker {
+    /// Starts worker `id` on its own thread with `threads` libtorch intra-op threads. The
+    /// weights are loaded by [`Load`], so a failure reaches the Supervisor as an error.
+    pub fn start(
+        id: usize,
+        spec: Arc<ModelSpec>,
+        threads: usize,
+        table: Arc<ActorTable>,
+        metrics: Recorder,
+        supervisor: Recipient<ChildPanicked>,
+    ) -> Addr<ModelWorker> {
+        SyncArbiter::start(1, move || {
+            // Runs on the worker's own thread: libtorch's intra-op setting is per thread.
+            tch::set_num_threads(threads as i32);
+            let name = format!("model-worker-{id}");
+            table.set(&name, ActorState::Starting);
+            ModelWorker {
+                id,
+                name,
+                spec: spec.clone(),
+                model: None,
+                pad_id: spec.encoder.pad_token_id,
+                table: table.clone(),
+                metrics: metrics.clone(),
+                supervisor: supervisor.clone(),
+            }
+        })
+    }
+
+    fn load(&mut self) -> Result<LoadReport, ModelError> {
+        let t0 = Instant::now();
+        let model = Bert::load(&self.spec)?;
+        let load = t0.elapsed();
+        let t1 = Instant::now();
+        // Warm-up: forwards of typical shapes, so the first real request is not the slow one.
+        let max = self.spec.max_seq_length;
+        for (rows, cols) in [(1, 8), (4, 32.min(max)), (8, 128.min(max)), (1, max)] {
+            let text = Encoded {
+                ids: vec![self.pad_id; cols],
+                type_ids: vec![0; cols],
+            };
+            let batch = Padded::new(std::iter::repeat_n(&text, rows), self.pad_id);
+            let _ = model.embed(&batch, self.spec.pooling);
+        }
+        let warmup = t1.elapsed();
+        self.model = Some(model);
+        self.table.set(&self.name, ActorState::Idle);
+        Ok(LoadReport { load, warmup })
+    }
+}
+
+impl Actor for ModelWorker {
+    type Context = SyncContext<Self>;
+
+    fn stopped(&mut self, _ctx: &mut Self::Context) {
+        self.model = None;
+        self.table.set(&self.name, ActorState::Stopped);
+        tracing::debug!(actor = %self.name, "stopped");
+    }
+}
+
+impl Handler<Load> for ModelWorker {
+    type Result = Result<LoadReport, ModelError>;
+
+    fn handle(&mut self, _msg: Load, _ctx: &mut Self::Context) -> Self::Result {
+        match catch_unwind(AssertUnwindSafe(|| self.load())) {
+            Ok(result) => result,
+            Err(panic) => Err(ModelError::Config(format!(
+                "loading the model panicked: {}",
+                super::panic_message(&panic)
+            ))),
+        }
+    }
+}
+
+impl Handler<Forward> for ModelWorker {
+    type Result = Result<ForwardOutput, ApiError>;
+
+    fn handle(&mut self, msg: Forward, ctx: &mut Self::Context) -> Self::Result {
+        let _enter = msg.span.enter();
+        if self.model.is_none() {
+            // A restarted worker: reload before serving.
+            tracing::warn!(actor = %self.name, "reloading the model after a restart");
+            self.load()
+                .map_err(|e| ApiError::internal(format!("{} cannot reload: {e}", self.name)))?;
+        }
+        let started = Instant::now();
+        self.table.set(&self.name, ActorState::Busy(started));
+        self.metrics.worker_busy(self.id, true);
+        let batch = Padded::new(&msg.texts, self.pad_id);
+        let (model, pooling) = (self.model.as_ref(), self.spec.pooling);
+        let result = catch_unwind(AssertUnwindSafe(|| {
+            let model = model.expect("the model was loaded just above");
+            model.embed(&batch, pooling)
+        }));
+        let elapsed = started.elapsed();
+        self.metrics.worker_busy(self.id, false);
+        self.table.set(&self.name, ActorState::Idle);
+        match result {
+            Ok(embeddings) => Ok(ForwardOutput {
+                embeddings,
+                started,
+                elapsed,
+            }),
+            Err(panic) => {
+                let message = super::panic_message(&panic);
+                tracing::error!(actor = %self.name, %message, "forward panicked; restarting the worker");
+                self.supervisor.do_send(ChildPanicked {
+                    actor: self.name.clone(),
+                    message: message.clone(),
+                });
+                self.model = None;
+                ctx.stop();
+                Err(ApiError::internal(format!(
+                    "the model worker failed on this batch ({message}); it has been restarted"
+                )))
+            }
+        }
+    }
+}
+
+impl Handler<Release> for ModelWorker {
+    type Result = ();
+
+    fn handle(&mut self, _msg: Release, _ctx: &mut Self::Context) {
+        self.model = None;
+        self.table.set(&self.name, ActorState::Stopped);
+    }
+}

@@ -1,0 +1,417 @@
+//! Router: takes requests from the front ends, has them tokenized, queues their texts, packs
+//! queued texts into batches and hands each batch to an idle model worker, then reassembles
+//! every request's outputs in order and answers it.
+//!
+//! Owns: the queue of tokenized texts and the knowledge of which worker is idle. Sent to by:
+//! the HTTP and gRPC front ends ([`Embed`]) and the Supervisor ([`Stop`]). Runs on the
+//! Supervisor's arbiter; all its state is single-threaded (`Rc`, `RefCell`).
+//!
+//! Batching: whenever a worker is idle and texts are queued, the worker gets the longest run of
+//! queued texts that fits `batching.max_batch_size` texts and `batching.max_batch_tokens`
+//! padded tokens. A request's texts may be split over several batches (and workers); its answer
+//! goes out when its last text is done. A text whose client has gone (the caller dropped its
+//! receiver) is skipped before inference and counted.
+
+use std::{
+    cell::{Cell, RefCell},
+    collections::VecDeque,
+    rc::Rc,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use actix::prelude::*;
+use tokio::sync::oneshot;
+
+use super::{
+    ActorState, ActorTable, InFlight, Lifecycle,
+    metrics::{Recorder, Stage},
+    model_worker::{Forward, ForwardOutput, ModelWorker},
+    tokenizer::{Tokenize, Tokenized, TokenizerActor},
+};
+use crate::{
+    config::Batching,
+    error::ApiError,
+    model::{Encoded, ModelSpec, normalize_l2},
+};
+
+/// Embed some texts. Answered at once with a receiver for the result (or an error if the
+/// request is refused); dropping the receiver cancels the request's queued work.
+#[derive(Message)]
+#[rtype(result = "Result<oneshot::Receiver<Result<EmbedOutput, ApiError>>, ApiError>")]
+pub struct Embed {
+    /// The texts, in order; never empty (the front ends check).
+    pub texts: Vec<String>,
+    /// L2-normalise; `None` for the model's default.
+    pub normalize: Option<bool>,
+    /// Truncate over-long texts (else they fail the request).
+    pub truncate: bool,
+    /// The request's span.
+    pub span: tracing::Span,
+}
+
+/// Where one request's time went.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Timings {
+    /// In a tokenizer thread.
+    pub tokenize: Duration,
+    /// Tokenized, waiting for its first batch to start.
+    pub queue: Duration,
+    /// From its first batch's start to its last batch's end.
+    pub inference: Duration,
+    /// From acceptance by the Router to the answer.
+    pub total: Duration,
+}
+
+/// One request's result.
+#[derive(Debug, Clone)]
+pub struct EmbedOutput {
+    /// One embedding per text, in order.
+    pub embeddings: Vec<Vec<f32>>,
+    /// Tokens per text, special tokens included.
+    pub token_counts: Vec<u32>,
+    /// Where the time went.
+    pub timings: Timings,
+}
+
+/// Stop: refuse new work, fail whatever is still queued (the Supervisor only sends this after
+/// draining), and stop, dropping the Router's handles to the pools.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Stop;
+
+type Reply = oneshot::Sender<Result<EmbedOutput, ApiError>>;
+
+/// A request whose texts are queued or running. Shared (`Rc`) by its queued texts.
+struct Pending {
+    reply: RefCell<Option<Reply>>,
+    outputs: RefCell<Vec<Vec<f32>>>,
+    token_counts: Vec<u32>,
+    remaining: Cell<usize>,
+    normalize: bool,
+    accepted: Instant,
+    tokenize: Duration,
+    enqueued: Instant,
+    first_start: Cell<Option<Instant>>,
+    last_end: Cell<Option<Instant>>,
+    span: tracing::Span,
+    /// Counts the request in the Lifecycle until the request is dropped.
+    _in_flight: InFlight,
+}
+
+impl Pending {
+    /// True if nobody will read the answer (the client left, or it already failed).
+    fn is_abandoned(&self) -> bool {
+        self.reply.borrow().as_ref().is_none_or(|tx| tx.is_closed())
+    }
+
+    fn fail(&self, error: ApiError) {
+        if let Some(tx) = self.reply.borrow_mut().take() {
+            let _ = tx.send(Err(error));
+        }
+    }
+}
+
+/// A request the Router accepted, while its texts are being tokenized.
+struct Accepted {
+    reply: Reply,
+    normalize: bool,
+    at: Instant,
+    span: tracing::Span,
+    in_flight: InFlight,
+}
+
+/// One queued text.
+struct Queued {
+    request: Rc<Pending>,
+    index: usize,
+    text: Encoded,
+}
+
+/// A model worker and whether it has a batch.
+struct Slot {
+    addr: Addr<ModelWorker>,
+    busy: bool,
+}
+
+/// The Router actor.
+pub struct Router {
+    tokenizers: Addr<TokenizerActor>,
+    workers: Vec<Slot>,
+    queue: VecDeque<Queued>,
+    batching: Batching,
+    spec: Arc<ModelSpec>,
+    lifecycle: Arc<Lifecycle>,
+    metrics: Recorder,
+    table: Arc<ActorTable>,
+}
+
+impl Router {
+    /// A Router over the given pools.
+    pub fn new(
+        tokenizers: Addr<TokenizerActor>,
+        workers: Vec<Addr<ModelWorker>>,
+        batching: Batching,
+        spec: Arc<ModelSpec>,
+        lifecycle: Arc<Lifecycle>,
+        metrics: Recorder,
+        table: Arc<ActorTable>,
+    ) -> Router {
+        Router {
+            tokenizers,
+            workers: workers
+                .into_iter()
+                .map(|addr| Slot { addr, busy: false })
+                .collect(),
+            queue: VecDeque::new(),
+            batching,
+            spec,
+            lifecycle,
+            metrics,
+            table,
+        }
+    }
+
+    /// Called when a request's texts come back from a tokenizer.
+    fn enqueue(
+        &mut self,
+        tokenized: Result<Tokenized, ApiError>,
+        accepted: Accepted,
+        ctx: &mut Context<Self>,
+    ) {
+        let Accepted {
+            reply,
+            normalize,
+            at: accepted,
+            span,
+            in_flight,
+        } = accepted;
+        let tokenized = match tokenized {
+            Ok(t) => t,
+            Err(e) => {
+                let _ = reply.send(Err(e));
+                return;
+            }
+        };
+        if reply.is_closed() {
+            self.metrics
+                .skipped("client_gone", tokenized.encodings.len());
+            return;
+        }
+        self.metrics.stage(Stage::Tokenize, tokenized.elapsed);
+        let n = tokenized.encodings.len();
+        let request = Rc::new(Pending {
+            reply: RefCell::new(Some(reply)),
+            outputs: RefCell::new(vec![Vec::new(); n]),
+            token_counts: tokenized.encodings.iter().map(|e| e.len() as u32).collect(),
+            remaining: Cell::new(n),
+            normalize,
+            accepted,
+            tokenize: tokenized.elapsed,
+            enqueued: Instant::now(),
+            first_start: Cell::new(None),
+            last_end: Cell::new(None),
+            span,
+            _in_flight: in_flight,
+        });
+        for (index, text) in tokenized.encodings.into_iter().enumerate() {
+            self.queue.push_back(Queued {
+                request: request.clone(),
+                index,
+                text,
+            });
+        }
+        self.dispatch(ctx);
+    }
+
+    /// Gives every idle worker a batch while texts are queued.
+    fn dispatch(&mut self, ctx: &mut Context<Self>) {
+        while let Some(w) = self.workers.iter().position(|s| !s.busy) {
+            let batch = self.next_batch();
+            if batch.is_empty() {
+                break;
+            }
+            // The texts travel to the worker; the Router keeps who they belong to.
+            let (owners, texts): (Vec<(Rc<Pending>, usize)>, Vec<Encoded>) = batch
+                .into_iter()
+                .map(|q| ((q.request, q.index), q.text))
+                .unzip();
+            let tokens: usize = texts.iter().map(Encoded::len).sum();
+            let padded = texts.len() * texts.iter().map(Encoded::len).max().unwrap_or(0);
+            self.metrics.batch(texts.len(), padded, tokens);
+            let span = tracing::debug_span!("batch", worker = w, texts = texts.len(), padded);
+            for (request, _) in &owners {
+                span.follows_from(&request.span);
+            }
+            self.workers[w].busy = true;
+            let send = self.workers[w].addr.send(Forward { texts, span });
+            ctx.spawn(
+                actix::fut::wrap_future(send).map(move |result, act: &mut Router, ctx| {
+                    act.workers[w].busy = false;
+                    let result = result.unwrap_or_else(|e| {
+                        Err(ApiError::internal(format!("model worker {w} is gone: {e}")))
+                    });
+                    act.complete(owners, result);
+                    act.dispatch(ctx);
+                }),
+            );
+        }
+        self.metrics.queue_depth(self.queue.len());
+    }
+
+    /// Takes the next batch off the queue: FIFO, within the text and padded-token budgets,
+    /// skipping texts nobody waits for. Always takes at least one text if any is queued.
+    fn next_batch(&mut self) -> Vec<Queued> {
+        let mut batch = Vec::new();
+        let mut longest = 0;
+        let mut skipped = 0;
+        while let Some(front) = self.queue.front() {
+            if front.request.is_abandoned() {
+                self.queue.pop_front();
+                skipped += 1;
+                continue;
+            }
+            let len = longest.max(front.text.len());
+            let fits = batch.len() < self.batching.max_batch_size
+                && len * (batch.len() + 1) <= self.batching.max_batch_tokens;
+            if !batch.is_empty() && !fits {
+                break;
+            }
+            longest = len;
+            batch.push(self.queue.pop_front().expect("front() was Some"));
+        }
+        if skipped > 0 {
+            self.metrics.skipped("client_gone", skipped);
+        }
+        batch
+    }
+
+    /// Hands a finished batch's outputs to their requests; answers each request whose last
+    /// text this was.
+    fn complete(
+        &mut self,
+        owners: Vec<(Rc<Pending>, usize)>,
+        result: Result<ForwardOutput, ApiError>,
+    ) {
+        let out = match result {
+            Ok(out) => out,
+            Err(e) => {
+                for (request, _) in &owners {
+                    request.fail(e.clone());
+                }
+                return;
+            }
+        };
+        let end = out.started + out.elapsed;
+        self.metrics.stage(Stage::Inference, out.elapsed);
+        for ((r, index), mut embedding) in owners.into_iter().zip(out.embeddings) {
+            if r.first_start.get().is_none() {
+                r.first_start.set(Some(out.started));
+                self.metrics.stage(
+                    Stage::Queue,
+                    out.started.saturating_duration_since(r.enqueued),
+                );
+            }
+            r.last_end.set(Some(end));
+            if r.normalize {
+                normalize_l2(&mut embedding);
+            }
+            r.outputs.borrow_mut()[index] = embedding;
+            r.remaining.set(r.remaining.get() - 1);
+            if r.remaining.get() == 0 {
+                self.answer(&r);
+            }
+        }
+    }
+
+    fn answer(&self, r: &Pending) {
+        let Some(tx) = r.reply.borrow_mut().take() else {
+            return;
+        };
+        let start = r.first_start.get().unwrap_or(r.enqueued);
+        let timings = Timings {
+            tokenize: r.tokenize,
+            queue: start.saturating_duration_since(r.enqueued),
+            inference: r
+                .last_end
+                .get()
+                .unwrap_or(start)
+                .saturating_duration_since(start),
+            total: r.accepted.elapsed(),
+        };
+        self.metrics.stage(Stage::Total, timings.total);
+        let _ = tx.send(Ok(EmbedOutput {
+            embeddings: std::mem::take(&mut *r.outputs.borrow_mut()),
+            token_counts: r.token_counts.clone(),
+            timings,
+        }));
+    }
+}
+
+impl Actor for Router {
+    type Context = Context<Self>;
+
+    fn started(&mut self, _ctx: &mut Self::Context) {
+        self.table.set("router", ActorState::Idle);
+    }
+
+    fn stopped(&mut self, _ctx: &mut Self::Context) {
+        self.table.set("router", ActorState::Stopped);
+        tracing::debug!(actor = "router", "stopped");
+    }
+}
+
+impl Handler<Embed> for Router {
+    type Result = Result<oneshot::Receiver<Result<EmbedOutput, ApiError>>, ApiError>;
+
+    fn handle(&mut self, msg: Embed, ctx: &mut Self::Context) -> Self::Result {
+        if self.lifecycle.is_stopping() {
+            return Err(ApiError::shutting_down());
+        }
+        if !self.lifecycle.is_ready() {
+            return Err(ApiError::not_ready());
+        }
+        let (reply, rx) = oneshot::channel();
+        let accepted = Accepted {
+            reply,
+            normalize: msg.normalize.unwrap_or(self.spec.normalize),
+            at: Instant::now(),
+            span: msg.span.clone(),
+            in_flight: self.lifecycle.track(),
+        };
+        let tokenize = self.tokenizers.send(Tokenize {
+            texts: msg.texts,
+            truncate: msg.truncate,
+            span: msg.span,
+        });
+        ctx.spawn(
+            actix::fut::wrap_future(tokenize).map(move |res, act: &mut Router, ctx| {
+                let res = res.unwrap_or_else(|e| {
+                    Err(ApiError::internal(format!(
+                        "the tokenizer pool is gone: {e}"
+                    )))
+                });
+                act.enqueue(res, accepted, ctx);
+            }),
+        );
+        Ok(rx)
+    }
+}
+
+impl Handler<Stop> for Router {
+    type Result = ();
+
+    fn handle(&mut self, _msg: Stop, ctx: &mut Self::Context) {
+        let left = self.queue.len();
+        for q in self.queue.drain(..) {
+            q.request.fail(ApiError::shutting_down());
+        }
+        if left > 0 {
+            tracing::warn!(
+                texts = left,
+                "router stopped with texts still queued; they were failed"
+            );
+        }
+        ctx.stop();
+    }
+}

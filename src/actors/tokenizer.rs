@@ -1,0 +1,139 @@
+//! Tokenizer: a pool of `tokenizer.workers` threads (an actix `SyncArbiter`) that turn texts
+//! into token ids. Blocking work, so never on an async executor.
+//!
+//! Owns: one [`TextTokenizer`] per thread. Sent to by: the Router ([`Tokenize`]). The pool
+//! shares one mailbox, so whichever thread is free takes the next request. It stops when the
+//! last `Addr` to it is dropped (the Router's and the Supervisor's); each thread then records
+//! itself as stopped in the [`ActorTable`].
+
+use std::{
+    cell::Cell,
+    panic::{AssertUnwindSafe, catch_unwind},
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use actix::prelude::*;
+
+use super::{ActorState, ActorTable, supervisor::ChildPanicked};
+use crate::{
+    error::ApiError,
+    model::{Encoded, TextTokenizer, TokenizeError},
+};
+
+/// Tokenize the texts of one request.
+#[derive(Message)]
+#[rtype(result = "Result<Tokenized, ApiError>")]
+pub struct Tokenize {
+    /// The request's texts, in order.
+    pub texts: Vec<String>,
+    /// When false, a text over the maximum length fails the request.
+    pub truncate: bool,
+    /// The request's span, so this thread's log lines belong to it.
+    pub span: tracing::Span,
+}
+
+/// The texts of one request, tokenized.
+#[derive(Debug)]
+pub struct Tokenized {
+    /// One per text, in order.
+    pub encodings: Vec<Encoded>,
+    /// Time spent tokenizing (not waiting for a thread).
+    pub elapsed: Duration,
+}
+
+/// One tokenizer thread.
+pub struct TokenizerActor {
+    name: String,
+    tokenizer: TextTokenizer,
+    table: Arc<ActorTable>,
+    supervisor: Recipient<ChildPanicked>,
+}
+
+thread_local! {
+    /// This thread's place in the pool, fixed the first time the factory runs on it, so a
+    /// restarted actor keeps its predecessor's name.
+    static SLOT: Cell<Option<usize>> = const { Cell::new(None) };
+}
+
+impl TokenizerActor {
+    /// Starts the pool of `threads` tokenizer threads.
+    pub fn start_pool(
+        threads: usize,
+        tokenizer: TextTokenizer,
+        table: Arc<ActorTable>,
+        supervisor: Recipient<ChildPanicked>,
+    ) -> Addr<TokenizerActor> {
+        let next = Arc::new(AtomicUsize::new(0));
+        SyncArbiter::start(threads, move || {
+            let slot = SLOT.with(|s| match s.get() {
+                Some(slot) => slot,
+                None => {
+                    let slot = next.fetch_add(1, Ordering::Relaxed);
+                    s.set(Some(slot));
+                    slot
+                }
+            });
+            let name = format!("tokenizer-{slot}");
+            table.set(&name, ActorState::Idle);
+            TokenizerActor {
+                name,
+                tokenizer: tokenizer.clone(),
+                table: table.clone(),
+                supervisor: supervisor.clone(),
+            }
+        })
+    }
+}
+
+impl Actor for TokenizerActor {
+    type Context = SyncContext<Self>;
+
+    fn stopped(&mut self, _ctx: &mut Self::Context) {
+        self.table.set(&self.name, ActorState::Stopped);
+        tracing::debug!(actor = %self.name, "stopped");
+    }
+}
+
+impl Handler<Tokenize> for TokenizerActor {
+    type Result = Result<Tokenized, ApiError>;
+
+    fn handle(&mut self, msg: Tokenize, ctx: &mut Self::Context) -> Self::Result {
+        let _enter = msg.span.enter();
+        let start = Instant::now();
+        let tokenizer = &self.tokenizer;
+        let result = catch_unwind(AssertUnwindSafe(|| {
+            msg.texts
+                .iter()
+                .enumerate()
+                .map(|(i, text)| tokenizer.encode(i, text, msg.truncate))
+                .collect::<Result<Vec<_>, TokenizeError>>()
+        }));
+        match result {
+            Ok(Ok(encodings)) => Ok(Tokenized {
+                encodings,
+                elapsed: start.elapsed(),
+            }),
+            Ok(Err(e)) => Err(match e {
+                TokenizeError::TooLong { .. } => ApiError::validation(e.to_string()),
+                TokenizeError::Failed { .. } => ApiError::validation(e.to_string()),
+            }),
+            Err(panic) => {
+                let message = super::panic_message(&panic);
+                tracing::error!(actor = %self.name, %message, "tokenizer panicked; restarting it");
+                self.supervisor.do_send(ChildPanicked {
+                    actor: self.name.clone(),
+                    message: message.clone(),
+                });
+                // In a SyncContext, stopping means the SyncArbiter builds a fresh actor.
+                ctx.stop();
+                Err(ApiError::internal(format!(
+                    "the tokenizer failed on this request ({message}); it has been restarted"
+                )))
+            }
+        }
+    }
+}

@@ -1,0 +1,341 @@
+//! HTTP front end (actix-web): OpenAI `POST /v1/embeddings`, TEI `POST /embed`, `GET /health`,
+//! `GET /ready`, `GET /info`, `GET /metrics`.
+//!
+//! Every error, actix-web's own included (bad JSON, wrong content type, unknown route, wrong
+//! method, oversized body), answers `{"error": "...", "error_type": "..."}`. actix-web's signal
+//! handling is off: the Supervisor owns signals and stops this server through its handle.
+
+use std::{net::TcpListener, sync::Arc, time::Duration};
+
+use actix_web::{
+    App, HttpRequest, HttpResponse, HttpServer, ResponseError, dev::Server, http::StatusCode, web,
+};
+use base64::Engine as _;
+use serde::{Deserialize, Serialize};
+
+use super::Shared;
+use crate::{
+    actors::{metrics::Render, router::Timings},
+    error::{ApiError, ErrorKind},
+};
+
+/// Largest request body accepted.
+pub const MAX_BODY_BYTES: usize = 2 * 1024 * 1024;
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    error: &'a str,
+    error_type: &'static str,
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        StatusCode::from_u16(self.kind.http_status()).expect("the error table holds valid statuses")
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let mut res = HttpResponse::build(self.status_code());
+        if matches!(
+            self.kind,
+            ErrorKind::NotReady | ErrorKind::ShuttingDown | ErrorKind::Overloaded
+        ) {
+            res.insert_header(("Retry-After", "1"));
+        }
+        res.json(ErrorBody {
+            error: &self.message,
+            error_type: self.kind.as_str(),
+        })
+    }
+}
+
+/// Text input: one string or a list of strings (OpenAI's `input`, TEI's `inputs`).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Input {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl Input {
+    fn into_vec(self) -> Vec<String> {
+        match self {
+            Input::One(s) => vec![s],
+            Input::Many(v) => v,
+        }
+    }
+}
+
+/// OpenAI's embeddings request.
+#[derive(Deserialize)]
+struct OpenAiRequest {
+    input: Input,
+    #[serde(default)]
+    #[allow(dead_code)]
+    model: Option<String>,
+    #[serde(default)]
+    encoding_format: Option<String>,
+    #[serde(default)]
+    dimensions: Option<usize>,
+    #[serde(default)]
+    #[allow(dead_code)]
+    user: Option<String>,
+}
+
+#[derive(Serialize)]
+#[serde(untagged)]
+enum Vector {
+    Float(Vec<f32>),
+    Base64(String),
+}
+
+#[derive(Serialize)]
+struct OpenAiEmbedding {
+    object: &'static str,
+    index: usize,
+    embedding: Vector,
+}
+
+#[derive(Serialize)]
+struct OpenAiUsage {
+    prompt_tokens: u64,
+    total_tokens: u64,
+}
+
+#[derive(Serialize)]
+struct OpenAiResponse {
+    object: &'static str,
+    data: Vec<OpenAiEmbedding>,
+    model: String,
+    usage: OpenAiUsage,
+}
+
+/// TEI's `/embed` request.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TeiRequest {
+    inputs: Input,
+    #[serde(default)]
+    normalize: Option<bool>,
+    #[serde(default)]
+    truncate: Option<bool>,
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.3}", d.as_secs_f64() * 1e3)
+}
+
+/// TEI-style timing headers, milliseconds.
+fn with_timings(res: &mut actix_web::HttpResponseBuilder, t: &Timings) {
+    res.insert_header(("x-tokenization-time", ms(t.tokenize)))
+        .insert_header(("x-queue-time", ms(t.queue)))
+        .insert_header(("x-inference-time", ms(t.inference)))
+        .insert_header(("x-total-time", ms(t.total)));
+}
+
+fn outcome(shared: &Shared, result: &Result<HttpResponse, ApiError>) {
+    let outcome = match result {
+        Ok(_) => "ok",
+        Err(e) => e.kind.as_str(),
+    };
+    shared.recorder.request("http", outcome);
+}
+
+fn request_span(route: &'static str, req: &HttpRequest) -> tracing::Span {
+    let id = req
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .unwrap_or_else(super::new_request_id);
+    tracing::info_span!("request", transport = "http", route, request_id = %id)
+}
+
+async fn openai_embeddings(
+    shared: web::Data<Shared>,
+    req: HttpRequest,
+    body: web::Json<OpenAiRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let span = request_span("/v1/embeddings", &req);
+    let result = async {
+        let body = body.into_inner();
+        let base64 = match body.encoding_format.as_deref() {
+            None | Some("float") => false,
+            Some("base64") => true,
+            Some(other) => {
+                return Err(ApiError::validation(format!(
+                    "encoding_format `{other}` is not supported; use `float` or `base64`"
+                )));
+            }
+        };
+        if let Some(d) = body.dimensions
+            && d != shared.spec.dim()
+        {
+            return Err(ApiError::validation(format!(
+                "dimensions {d} is not available: this model's embeddings have {} dimensions",
+                shared.spec.dim()
+            )));
+        }
+        let out = shared
+            .embed(body.input.into_vec(), None, true, span.clone())
+            .await?;
+        let tokens: u64 = out.token_counts.iter().map(|&n| u64::from(n)).sum();
+        let data = out
+            .embeddings
+            .into_iter()
+            .enumerate()
+            .map(|(index, v)| OpenAiEmbedding {
+                object: "embedding",
+                index,
+                embedding: if base64 {
+                    let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+                    Vector::Base64(base64::engine::general_purpose::STANDARD.encode(bytes))
+                } else {
+                    Vector::Float(v)
+                },
+            })
+            .collect();
+        let mut res = HttpResponse::Ok();
+        with_timings(&mut res, &out.timings);
+        Ok(res.json(OpenAiResponse {
+            object: "list",
+            data,
+            model: shared.spec.name.clone(),
+            usage: OpenAiUsage {
+                prompt_tokens: tokens,
+                total_tokens: tokens,
+            },
+        }))
+    }
+    .await;
+    outcome(&shared, &result);
+    result
+}
+
+async fn tei_embed(
+    shared: web::Data<Shared>,
+    req: HttpRequest,
+    body: web::Json<TeiRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let span = request_span("/embed", &req);
+    let body = body.into_inner();
+    let result = shared
+        .embed(
+            body.inputs.into_vec(),
+            body.normalize,
+            body.truncate.unwrap_or(true),
+            span,
+        )
+        .await
+        .map(|out| {
+            let mut res = HttpResponse::Ok();
+            with_timings(&mut res, &out.timings);
+            res.json(out.embeddings)
+        });
+    outcome(&shared, &result);
+    result
+}
+
+async fn health() -> HttpResponse {
+    HttpResponse::Ok().json(serde_json::json!({"status": "alive"}))
+}
+
+async fn ready(shared: web::Data<Shared>) -> Result<HttpResponse, ApiError> {
+    if shared.lifecycle.is_stopping() {
+        Err(ApiError::shutting_down())
+    } else if shared.lifecycle.is_ready() {
+        Ok(HttpResponse::Ok().json(serde_json::json!({"status": "ready"})))
+    } else {
+        Err(ApiError::not_ready())
+    }
+}
+
+async fn info(shared: web::Data<Shared>) -> HttpResponse {
+    HttpResponse::Ok().json(shared.info())
+}
+
+async fn metrics(shared: web::Data<Shared>) -> Result<HttpResponse, ApiError> {
+    shared.recorder.in_flight(shared.lifecycle.in_flight());
+    let text = shared
+        .metrics
+        .send(Render)
+        .await
+        .map_err(|_| ApiError::shutting_down())?;
+    Ok(HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4; charset=utf-8")
+        .body(text))
+}
+
+async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    Err(ApiError::new(
+        ErrorKind::NotFound,
+        format!("no route {} {}", req.method(), req.path()),
+    ))
+}
+
+async fn method_not_allowed(req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    Err(ApiError::new(
+        ErrorKind::MethodNotAllowed,
+        format!("{} is not allowed on {}", req.method(), req.path()),
+    ))
+}
+
+/// actix-web's JSON extractor errors, as our error shape with a message that names the fault.
+fn json_error(err: actix_web::error::JsonPayloadError, _req: &HttpRequest) -> actix_web::Error {
+    use actix_web::error::JsonPayloadError as E;
+    let e = match &err {
+        E::OverflowKnownLength { length, limit } => ApiError::new(
+            ErrorKind::PayloadTooLarge,
+            format!("the body is {length} bytes; the limit is {limit}"),
+        ),
+        E::Overflow { limit } => ApiError::new(
+            ErrorKind::PayloadTooLarge,
+            format!("the body is larger than the limit of {limit} bytes"),
+        ),
+        E::ContentType => ApiError::new(
+            ErrorKind::UnsupportedMediaType,
+            "the body must be JSON: send `Content-Type: application/json`",
+        ),
+        E::Deserialize(e) => ApiError::validation(format!("invalid JSON body: {e}")),
+        other => ApiError::validation(format!("cannot read the body: {other}")),
+    };
+    actix_web::error::InternalError::from_response(err, e.error_response()).into()
+}
+
+fn resource(path: &str, route: actix_web::Route) -> actix_web::Resource {
+    web::resource(path)
+        .route(route)
+        .default_service(web::to(method_not_allowed))
+}
+
+/// Builds the HTTP server on `listener`. Signals are off (the Supervisor owns them); the
+/// returned server runs until its handle's `stop` is called.
+pub fn serve(listener: TcpListener, shared: Arc<Shared>) -> std::io::Result<Server> {
+    let workers = shared.config.server.http_workers;
+    let grace = shared.config.shutdown.timeout_seconds.ceil() as u64;
+    let data = web::Data::from(shared);
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(data.clone())
+            .app_data(
+                web::JsonConfig::default()
+                    .limit(MAX_BODY_BYTES)
+                    .error_handler(json_error),
+            )
+            .service(resource(
+                "/v1/embeddings",
+                web::post().to(openai_embeddings),
+            ))
+            .service(resource("/embed", web::post().to(tei_embed)))
+            .service(resource("/health", web::get().to(health)))
+            .service(resource("/ready", web::get().to(ready)))
+            .service(resource("/info", web::get().to(info)))
+            .service(resource("/metrics", web::get().to(metrics)))
+            .default_service(web::to(not_found))
+    })
+    .workers(workers)
+    .disable_signals()
+    .shutdown_timeout(grace)
+    .listen(listener)?
+    .run();
+    Ok(server)
+}

@@ -1,0 +1,650 @@
+//! The experiment configuration: one typed YAML file, validated once at start-up.
+//!
+//! Precedence, highest first: command-line flags, environment variables
+//! (`ACTOR_INFER__SECTION__KEY`, e.g. `ACTOR_INFER__SERVER__HTTP_PORT=9000`), the YAML file,
+//! the defaults below. Unknown keys, wrong types and impossible values stop the program before
+//! anything starts, with one message that names the key. Relative paths in the YAML are resolved
+//! against the YAML file's folder.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Prefix of the environment variables that override YAML keys; `__` separates the levels.
+pub const ENV_PREFIX: &str = "ACTOR_INFER";
+/// Separator between levels in those variables' names.
+pub const ENV_SEPARATOR: &str = "__";
+
+/// A configuration that cannot be used, with the key it concerns.
+#[derive(Debug, thiserror::Error)]
+#[error("{key}: {problem}")]
+pub struct ConfigError {
+    /// Dotted path of the offending key, e.g. `model.instances`; the file for parse errors.
+    pub key: String,
+    /// What is wrong with it.
+    pub problem: String,
+}
+
+impl ConfigError {
+    fn new(key: impl Into<String>, problem: impl Into<String>) -> Self {
+        Self {
+            key: key.into(),
+            problem: problem.into(),
+        }
+    }
+}
+
+/// The whole experiment file.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Which experiment this is; shown in logs, `/info` and metrics.
+    #[serde(default)]
+    pub experiment: Experiment,
+    /// Network front ends.
+    #[serde(default)]
+    pub server: Server,
+    /// The model and how it runs.
+    pub model: Model,
+    /// The tokenizer pool.
+    #[serde(default)]
+    pub tokenizer: Tokenizer,
+    /// How queued texts are grouped into forwards.
+    #[serde(default)]
+    pub batching: Batching,
+    /// The stop sequence.
+    #[serde(default)]
+    pub shutdown: Shutdown,
+    /// Restarts of panicked actors.
+    #[serde(default)]
+    pub supervision: Supervision,
+    /// Log output.
+    #[serde(default)]
+    pub logging: Logging,
+}
+
+/// `experiment:` section.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Experiment {
+    /// Name of the experiment; defaults to the YAML file's stem.
+    #[serde(default)]
+    pub name: String,
+}
+
+/// `server:` section.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Server {
+    /// Address both servers bind; 127.0.0.1 unless configured (containers use 0.0.0.0).
+    #[serde(default = "default_host")]
+    pub host: String,
+    /// gRPC port; 0 picks a free one (it is logged).
+    #[serde(default = "default_grpc_port")]
+    pub grpc_port: u32,
+    /// HTTP port; 0 picks a free one (it is logged).
+    #[serde(default = "default_http_port")]
+    pub http_port: u32,
+    /// actix-web worker threads (async I/O only; inference runs on the model workers).
+    #[serde(default = "default_http_workers")]
+    pub http_workers: usize,
+}
+
+fn default_host() -> String {
+    "127.0.0.1".into()
+}
+fn default_grpc_port() -> u32 {
+    50051
+}
+fn default_http_port() -> u32 {
+    8080
+}
+fn default_http_workers() -> usize {
+    2
+}
+
+impl Default for Server {
+    fn default() -> Self {
+        Self {
+            host: default_host(),
+            grpc_port: default_grpc_port(),
+            http_port: default_http_port(),
+            http_workers: default_http_workers(),
+        }
+    }
+}
+
+/// `model:` section.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Model {
+    /// Folder of a Hugging Face / sentence-transformers model (`config.json`,
+    /// `model.safetensors`, `tokenizer.json`, optional `1_Pooling/`, `modules.json`).
+    pub path: PathBuf,
+    /// Name reported to clients; defaults to the folder's name.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// `auto` (CUDA, then MPS, then CPU), `cpu`, `cuda`, `cuda:N` or `mps`.
+    #[serde(default = "default_device")]
+    pub device: String,
+    /// Weights' precision: `f32`, or `f16` / `bf16` on GPUs.
+    #[serde(default)]
+    pub dtype: DType,
+    /// Model worker instances, each a thread owning one copy of the model.
+    #[serde(default = "one")]
+    pub instances: usize,
+    /// Longest input in tokens; defaults to `sentence_bert_config.json`'s `max_seq_length`.
+    #[serde(default)]
+    pub max_seq_length: Option<usize>,
+    /// Pooling; defaults to `1_Pooling/config.json` (mean when absent).
+    #[serde(default)]
+    pub pooling: Option<Pooling>,
+    /// L2-normalise embeddings by default; defaults to whether `modules.json` has a Normalize
+    /// module. A request can still ask otherwise.
+    #[serde(default)]
+    pub normalize: Option<bool>,
+    /// libtorch intra-op threads per worker; defaults to cores / instances (at least 1).
+    #[serde(default)]
+    pub intra_op_threads: Option<usize>,
+}
+
+fn default_device() -> String {
+    "auto".into()
+}
+fn one() -> usize {
+    1
+}
+
+/// Numeric precision of the weights.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DType {
+    /// 32-bit float: the reference precision.
+    #[default]
+    F32,
+    /// 16-bit float (GPUs).
+    F16,
+    /// bfloat16 (GPUs).
+    Bf16,
+}
+
+impl DType {
+    /// Name as written in the YAML.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DType::F32 => "f32",
+            DType::F16 => "f16",
+            DType::Bf16 => "bf16",
+        }
+    }
+}
+
+/// How token states become one vector per text (sentence-transformers' pooling modes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Pooling {
+    /// Mean of the token states under the attention mask.
+    Mean,
+    /// The first (`[CLS]`) token's state.
+    Cls,
+    /// Element-wise maximum over the real tokens.
+    Max,
+    /// Sum divided by the square root of the length.
+    MeanSqrtLen,
+    /// The last real token's state.
+    LastToken,
+}
+
+impl Pooling {
+    /// Name as written in the YAML.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Pooling::Mean => "mean",
+            Pooling::Cls => "cls",
+            Pooling::Max => "max",
+            Pooling::MeanSqrtLen => "mean_sqrt_len",
+            Pooling::LastToken => "last_token",
+        }
+    }
+}
+
+/// `tokenizer:` section.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tokenizer {
+    /// Tokenizer threads (the original workflow's case C remedy is raising this).
+    #[serde(default = "one")]
+    pub workers: usize,
+}
+
+impl Default for Tokenizer {
+    fn default() -> Self {
+        Self { workers: 1 }
+    }
+}
+
+/// `batching:` section.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Batching {
+    /// Most texts in one forward.
+    #[serde(default = "default_max_batch_size")]
+    pub max_batch_size: usize,
+    /// Most padded tokens (texts × longest text) in one forward.
+    #[serde(default = "default_max_batch_tokens")]
+    pub max_batch_tokens: usize,
+}
+
+fn default_max_batch_size() -> usize {
+    64
+}
+fn default_max_batch_tokens() -> usize {
+    16384
+}
+
+impl Default for Batching {
+    fn default() -> Self {
+        Self {
+            max_batch_size: default_max_batch_size(),
+            max_batch_tokens: default_max_batch_tokens(),
+        }
+    }
+}
+
+/// `shutdown:` section.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Shutdown {
+    /// The whole stop's budget, spent stage by stage; past it the process aborts. Keep it
+    /// below the orchestrator's grace period (Docker 10 s, Kubernetes 30 s).
+    #[serde(default = "default_shutdown_timeout")]
+    pub timeout_seconds: f64,
+}
+
+fn default_shutdown_timeout() -> f64 {
+    10.0
+}
+
+impl Default for Shutdown {
+    fn default() -> Self {
+        Self {
+            timeout_seconds: default_shutdown_timeout(),
+        }
+    }
+}
+
+/// `supervision:` section: at most `max_restarts` restarts of panicked actors within
+/// `window_seconds`; one more and the server stops (non-zero exit) instead of flapping.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Supervision {
+    /// Restarts allowed within the window.
+    #[serde(default = "default_max_restarts")]
+    pub max_restarts: usize,
+    /// The window, in seconds.
+    #[serde(default = "default_restart_window")]
+    pub window_seconds: f64,
+}
+
+fn default_max_restarts() -> usize {
+    5
+}
+fn default_restart_window() -> f64 {
+    60.0
+}
+
+impl Default for Supervision {
+    fn default() -> Self {
+        Self {
+            max_restarts: default_max_restarts(),
+            window_seconds: default_restart_window(),
+        }
+    }
+}
+
+/// `logging:` section.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Logging {
+    /// `text` (human-readable) or `json`.
+    #[serde(default)]
+    pub format: LogFormat,
+    /// A `tracing` filter, e.g. `info` or `actor_infer=debug,info`. `RUST_LOG` wins if set.
+    #[serde(default = "default_log_level")]
+    pub level: String,
+}
+
+fn default_log_level() -> String {
+    "info".into()
+}
+
+impl Default for Logging {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Text,
+            level: default_log_level(),
+        }
+    }
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Command-line values that override the file and the environment.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    /// `--host`
+    pub host: Option<String>,
+    /// `--grpc-port`
+    pub grpc_port: Option<u32>,
+    /// `--http-port`
+    pub http_port: Option<u32>,
+}
+
+impl Config {
+    /// Reads `path`, applies environment variables and `overrides`, resolves relative paths
+    /// and validates everything. The error names the key at fault.
+    pub fn load(path: &Path, overrides: &Overrides) -> Result<Config, ConfigError> {
+        let shown = path.display().to_string();
+        if !path.is_file() {
+            return Err(ConfigError::new(
+                "--experiment",
+                format!("{shown} does not exist or is not a file"),
+            ));
+        }
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::new("--experiment", format!("cannot read {shown}: {e}")))?;
+        let env = std::env::vars().filter(|(k, _)| k.starts_with(ENV_PREFIX));
+        let mut config = Self::from_sources(&text, env, overrides)
+            .map_err(|e| ConfigError::new(e.key, format!("{} (in {shown})", e.problem)))?;
+        let folder = path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."));
+        if config.model.path.is_relative() {
+            config.model.path = folder.join(&config.model.path);
+        }
+        if config.experiment.name.is_empty() {
+            config.experiment.name = path
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "experiment".into());
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Builds a configuration from YAML text, environment pairs and overrides, without
+    /// touching the file system (paths stay as written). Types are checked, values are not:
+    /// call [`Config::validate`] for that.
+    pub fn from_sources(
+        yaml: &str,
+        env: impl Iterator<Item = (String, String)>,
+        overrides: &Overrides,
+    ) -> Result<Config, ConfigError> {
+        let env: config::Map<String, String> = env.collect();
+        let mut builder = config::Config::builder()
+            .add_source(config::File::from_str(yaml, config::FileFormat::Yaml))
+            .add_source(
+                config::Environment::with_prefix(ENV_PREFIX)
+                    .prefix_separator(ENV_SEPARATOR)
+                    .separator(ENV_SEPARATOR)
+                    .try_parsing(true)
+                    .source(Some(env)),
+            );
+        let set = |b: config::ConfigBuilder<_>, key: &str, v: Option<config::Value>| match v {
+            Some(v) => b.set_override(key, v),
+            None => Ok(b),
+        };
+        let err = |e: config::ConfigError| ConfigError::new("--experiment", e.to_string());
+        builder = set(
+            builder,
+            "server.host",
+            overrides.host.clone().map(Into::into),
+        )
+        .map_err(err)?;
+        builder = set(
+            builder,
+            "server.grpc_port",
+            overrides.grpc_port.map(|p| i64::from(p).into()),
+        )
+        .map_err(err)?;
+        builder = set(
+            builder,
+            "server.http_port",
+            overrides.http_port.map(|p| i64::from(p).into()),
+        )
+        .map_err(err)?;
+        let raw = builder.build().map_err(|e| {
+            // A YAML syntax error: config names no key, the file is the best we can say.
+            ConfigError::new("file", e.to_string())
+        })?;
+        serde_path_to_error::deserialize(raw).map_err(|e| {
+            let key = e.path().to_string();
+            let key = if key == "." { "file".to_string() } else { key };
+            ConfigError::new(key, clean_serde_message(&e.into_inner().to_string()))
+        })
+    }
+
+    /// Checks values that types cannot: ranges, zeros, files that must exist.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let s = &self.server;
+        if s.host.trim().is_empty() {
+            return Err(ConfigError::new("server.host", "must not be empty"));
+        }
+        for (key, port) in [
+            ("server.grpc_port", s.grpc_port),
+            ("server.http_port", s.http_port),
+        ] {
+            if port > 65535 {
+                return Err(ConfigError::new(
+                    key,
+                    format!("{port} is out of range (0..=65535; 0 picks a free port)"),
+                ));
+            }
+        }
+        if s.grpc_port != 0 && s.grpc_port == s.http_port {
+            return Err(ConfigError::new(
+                "server.http_port",
+                format!("{} is also server.grpc_port; they must differ", s.http_port),
+            ));
+        }
+        if s.http_workers == 0 {
+            return Err(ConfigError::new(
+                "server.http_workers",
+                "must be at least 1",
+            ));
+        }
+        let m = &self.model;
+        if m.instances == 0 {
+            return Err(ConfigError::new("model.instances", "must be at least 1"));
+        }
+        if m.intra_op_threads == Some(0) {
+            return Err(ConfigError::new(
+                "model.intra_op_threads",
+                "must be at least 1",
+            ));
+        }
+        if m.max_seq_length == Some(0) {
+            return Err(ConfigError::new(
+                "model.max_seq_length",
+                "must be at least 1",
+            ));
+        }
+        crate::model::Device::parse(&m.device).map_err(|e| ConfigError::new("model.device", e))?;
+        if !m.path.is_dir() {
+            return Err(ConfigError::new(
+                "model.path",
+                format!(
+                    "{} is not a folder (run `make setup` to fetch the default model)",
+                    m.path.display()
+                ),
+            ));
+        }
+        for file in ["config.json", "tokenizer.json"] {
+            if !m.path.join(file).is_file() {
+                return Err(ConfigError::new(
+                    "model.path",
+                    format!("{} has no {file}", m.path.display()),
+                ));
+            }
+        }
+        if !m.path.join("model.safetensors").is_file() {
+            return Err(ConfigError::new(
+                "model.path",
+                format!("{} has no model.safetensors", m.path.display()),
+            ));
+        }
+        if self.tokenizer.workers == 0 {
+            return Err(ConfigError::new("tokenizer.workers", "must be at least 1"));
+        }
+        let b = &self.batching;
+        if b.max_batch_size == 0 {
+            return Err(ConfigError::new(
+                "batching.max_batch_size",
+                "must be at least 1",
+            ));
+        }
+        if b.max_batch_tokens == 0 {
+            return Err(ConfigError::new(
+                "batching.max_batch_tokens",
+                "must be at least 1",
+            ));
+        }
+        let t = self.shutdown.timeout_seconds;
+        if !(t.is_finite() && t > 0.0 && t <= 3600.0) {
+            return Err(ConfigError::new(
+                "shutdown.timeout_seconds",
+                format!("{t} must be more than 0 and at most 3600"),
+            ));
+        }
+        let w = self.supervision.window_seconds;
+        if !(w.is_finite() && w > 0.0) {
+            return Err(ConfigError::new(
+                "supervision.window_seconds",
+                format!("{w} must be more than 0"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Intra-op threads each worker gets: the configured value, or the machine's cores shared
+    /// out between the instances (at least one each).
+    pub fn intra_op_threads(&self) -> usize {
+        self.model.intra_op_threads.unwrap_or_else(|| {
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+            (cores / self.model.instances).max(1)
+        })
+    }
+}
+
+/// serde's messages for unknown fields list every expected one with backticks; keep them but
+/// make the sentence read well after the key.
+fn clean_serde_message(msg: &str) -> String {
+    msg.trim().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(yaml: &str, env: &[(&str, &str)], o: &Overrides) -> Result<Config, ConfigError> {
+        Config::from_sources(
+            yaml,
+            env.iter().map(|(k, v)| (k.to_string(), v.to_string())),
+            o,
+        )
+    }
+
+    const MIN: &str = "model:\n  path: m\n";
+
+    #[test]
+    fn defaults_fill_what_the_file_leaves_out() {
+        let c = load(MIN, &[], &Overrides::default()).unwrap();
+        assert_eq!(c.server.host, "127.0.0.1");
+        assert_eq!(c.server.grpc_port, 50051);
+        assert_eq!(c.server.http_port, 8080);
+        assert_eq!(c.model.device, "auto");
+        assert_eq!(c.model.dtype, DType::F32);
+        assert_eq!(c.model.instances, 1);
+        assert_eq!(c.shutdown.timeout_seconds, 10.0);
+    }
+
+    #[test]
+    fn unknown_key_is_named_with_its_path() {
+        let e = load(
+            "model:\n  path: m\n  instanses: 2\n",
+            &[],
+            &Overrides::default(),
+        )
+        .unwrap_err();
+        assert_eq!(e.key, "model");
+        assert!(e.problem.contains("instanses"), "{e}");
+    }
+
+    #[test]
+    fn wrong_type_is_named_with_its_path() {
+        let e = load(
+            "model:\n  path: m\nserver:\n  grpc_port: lots\n",
+            &[],
+            &Overrides::default(),
+        )
+        .unwrap_err();
+        assert_eq!(e.key, "server.grpc_port", "{e}");
+    }
+
+    #[test]
+    fn precedence_is_flags_then_env_then_yaml() {
+        let yaml = "model:\n  path: m\nserver:\n  grpc_port: 1000\n  http_port: 1001\n";
+        let env = [
+            ("ACTOR_INFER__SERVER__GRPC_PORT", "2000"),
+            ("ACTOR_INFER__SERVER__HTTP_PORT", "2001"),
+            ("ACTOR_INFER__MODEL__INSTANCES", "3"),
+        ];
+        let o = Overrides {
+            http_port: Some(3001),
+            ..Default::default()
+        };
+        let c = load(yaml, &env, &o).unwrap();
+        assert_eq!(c.server.grpc_port, 2000);
+        assert_eq!(c.server.http_port, 3001);
+        assert_eq!(c.model.instances, 3);
+    }
+
+    #[test]
+    fn impossible_values_are_refused_by_key() {
+        let mut c = load(MIN, &[], &Overrides::default()).unwrap();
+        c.model.instances = 0;
+        assert_eq!(c.validate().unwrap_err().key, "model.instances");
+        let mut c = load(MIN, &[], &Overrides::default()).unwrap();
+        c.server.http_port = 70000;
+        assert_eq!(c.validate().unwrap_err().key, "server.http_port");
+        let mut c = load(MIN, &[], &Overrides::default()).unwrap();
+        c.model.device = "tpu".into();
+        assert_eq!(c.validate().unwrap_err().key, "model.device");
+        let mut c = load(MIN, &[], &Overrides::default()).unwrap();
+        c.model.path = "/nonexistent/model".into();
+        let e = c.validate().unwrap_err();
+        assert_eq!(e.key, "model.path");
+        assert!(e.problem.contains("/nonexistent/model"));
+    }
+
+    #[test]
+    fn bad_enum_value_names_the_key() {
+        let e = load(
+            "model:\n  path: m\n  dtype: f64\n",
+            &[],
+            &Overrides::default(),
+        )
+        .unwrap_err();
+        assert_eq!(e.key, "model.dtype", "{e}");
+    }
+}

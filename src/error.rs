@@ -1,0 +1,197 @@
+//! Errors a client can see, and the one table that maps them to HTTP status and gRPC code.
+
+use std::fmt;
+
+/// What went wrong, from the client's point of view. Each kind has exactly one HTTP status,
+/// one gRPC code and one `error_type` string ([`ErrorKind::http_status`],
+/// [`ErrorKind::grpc_code`], [`ErrorKind::as_str`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The request is malformed or asks for something impossible.
+    Validation,
+    /// The route or resource does not exist.
+    NotFound,
+    /// The route exists, the method does not.
+    MethodNotAllowed,
+    /// The body is larger than allowed.
+    PayloadTooLarge,
+    /// The body's content type is not one the route reads.
+    UnsupportedMediaType,
+    /// The server is at capacity; retry later.
+    Overloaded,
+    /// The model is still loading or warming up.
+    NotReady,
+    /// The server is stopping and takes no new work.
+    ShuttingDown,
+    /// The request's deadline passed before it could be served.
+    DeadlineExceeded,
+    /// A bug or a failure inside the server (a worker panicked, a forward failed).
+    Internal,
+}
+
+/// The table: kind → (`error_type`, HTTP status, gRPC code).
+const TABLE: &[(ErrorKind, &str, u16, tonic::Code)] = &[
+    (
+        ErrorKind::Validation,
+        "validation",
+        400,
+        tonic::Code::InvalidArgument,
+    ),
+    (ErrorKind::NotFound, "not_found", 404, tonic::Code::NotFound),
+    (
+        ErrorKind::MethodNotAllowed,
+        "method_not_allowed",
+        405,
+        tonic::Code::Unimplemented,
+    ),
+    (
+        ErrorKind::PayloadTooLarge,
+        "payload_too_large",
+        413,
+        tonic::Code::ResourceExhausted,
+    ),
+    (
+        ErrorKind::UnsupportedMediaType,
+        "unsupported_media_type",
+        415,
+        tonic::Code::InvalidArgument,
+    ),
+    (
+        ErrorKind::Overloaded,
+        "overloaded",
+        429,
+        tonic::Code::ResourceExhausted,
+    ),
+    (
+        ErrorKind::NotReady,
+        "not_ready",
+        503,
+        tonic::Code::Unavailable,
+    ),
+    (
+        ErrorKind::ShuttingDown,
+        "shutting_down",
+        503,
+        tonic::Code::Unavailable,
+    ),
+    (
+        ErrorKind::DeadlineExceeded,
+        "deadline_exceeded",
+        504,
+        tonic::Code::DeadlineExceeded,
+    ),
+    (ErrorKind::Internal, "internal", 500, tonic::Code::Internal),
+];
+
+impl ErrorKind {
+    fn row(self) -> &'static (ErrorKind, &'static str, u16, tonic::Code) {
+        TABLE
+            .iter()
+            .find(|row| row.0 == self)
+            .expect("every ErrorKind has a row in TABLE")
+    }
+
+    /// The `error_type` field of JSON errors.
+    pub fn as_str(self) -> &'static str {
+        self.row().1
+    }
+
+    /// HTTP status for this kind.
+    pub fn http_status(self) -> u16 {
+        self.row().2
+    }
+
+    /// gRPC status code for this kind.
+    pub fn grpc_code(self) -> tonic::Code {
+        self.row().3
+    }
+}
+
+/// An error for a client: its kind and a message that names what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    /// Which row of the table applies.
+    pub kind: ErrorKind,
+    /// Human-readable, specific message.
+    pub message: String,
+}
+
+impl ApiError {
+    /// An error of `kind` saying `message`.
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+        }
+    }
+
+    /// A malformed or impossible request.
+    pub fn validation(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Validation, message)
+    }
+
+    /// A failure inside the server.
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Internal, message)
+    }
+
+    /// The server is stopping.
+    pub fn shutting_down() -> Self {
+        Self::new(
+            ErrorKind::ShuttingDown,
+            "the server is shutting down and takes no new requests",
+        )
+    }
+
+    /// The model is not loaded and warmed up yet.
+    pub fn not_ready() -> Self {
+        Self::new(
+            ErrorKind::NotReady,
+            "the model is still loading; retry when /ready answers 200",
+        )
+    }
+}
+
+impl fmt::Display for ApiError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.kind.as_str(), self.message)
+    }
+}
+
+impl std::error::Error for ApiError {}
+
+impl From<ApiError> for tonic::Status {
+    fn from(e: ApiError) -> Self {
+        tonic::Status::new(e.kind.grpc_code(), e.message)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kind_maps_once() {
+        let kinds = [
+            ErrorKind::Validation,
+            ErrorKind::NotFound,
+            ErrorKind::MethodNotAllowed,
+            ErrorKind::PayloadTooLarge,
+            ErrorKind::UnsupportedMediaType,
+            ErrorKind::Overloaded,
+            ErrorKind::NotReady,
+            ErrorKind::ShuttingDown,
+            ErrorKind::DeadlineExceeded,
+            ErrorKind::Internal,
+        ];
+        assert_eq!(kinds.len(), TABLE.len());
+        for k in kinds {
+            assert_eq!(TABLE.iter().filter(|r| r.0 == k).count(), 1, "{k:?}");
+        }
+        assert_eq!(ErrorKind::Overloaded.http_status(), 429);
+        assert_eq!(
+            ErrorKind::ShuttingDown.grpc_code(),
+            tonic::Code::Unavailable
+        );
+    }
+}

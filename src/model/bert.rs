@@ -1,0 +1,315 @@
+//! A BERT encoder in tch, loading Hugging Face `model.safetensors` (weight names with or
+//! without the `bert.` prefix), plus padding and pooling.
+//!
+//! The layer is the standard post-LayerNorm BERT block; the query, key and value projections
+//! are fused into one matrix at load time and attention runs through libtorch's
+//! `scaled_dot_product_attention` (its fused CPU/GPU kernels), with the padding mask as a
+//! boolean mask so padding never changes a text's result.
+
+use std::collections::HashMap;
+
+use tch::{Kind, Tensor};
+
+use super::{Encoded, EncoderConfig, ModelError, ModelSpec};
+use crate::config::{DType, Pooling};
+
+/// Activation of the feed-forward layer.
+#[derive(Debug, Clone, Copy)]
+enum Activation {
+    GeluErf,
+    GeluTanh,
+    Relu,
+}
+
+struct Layer {
+    qkv_w: Tensor,
+    qkv_b: Tensor,
+    attn_out_w: Tensor,
+    attn_out_b: Tensor,
+    attn_ln_w: Tensor,
+    attn_ln_b: Tensor,
+    inter_w: Tensor,
+    inter_b: Tensor,
+    out_w: Tensor,
+    out_b: Tensor,
+    out_ln_w: Tensor,
+    out_ln_b: Tensor,
+}
+
+/// The encoder's weights on one device, ready for forwards.
+pub struct Bert {
+    word: Tensor,
+    position: Tensor,
+    token_type: Tensor,
+    emb_ln_w: Tensor,
+    emb_ln_b: Tensor,
+    layers: Vec<Layer>,
+    heads: i64,
+    hidden: i64,
+    eps: f64,
+    activation: Activation,
+    device: tch::Device,
+}
+
+/// Texts padded to the longest one, as flat row-major arrays (what becomes tensors).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Padded {
+    /// Texts in the batch.
+    pub rows: usize,
+    /// Tokens per row (the longest text).
+    pub cols: usize,
+    /// `rows × cols` token ids, padding with `pad_id`.
+    pub ids: Vec<i64>,
+    /// `rows × cols` segment ids.
+    pub type_ids: Vec<i64>,
+    /// `rows × cols` attention mask: 1 for a real token, 0 for padding.
+    pub mask: Vec<i64>,
+}
+
+impl Padded {
+    /// Pads `texts` to the longest of them (sentence-transformers' `padding=True`).
+    pub fn new<'a>(texts: impl IntoIterator<Item = &'a Encoded>, pad_id: i64) -> Padded {
+        let texts: Vec<&Encoded> = texts.into_iter().collect();
+        let rows = texts.len();
+        let cols = texts.iter().map(|t| t.len()).max().unwrap_or(0).max(1);
+        let mut p = Padded {
+            rows,
+            cols,
+            ids: vec![pad_id; rows * cols],
+            type_ids: vec![0; rows * cols],
+            mask: vec![0; rows * cols],
+        };
+        for (r, t) in texts.iter().enumerate() {
+            let row = r * cols;
+            p.ids[row..row + t.len()].copy_from_slice(&t.ids);
+            p.type_ids[row..row + t.len()].copy_from_slice(&t.type_ids);
+            p.mask[row..row + t.len()].fill(1);
+        }
+        p
+    }
+
+    /// Padded tokens in the batch (rows × cols), what the token budget counts.
+    pub fn padded_tokens(&self) -> usize {
+        self.rows * self.cols
+    }
+}
+
+fn torch_kind(d: DType) -> Kind {
+    match d {
+        DType::F32 => Kind::Float,
+        DType::F16 => Kind::Half,
+        DType::Bf16 => Kind::BFloat16,
+    }
+}
+
+/// Named tensors from a safetensors file, found with or without a `bert.` prefix.
+struct Weights {
+    map: HashMap<String, Tensor>,
+    device: tch::Device,
+    kind: Kind,
+}
+
+impl Weights {
+    fn take(&mut self, name: &str, shape: &[i64]) -> Result<Tensor, ModelError> {
+        let t = self
+            .map
+            .remove(name)
+            .or_else(|| self.map.remove(&format!("bert.{name}")))
+            .ok_or_else(|| ModelError::Weights(format!("no tensor named `{name}`")))?;
+        if t.size() != shape {
+            return Err(ModelError::Weights(format!(
+                "`{name}` has shape {:?}, config.json implies {shape:?}",
+                t.size()
+            )));
+        }
+        Ok(t.to_kind(self.kind).to_device(self.device))
+    }
+}
+
+impl Bert {
+    /// Loads `model.safetensors` from the spec's folder onto its device in its dtype.
+    pub fn load(spec: &ModelSpec) -> Result<Bert, ModelError> {
+        let c: &EncoderConfig = &spec.encoder;
+        let activation = match c.hidden_act.as_str() {
+            "gelu" => Activation::GeluErf,
+            "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Activation::GeluTanh,
+            "relu" => Activation::Relu,
+            other => {
+                return Err(ModelError::Config(format!(
+                    "config.json: hidden_act `{other}` is not supported (gelu, gelu_new, relu)"
+                )));
+            }
+        };
+        let file = spec.path.join("model.safetensors");
+        let tensors = Tensor::read_safetensors(&file).map_err(|e| ModelError::File {
+            path: file.clone(),
+            message: e.to_string(),
+        })?;
+        let mut w = Weights {
+            map: tensors.into_iter().collect(),
+            device: spec.device,
+            kind: torch_kind(spec.dtype),
+        };
+        let (h, i) = (c.hidden_size, c.intermediate_size);
+        let _guard = tch::no_grad_guard();
+        let mut layers = Vec::with_capacity(c.num_hidden_layers as usize);
+        for n in 0..c.num_hidden_layers {
+            let p = format!("encoder.layer.{n}");
+            let q_w = w.take(&format!("{p}.attention.self.query.weight"), &[h, h])?;
+            let k_w = w.take(&format!("{p}.attention.self.key.weight"), &[h, h])?;
+            let v_w = w.take(&format!("{p}.attention.self.value.weight"), &[h, h])?;
+            let q_b = w.take(&format!("{p}.attention.self.query.bias"), &[h])?;
+            let k_b = w.take(&format!("{p}.attention.self.key.bias"), &[h])?;
+            let v_b = w.take(&format!("{p}.attention.self.value.bias"), &[h])?;
+            layers.push(Layer {
+                qkv_w: Tensor::cat(&[q_w, k_w, v_w], 0),
+                qkv_b: Tensor::cat(&[q_b, k_b, v_b], 0),
+                attn_out_w: w.take(&format!("{p}.attention.output.dense.weight"), &[h, h])?,
+                attn_out_b: w.take(&format!("{p}.attention.output.dense.bias"), &[h])?,
+                attn_ln_w: w.take(&format!("{p}.attention.output.LayerNorm.weight"), &[h])?,
+                attn_ln_b: w.take(&format!("{p}.attention.output.LayerNorm.bias"), &[h])?,
+                inter_w: w.take(&format!("{p}.intermediate.dense.weight"), &[i, h])?,
+                inter_b: w.take(&format!("{p}.intermediate.dense.bias"), &[i])?,
+                out_w: w.take(&format!("{p}.output.dense.weight"), &[h, i])?,
+                out_b: w.take(&format!("{p}.output.dense.bias"), &[h])?,
+                out_ln_w: w.take(&format!("{p}.output.LayerNorm.weight"), &[h])?,
+                out_ln_b: w.take(&format!("{p}.output.LayerNorm.bias"), &[h])?,
+            });
+        }
+        Ok(Bert {
+            word: w.take("embeddings.word_embeddings.weight", &[c.vocab_size, h])?,
+            position: w.take(
+                "embeddings.position_embeddings.weight",
+                &[c.max_position_embeddings, h],
+            )?,
+            token_type: w.take(
+                "embeddings.token_type_embeddings.weight",
+                &[c.type_vocab_size, h],
+            )?,
+            emb_ln_w: w.take("embeddings.LayerNorm.weight", &[h])?,
+            emb_ln_b: w.take("embeddings.LayerNorm.bias", &[h])?,
+            layers,
+            heads: c.num_attention_heads,
+            hidden: h,
+            eps: c.layer_norm_eps,
+            activation,
+            device: spec.device,
+        })
+    }
+
+    /// The device the weights live on.
+    pub fn device(&self) -> tch::Device {
+        self.device
+    }
+
+    /// Token states `[rows, cols, hidden]` for a padded batch (in the weights' dtype).
+    /// Panics (as tch does) if libtorch fails; the worker catches that.
+    pub fn forward(&self, batch: &Padded) -> (Tensor, Tensor) {
+        let (b, l) = (batch.rows as i64, batch.cols as i64);
+        let dev = self.device;
+        let ids = Tensor::from_slice(&batch.ids).view([b, l]).to_device(dev);
+        let types = Tensor::from_slice(&batch.type_ids)
+            .view([b, l])
+            .to_device(dev);
+        let mask = Tensor::from_slice(&batch.mask).view([b, l]).to_device(dev);
+        let positions = Tensor::arange(l, (Kind::Int64, dev)).unsqueeze(0);
+        let h = self.hidden;
+        let x = Tensor::embedding(&self.word, &ids, -1, false, false)
+            + Tensor::embedding(&self.position, &positions, -1, false, false)
+            + Tensor::embedding(&self.token_type, &types, -1, false, false);
+        let mut x = x.layer_norm(
+            [h],
+            Some(&self.emb_ln_w),
+            Some(&self.emb_ln_b),
+            self.eps,
+            true,
+        );
+        // Boolean mask, true where a key may be attended to: [b, 1, 1, l].
+        let attend = mask.to_kind(Kind::Bool).view([b, 1, 1, l]);
+        let heads = self.heads;
+        let head_dim = h / heads;
+        for layer in &self.layers {
+            let qkv = x
+                .linear(&layer.qkv_w, Some(&layer.qkv_b))
+                .view([b, l, 3, heads, head_dim])
+                .permute([2, 0, 3, 1, 4]);
+            let (q, k, v) = (qkv.get(0), qkv.get(1), qkv.get(2));
+            let ctx = Tensor::scaled_dot_product_attention(
+                &q,
+                &k,
+                &v,
+                Some(&attend),
+                0.0,
+                false,
+                None,
+                false,
+            )
+            .transpose(1, 2)
+            .reshape([b, l, h]);
+            let attn = (ctx.linear(&layer.attn_out_w, Some(&layer.attn_out_b)) + &x).layer_norm(
+                [h],
+                Some(&layer.attn_ln_w),
+                Some(&layer.attn_ln_b),
+                self.eps,
+                true,
+            );
+            let inter = attn.linear(&layer.inter_w, Some(&layer.inter_b));
+            let inter = match self.activation {
+                Activation::GeluErf => inter.gelu("none"),
+                Activation::GeluTanh => inter.gelu("tanh"),
+                Activation::Relu => inter.relu(),
+            };
+            x = (inter.linear(&layer.out_w, Some(&layer.out_b)) + &attn).layer_norm(
+                [h],
+                Some(&layer.out_ln_w),
+                Some(&layer.out_ln_b),
+                self.eps,
+                true,
+            );
+        }
+        (x, mask)
+    }
+
+    /// Forward plus pooling: one f32 vector per text, on the CPU, not normalised.
+    pub fn embed(&self, batch: &Padded, pooling: Pooling) -> Vec<Vec<f32>> {
+        let _guard = tch::no_grad_guard();
+        let (states, mask) = self.forward(batch);
+        let pooled = pool(&states, &mask, pooling)
+            .to_device(tch::Device::Cpu)
+            .contiguous();
+        let dim = pooled.size()[1] as usize;
+        let flat = Vec::<f32>::try_from(pooled.flatten(0, -1))
+            .expect("pooled embeddings are a float tensor, so they convert to Vec<f32>");
+        flat.chunks(dim).map(<[f32]>::to_vec).collect()
+    }
+}
+
+/// sentence-transformers' pooling of token states `[b, l, h]` under `mask` `[b, l]`, in f32.
+pub fn pool(states: &Tensor, mask: &Tensor, pooling: Pooling) -> Tensor {
+    let states = states.to_kind(Kind::Float);
+    let maskf = mask.to_kind(Kind::Float).unsqueeze(-1);
+    match pooling {
+        Pooling::Cls => states.select(1, 0),
+        Pooling::Mean | Pooling::MeanSqrtLen => {
+            let sum = (&states * &maskf).sum_dim_intlist([1i64].as_slice(), false, Kind::Float);
+            let count = maskf
+                .sum_dim_intlist([1i64].as_slice(), false, Kind::Float)
+                .clamp_min(1e-9);
+            if pooling == Pooling::Mean {
+                sum / count
+            } else {
+                sum / count.sqrt()
+            }
+        }
+        Pooling::Max => states
+            .masked_fill(&maskf.eq(0.0), -1e9)
+            .amax([1i64].as_slice(), false),
+        Pooling::LastToken => {
+            let last = (mask.sum_dim_intlist([1i64].as_slice(), false, Kind::Int64) - 1)
+                .clamp_min(0)
+                .view([-1, 1, 1])
+                .expand([-1, 1, states.size()[2]], false);
+            states.gather(1, &last, false).squeeze_dim(1)
+        }
+    }
+}

@@ -1,0 +1,115 @@
+//! Tokenization as sentence-transformers does it.
+//!
+//! The trap (`../shared/LIBTORCH.md`): MiniLM's `tokenizer.json` itself truncates at 128 and
+//! pads every text to 128. sentence-transformers truncates at the model's `max_seq_length`
+//! (256) and pads only to the longest text of a batch. So the file's own truncation and padding
+//! are replaced here, and padding is done per batch by the model worker.
+
+use std::path::Path;
+
+use tokenizers::{Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
+
+/// One text, tokenized: what the encoder needs, unpadded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Encoded {
+    /// Token ids, special tokens included.
+    pub ids: Vec<i64>,
+    /// Segment ids (all 0 for a single text).
+    pub type_ids: Vec<i64>,
+}
+
+impl Encoded {
+    /// Tokens in this text.
+    pub fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    /// True for a text with no tokens at all (not even special ones).
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+}
+
+/// Why a text could not be tokenized.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TokenizeError {
+    /// The text is longer than the model takes and the client asked not to truncate.
+    #[error(
+        "text {index} is longer than the model's maximum of {max} tokens and truncate is false"
+    )]
+    TooLong {
+        /// Position of the text in its request.
+        index: usize,
+        /// The model's maximum sequence length.
+        max: usize,
+    },
+    /// The tokenizer itself failed.
+    #[error("text {index} could not be tokenized: {message}")]
+    Failed {
+        /// Position of the text in its request.
+        index: usize,
+        /// The tokenizer's message.
+        message: String,
+    },
+}
+
+/// A Hugging Face tokenizer set up to truncate at `max_seq_length` and not pad.
+#[derive(Clone)]
+pub struct TextTokenizer {
+    inner: Tokenizer,
+    max_len: usize,
+}
+
+impl TextTokenizer {
+    /// Loads `tokenizer.json` from `dir`, overriding its truncation and padding.
+    pub fn load(dir: &Path, max_seq_length: usize) -> Result<TextTokenizer, String> {
+        let file = dir.join("tokenizer.json");
+        let mut inner = Tokenizer::from_file(&file)
+            .map_err(|e| format!("{}: cannot load tokenizer: {e}", file.display()))?;
+        inner
+            .with_truncation(Some(TruncationParams {
+                direction: TruncationDirection::Right,
+                max_length: max_seq_length,
+                strategy: TruncationStrategy::LongestFirst,
+                stride: 0,
+            }))
+            .map_err(|e| format!("{}: cannot set truncation: {e}", file.display()))?;
+        inner.with_padding(None);
+        Ok(TextTokenizer {
+            inner,
+            max_len: max_seq_length,
+        })
+    }
+
+    /// The longest sequence, in tokens, this tokenizer produces.
+    pub fn max_len(&self) -> usize {
+        self.max_len
+    }
+
+    /// Tokenizes one text (`index` is its place in the request, for error messages). With
+    /// `truncate` false, a text over the maximum is an error instead of being cut.
+    pub fn encode(
+        &self,
+        index: usize,
+        text: &str,
+        truncate: bool,
+    ) -> Result<Encoded, TokenizeError> {
+        let enc = self
+            .inner
+            .encode_fast(text, true)
+            .map_err(|e| TokenizeError::Failed {
+                index,
+                message: e.to_string(),
+            })?;
+        if !truncate && !enc.get_overflowing().is_empty() {
+            return Err(TokenizeError::TooLong {
+                index,
+                max: self.max_len,
+            });
+        }
+        Ok(Encoded {
+            ids: enc.get_ids().iter().map(|&i| i64::from(i)).collect(),
+            type_ids: enc.get_type_ids().iter().map(|&i| i64::from(i)).collect(),
+        })
+    }
+}
