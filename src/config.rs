@@ -586,8 +586,8 @@ mod tests {
             &Overrides::default(),
         )
         .unwrap_err();
-        assert_eq!(e.key, "model");
-        assert!(e.problem.contains("instanses"), "{e}");
+        assert_eq!(e.key, "model.instanses");
+        assert!(e.problem.contains("unknown field"), "{e}");
     }
 
     #[test]

@@ -126,6 +126,7 @@ pub async fn run(config: Config, listeners: Listeners) -> i32 {
     let (grpc_stop, grpc_stop_rx) = oneshot::channel();
     let (grpc_done_tx, grpc_done) = oneshot::channel();
     let (exit_tx, exit_rx) = oneshot::channel();
+    let grpc_arbiter = Arbiter::new();
     let supervisor = Supervisor::new(
         config.clone(),
         spec,
@@ -137,6 +138,7 @@ pub async fn run(config: Config, listeners: Listeners) -> i32 {
             http: http.handle(),
             grpc_stop,
             grpc_done,
+            grpc_arbiter: grpc_arbiter.handle(),
             health,
         },
         router_cell,
@@ -155,7 +157,6 @@ pub async fn run(config: Config, listeners: Listeners) -> i32 {
             ))));
         }
     });
-    let grpc_arbiter = Arbiter::new();
     let sup = supervisor.clone();
     let grpc_listener = listeners.grpc;
     grpc_arbiter.spawn(async move {

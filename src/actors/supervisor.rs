@@ -77,6 +77,8 @@ pub struct FrontEnds {
     pub grpc_stop: oneshot::Sender<()>,
     /// Resolves when the gRPC server has ended.
     pub grpc_done: oneshot::Receiver<()>,
+    /// The gRPC server's arbiter; stopping it closes connections that outlive the grace.
+    pub grpc_arbiter: actix_rt::ArbiterHandle,
     /// Sets gRPC health (`grpc.health.v1`) as readiness changes.
     pub health: crate::api::grpc::Health,
 }
@@ -332,6 +334,9 @@ struct StopPlan {
     deadline: Instant,
 }
 
+/// How long the gRPC server may wait for clients to close idle connections.
+const FRONT_END_GRACE: Duration = Duration::from_millis(500);
+
 /// How often a waiting stage logs who is still running.
 const PROGRESS_EVERY: Duration = Duration::from_secs(2);
 
@@ -349,9 +354,23 @@ impl StopPlan {
             let start = Instant::now();
             tracing::info!(stage = "front ends", "stage start");
             let _ = front.grpc_stop.send(());
+            // Requests are drained; what is left are idle keep-alive connections. actix-web
+            // closes its own; tonic waits for clients to hang up, so after a short grace the
+            // gRPC arbiter is stopped, which drops its connections.
+            let grace = (Instant::now() + FRONT_END_GRACE).min(self.deadline);
+            let mut grpc_done = front.grpc_done;
+            let grpc_ended = tokio::time::timeout_at(grace.into(), &mut grpc_done)
+                .await
+                .is_ok();
+            if !grpc_ended {
+                tracing::info!("closing idle gRPC connections");
+                front.grpc_arbiter.stop();
+            }
             let both = async {
                 front.http.stop(true).await;
-                let _ = front.grpc_done.await;
+                if !grpc_ended {
+                    let _ = grpc_done.await;
+                }
             };
             if tokio::time::timeout_at(self.deadline.into(), both)
                 .await

@@ -49,11 +49,51 @@ impl ResponseError for ApiError {
 }
 
 /// Text input: one string or a list of strings (OpenAI's `input`, TEI's `inputs`).
-#[derive(Deserialize)]
-#[serde(untagged)]
 enum Input {
     One(String),
     Many(Vec<String>),
+}
+
+impl<'de> Deserialize<'de> for Input {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Input;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a string or a list of strings")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Input, E> {
+                Ok(Input::One(v.to_owned()))
+            }
+            fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Input, E> {
+                Ok(Input::One(v))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Input, A::Error> {
+                let mut texts = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(4096));
+                while let Some(t) = seq.next_element::<String>()? {
+                    texts.push(t);
+                }
+                Ok(Input::Many(texts))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// Parses a JSON body into `T`, naming the field at fault (`inputs[2]: invalid type ...`).
+fn typed<T: for<'de> Deserialize<'de>>(body: serde_json::Value) -> Result<T, ApiError> {
+    serde_path_to_error::deserialize(body).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if path == "." {
+            ApiError::validation(format!("invalid request body: {inner}"))
+        } else {
+            ApiError::validation(format!("invalid request body at `{path}`: {inner}"))
+        }
+    })
 }
 
 impl Input {
@@ -153,11 +193,11 @@ fn request_span(route: &'static str, req: &HttpRequest) -> tracing::Span {
 async fn openai_embeddings(
     shared: web::Data<Shared>,
     req: HttpRequest,
-    body: web::Json<OpenAiRequest>,
+    body: web::Json<serde_json::Value>,
 ) -> Result<HttpResponse, ApiError> {
     let span = request_span("/v1/embeddings", &req);
     let result = async {
-        let body = body.into_inner();
+        let body: OpenAiRequest = typed(body.into_inner())?;
         let base64 = match body.encoding_format.as_deref() {
             None | Some("float") => false,
             Some("base64") => true,
@@ -214,23 +254,26 @@ async fn openai_embeddings(
 async fn tei_embed(
     shared: web::Data<Shared>,
     req: HttpRequest,
-    body: web::Json<TeiRequest>,
+    body: web::Json<serde_json::Value>,
 ) -> Result<HttpResponse, ApiError> {
     let span = request_span("/embed", &req);
-    let body = body.into_inner();
-    let result = shared
-        .embed(
-            body.inputs.into_vec(),
-            body.normalize,
-            body.truncate.unwrap_or(true),
-            span,
-        )
-        .await
-        .map(|out| {
-            let mut res = HttpResponse::Ok();
-            with_timings(&mut res, &out.timings);
-            res.json(out.embeddings)
-        });
+    let result = async {
+        let body: TeiRequest = typed(body.into_inner())?;
+        shared
+            .embed(
+                body.inputs.into_vec(),
+                body.normalize,
+                body.truncate.unwrap_or(true),
+                span,
+            )
+            .await
+    }
+    .await
+    .map(|out| {
+        let mut res = HttpResponse::Ok();
+        with_timings(&mut res, &out.timings);
+        res.json(out.embeddings)
+    });
     outcome(&shared, &result);
     result
 }
