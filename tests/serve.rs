@@ -235,6 +235,17 @@ async fn grpc_model_info_health_and_reflection() {
     server.stop_clean();
 }
 
+/// method, path, content type, body, expected status, error_type, a word the message names.
+type BadRequest = (
+    &'static str,
+    &'static str,
+    Option<&'static str>,
+    String,
+    u16,
+    &'static str,
+    &'static str,
+);
+
 #[tokio::test]
 async fn http_info_health_and_clear_errors() {
     let server = Server::start(experiment("experiment:\n  name: http-meta\n"));
@@ -253,7 +264,7 @@ async fn http_info_health_and_clear_errors() {
 
     // Errors: status, JSON shape, and a message naming the fault; the server keeps serving.
     let long = "word ".repeat(400);
-    let cases: Vec<(&str, &str, Option<&str>, String, u16, &str, &str)> = vec![
+    let cases: Vec<BadRequest> = vec![
         (
             "POST",
             "/embed",
