@@ -113,3 +113,36 @@ impl TextTokenizer {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn minilm() -> TextTokenizer {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/all-MiniLM-L6-v2");
+        TextTokenizer::load(&dir, 256).expect("run `make setup` first")
+    }
+
+    #[test]
+    fn truncates_at_max_seq_length_not_the_files_128_and_never_pads() {
+        let t = minilm();
+        let long = "word ".repeat(400);
+        let e = t.encode(0, &long, true).unwrap();
+        assert_eq!(e.len(), 256, "truncated at 256, [CLS] and [SEP] included");
+        assert_eq!(e.ids[0], 101);
+        assert_eq!(*e.ids.last().unwrap(), 102, "[SEP] survives truncation");
+        let short = t.encode(0, "Hello world, this is a test.", true).unwrap();
+        assert_eq!(short.len(), 10, "no padding to 128");
+        assert_eq!(t.encode(0, "", true).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn truncate_false_refuses_long_texts_naming_them() {
+        let t = minilm();
+        let err = t.encode(3, &"word ".repeat(300), false).unwrap_err();
+        assert_eq!(err, TokenizeError::TooLong { index: 3, max: 256 });
+        assert!(err.to_string().contains("text 3"));
+        // Exactly at the limit is fine: 254 words + [CLS] + [SEP].
+        assert_eq!(t.encode(0, &"word ".repeat(254), false).unwrap().len(), 256);
+    }
+}

