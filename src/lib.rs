@@ -15,6 +15,7 @@ pub mod api;
 pub mod cli;
 pub mod config;
 pub mod error;
+pub mod fault;
 pub mod model;
 
 use std::{
@@ -86,6 +87,9 @@ impl Listeners {
 /// (`actors::supervisor::EXIT_*`). Must run inside an actix `System`.
 pub async fn run(config: Config, listeners: Listeners) -> i32 {
     let config = Arc::new(config);
+    if fault::enabled() {
+        tracing::warn!("fault injection is ON ({}=1): for tests only", fault::ENV);
+    }
     let spec = match ModelSpec::load(&config.model) {
         Ok(spec) => Arc::new(spec),
         Err(e) => {

@@ -19,6 +19,7 @@ use actix::prelude::*;
 use super::{ActorState, ActorTable, metrics::Recorder, supervisor::ChildPanicked};
 use crate::{
     error::ApiError,
+    fault::Fault,
     model::{
         Encoded, ModelError, ModelSpec,
         bert::{Bert, Padded},
@@ -47,6 +48,8 @@ pub struct Forward {
     pub texts: Vec<Encoded>,
     /// The span of the batch (which links to its requests' spans).
     pub span: tracing::Span,
+    /// A fault a test asked for (see `crate::fault`); `None` in real use.
+    pub fault: Option<Fault>,
 }
 
 /// One batch's result.
@@ -168,7 +171,16 @@ impl Handler<Forward> for ModelWorker {
         self.metrics.worker_busy(self.id, true);
         let batch = Padded::new(&msg.texts, self.pad_id);
         let (model, pooling) = (self.model.as_ref(), self.spec.pooling);
+        let fault = msg.fault;
         let result = catch_unwind(AssertUnwindSafe(|| {
+            match fault {
+                // Like a forward stuck inside libtorch: nothing can cancel it.
+                Some(Fault::WorkerHang) => loop {
+                    std::thread::sleep(Duration::from_secs(3600));
+                },
+                Some(Fault::WorkerPanic) => panic!("injected model worker fault"),
+                _ => {}
+            }
             let model = model.expect("the model was loaded just above");
             model.embed(&batch, pooling)
         }));

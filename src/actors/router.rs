@@ -32,6 +32,7 @@ use super::{
 use crate::{
     config::Batching,
     error::ApiError,
+    fault::Fault,
     model::{Encoded, ModelSpec, normalize_l2},
 };
 
@@ -126,6 +127,8 @@ struct Queued {
     request: Rc<Pending>,
     index: usize,
     text: Encoded,
+    /// A test's injected fault for the batch this text lands in (see `crate::fault`).
+    fault: Option<Fault>,
 }
 
 /// A model worker and whether it has a batch.
@@ -219,6 +222,7 @@ impl Router {
                 request: request.clone(),
                 index,
                 text,
+                fault: tokenized.fault,
             });
         }
         self.dispatch(ctx);
@@ -232,6 +236,7 @@ impl Router {
                 break;
             }
             // The texts travel to the worker; the Router keeps who they belong to.
+            let fault = batch.iter().find_map(|q| q.fault);
             let (owners, texts): (Vec<(Rc<Pending>, usize)>, Vec<Encoded>) = batch
                 .into_iter()
                 .map(|q| ((q.request, q.index), q.text))
@@ -244,7 +249,7 @@ impl Router {
                 span.follows_from(&request.span);
             }
             self.workers[w].busy = true;
-            let send = self.workers[w].addr.send(Forward { texts, span });
+            let send = self.workers[w].addr.send(Forward { texts, span, fault });
             ctx.spawn(
                 actix::fut::wrap_future(send).map(move |result, act: &mut Router, ctx| {
                     act.workers[w].busy = false;

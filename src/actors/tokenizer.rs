@@ -21,6 +21,7 @@ use actix::prelude::*;
 use super::{ActorState, ActorTable, supervisor::ChildPanicked};
 use crate::{
     error::ApiError,
+    fault::Fault,
     model::{Encoded, TextTokenizer, TokenizeError},
 };
 
@@ -43,6 +44,8 @@ pub struct Tokenized {
     pub encodings: Vec<Encoded>,
     /// Time spent tokenizing (not waiting for a thread).
     pub elapsed: Duration,
+    /// A fault a test asked the model worker to simulate (see `crate::fault`).
+    pub fault: Option<Fault>,
 }
 
 /// One tokenizer thread.
@@ -105,7 +108,11 @@ impl Handler<Tokenize> for TokenizerActor {
         let _enter = msg.span.enter();
         let start = Instant::now();
         let tokenizer = &self.tokenizer;
+        let fault = msg.texts.iter().find_map(|t| crate::fault::detect(t));
         let result = catch_unwind(AssertUnwindSafe(|| {
+            if fault == Some(Fault::TokenizerPanic) {
+                panic!("injected tokenizer fault");
+            }
             msg.texts
                 .iter()
                 .enumerate()
@@ -116,6 +123,7 @@ impl Handler<Tokenize> for TokenizerActor {
             Ok(Ok(encodings)) => Ok(Tokenized {
                 encodings,
                 elapsed: start.elapsed(),
+                fault,
             }),
             Ok(Err(e)) => Err(match e {
                 TokenizeError::TooLong { .. } => ApiError::validation(e.to_string()),
