@@ -1,0 +1,281 @@
+//! The stop guarantees, on the real binary: a stop under load loses nothing, a worker stuck in
+//! a forward is aborted within the budget, a second signal aborts at once, panicked actors are
+//! restarted (and a flapping server stops), and repeated runs leave nothing behind.
+
+mod common;
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use actor_infer::{
+    api::grpc::pb::{InferRequest, inference_service_client::InferenceServiceClient},
+    fault,
+};
+use common::{Server, experiment, http_request, listening};
+
+const FAULTS: &[(&str, &str)] = &[(fault::ENV, "1")];
+
+fn embed(addr: &str, text: &str) -> std::io::Result<(u16, String)> {
+    let body = serde_json::json!({ "inputs": text }).to_string();
+    http_request(
+        addr,
+        "POST",
+        "/embed",
+        Some("application/json"),
+        body.as_bytes(),
+    )
+}
+
+#[test]
+fn a_worker_stuck_in_a_forward_is_aborted_within_the_budget() {
+    let server = Server::start_with(experiment("shutdown:\n  timeout_seconds: 2\n"), FAULTS);
+    let addr = server.http_addr.clone();
+    // This request never comes back: its worker hangs as if inside a libtorch call.
+    std::thread::spawn(move || embed(&addr, fault::HANG_TEXT));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !server.log().contains("busy") && !metrics_show_busy(&server) {
+        assert!(Instant::now() < deadline, "the worker never got busy");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let log = server.log.clone();
+    let start = Instant::now();
+    let status = server.stop();
+    let took = start.elapsed();
+    let log = log.lock().unwrap().clone();
+    assert_eq!(status.code(), Some(3), "abort exit code:\n{log}");
+    assert!(
+        took < Duration::from_secs(3),
+        "gone within budget + 1 s, took {took:?}"
+    );
+    assert!(log.contains("hard abort"), "{log}");
+    assert!(
+        log.contains("model-worker-0 (busy for"),
+        "names the stuck worker:\n{log}"
+    );
+}
+
+fn metrics_show_busy(server: &Server) -> bool {
+    http_request(&server.http_addr, "GET", "/metrics", None, b"")
+        .map(|(_, body)| body.contains("actor_infer_worker_busy{worker=\"0\"} 1"))
+        .unwrap_or(false)
+}
+
+#[test]
+fn a_second_signal_aborts_at_once() {
+    let server = Server::start_with(experiment("shutdown:\n  timeout_seconds: 30\n"), FAULTS);
+    let addr = server.http_addr.clone();
+    std::thread::spawn(move || embed(&addr, fault::HANG_TEXT));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !metrics_show_busy(&server) {
+        assert!(Instant::now() < deadline, "the worker never got busy");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    server.signal(libc::SIGTERM);
+    std::thread::sleep(Duration::from_millis(300));
+    let log = server.log.clone();
+    let start = Instant::now();
+    let status = server.stop_with(libc::SIGINT);
+    assert!(
+        start.elapsed() < Duration::from_secs(1),
+        "took {:?}",
+        start.elapsed()
+    );
+    let log = log.lock().unwrap().clone();
+    assert_eq!(status.code(), Some(4), "{log}");
+    assert!(log.contains("second signal"), "{log}");
+}
+
+#[test]
+fn a_stop_under_load_completes_or_refuses_every_request() {
+    let server = Server::start(experiment("shutdown:\n  timeout_seconds: 10\n"));
+    let stop_sent = Arc::new(AtomicBool::new(false));
+    let (ok, refused, after_close) = (
+        Arc::new(AtomicUsize::new(0)),
+        Arc::new(AtomicUsize::new(0)),
+        Arc::new(AtomicUsize::new(0)),
+    );
+    let mut clients = Vec::new();
+    // Six HTTP clients in a loop.
+    for i in 0..6 {
+        let (addr, stop_sent, ok, refused, after_close) = (
+            server.http_addr.clone(),
+            stop_sent.clone(),
+            ok.clone(),
+            refused.clone(),
+            after_close.clone(),
+        );
+        clients.push(std::thread::spawn(move || {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while Instant::now() < deadline {
+                match embed(&addr, &format!("client {i} says hello")) {
+                    Ok((200, body)) => {
+                        assert!(body.starts_with("[["), "{body}");
+                        ok.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok((503, body)) => {
+                        assert!(body.contains("shutting_down"), "{body}");
+                        refused.fetch_add(1, Ordering::Relaxed);
+                    }
+                    // Status 0: the connection closed before any response, i.e. the listener
+                    // closed with this connection still unread in its backlog; the request
+                    // never reached the server, exactly like a refused connection.
+                    Ok((0, _)) | Err(_) => {
+                        assert!(
+                            stop_sent.load(Ordering::Relaxed),
+                            "connection lost before the stop"
+                        );
+                        after_close.fetch_add(1, Ordering::Relaxed);
+                        return;
+                    }
+                    Ok((status, body)) => panic!("unexpected {status}: {body}"),
+                }
+            }
+            panic!("the server never went away");
+        }));
+    }
+    // And four gRPC clients.
+    let grpc = server.grpc.clone();
+    let grpc_stop = stop_sent.clone();
+    let grpc_ok = Arc::new(AtomicUsize::new(0));
+    let grpc_refused = Arc::new(AtomicUsize::new(0));
+    let (g_ok, g_ref) = (grpc_ok.clone(), grpc_refused.clone());
+    let grpc_thread = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let mut tasks = Vec::new();
+            for i in 0..4 {
+                let (grpc, stop_sent, ok, refused) =
+                    (grpc.clone(), grpc_stop.clone(), g_ok.clone(), g_ref.clone());
+                tasks.push(tokio::spawn(async move {
+                    let mut client = InferenceServiceClient::connect(grpc).await.unwrap();
+                    loop {
+                        let req = InferRequest {
+                            texts: vec![format!("grpc client {i}"); 3],
+                            ..Default::default()
+                        };
+                        let call = tokio::time::timeout(Duration::from_secs(20), client.infer(req));
+                        match call.await.expect("a gRPC call hung") {
+                            Ok(res) => {
+                                assert_eq!(res.into_inner().outputs.len(), 3);
+                                ok.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Err(s) if s.code() == tonic::Code::Unavailable => {
+                                assert!(stop_sent.load(Ordering::Relaxed), "{s:?}");
+                                refused.fetch_add(1, Ordering::Relaxed);
+                                if !s.message().contains("shutting down") {
+                                    return; // the connection went away
+                                }
+                            }
+                            Err(s) => panic!("unexpected gRPC error {s:?}"),
+                        }
+                    }
+                }));
+            }
+            for t in tasks {
+                t.await.unwrap();
+            }
+        });
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    let log = server.log.clone();
+    stop_sent.store(true, Ordering::Relaxed);
+    let status = server.stop();
+    for c in clients {
+        c.join().expect("an HTTP client saw something wrong");
+    }
+    grpc_thread
+        .join()
+        .expect("a gRPC client saw something wrong");
+    let log = log.lock().unwrap().clone();
+    assert_eq!(status.code(), Some(0), "{log}");
+    assert!(log.contains("Shutdown complete"));
+    assert!(ok.load(Ordering::Relaxed) > 0 && grpc_ok.load(Ordering::Relaxed) > 0);
+    eprintln!(
+        "http ok {} refused {} closed {}; grpc ok {} unavailable {}",
+        ok.load(Ordering::Relaxed),
+        refused.load(Ordering::Relaxed),
+        after_close.load(Ordering::Relaxed),
+        grpc_ok.load(Ordering::Relaxed),
+        grpc_refused.load(Ordering::Relaxed)
+    );
+}
+
+#[test]
+fn a_panicking_worker_or_tokenizer_is_restarted_and_serving_goes_on() {
+    let server = Server::start_with(experiment("experiment:\n  name: panics\n"), FAULTS);
+    let (status, body) = embed(&server.http_addr, fault::PANIC_TEXT).unwrap();
+    assert_eq!(status, 500, "{body}");
+    assert!(
+        body.contains("\"error_type\":\"internal\"") && body.contains("restarted"),
+        "{body}"
+    );
+    let (status, body) = embed(&server.http_addr, "after the panic").unwrap();
+    assert_eq!(status, 200, "{body}");
+
+    let (status, body) = embed(&server.http_addr, fault::TOKENIZER_PANIC_TEXT).unwrap();
+    assert_eq!(status, 500, "{body}");
+    let (status, body) = embed(&server.http_addr, "after the tokenizer panic").unwrap();
+    assert_eq!(status, 200, "{body}");
+
+    let (_, metrics) = http_request(&server.http_addr, "GET", "/metrics", None, b"").unwrap();
+    assert!(
+        metrics.contains("actor_infer_actor_restarts_total{actor=\"model_worker\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("actor_infer_actor_restarts_total{actor=\"tokenizer\"} 1"),
+        "{metrics}"
+    );
+    server.stop_clean();
+}
+
+#[test]
+fn past_the_restart_cap_the_server_stops_with_exit_1() {
+    let mut server = Server::start_with(
+        experiment("supervision:\n  max_restarts: 1\n  window_seconds: 60\n"),
+        FAULTS,
+    );
+    let http = server.http_addr.clone();
+    assert_eq!(embed(&http, fault::PANIC_TEXT).unwrap().0, 500);
+    let _ = embed(&http, fault::PANIC_TEXT);
+    let status = server
+        .wait(Duration::from_secs(15))
+        .unwrap_or_else(|| panic!("still running:\n{}", server.log()));
+    let log = server.log();
+    assert_eq!(status.code(), Some(1), "{log}");
+    assert!(log.contains("exceed supervision.max_restarts"), "{log}");
+    assert!(log.contains("Shutdown complete"), "{log}");
+    assert!(!listening(&http));
+}
+
+#[test]
+fn twenty_runs_in_a_row_leave_nothing_behind() {
+    // Other tests run beside this one, so compare this test's own servers: each run's
+    // process and ports must be gone when it has stopped.
+    for run in 0..20 {
+        let server = Server::start(experiment(&format!("experiment:\n  name: run-{run}\n")));
+        let (http, grpc, pid) = (
+            server.http_addr.clone(),
+            server.grpc.trim_start_matches("http://").to_string(),
+            server.pid,
+        );
+        assert_eq!(embed(&http, "one request per run").unwrap().0, 200);
+        server.stop_clean();
+        assert!(
+            !listening(&http) && !listening(&grpc),
+            "run {run}: a port is still held"
+        );
+        assert!(
+            !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+            "run {run}: process {pid} still exists"
+        );
+    }
+}
