@@ -6,7 +6,7 @@ EXPERIMENT ?= configs/default.yaml
 CARGO ?= cargo
 NEXTEST := $(shell $(CARGO) nextest --version >/dev/null 2>&1 && echo yes)
 
-.PHONY: setup build run test lint unit clean
+.PHONY: setup build run test test-deps lint clean
 
 ## setup: fetch libtorch and the default model into the cache and link them here (idempotent)
 setup:
@@ -25,8 +25,12 @@ lint: setup
 	$(CARGO) fmt --check
 	$(CARGO) clippy --release --all-targets --locked -- -D warnings
 
+## test-deps: Chromium and Prometheus from Debian, for the tests that drive them for real
+test-deps:
+	@bash scripts/test-deps.sh
+
 ## test: everything CI runs: lint, then every unit and integration test
-test: lint
+test: lint test-deps
 ifeq ($(NEXTEST),yes)
 	$(CARGO) nextest run --release --locked --no-fail-fast
 else

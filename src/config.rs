@@ -61,6 +61,9 @@ pub struct Config {
     /// Log output.
     #[serde(default)]
     pub logging: Logging,
+    /// The JSON dashboard.
+    #[serde(default)]
+    pub metrics: MetricsConfig,
 }
 
 /// `experiment:` section.
@@ -302,6 +305,27 @@ impl Default for Supervision {
     }
 }
 
+/// `metrics:` section.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// The JSON dashboard's rolling window (throughput, averages, percentiles), in seconds.
+    #[serde(default = "default_window")]
+    pub window_seconds: f64,
+}
+
+fn default_window() -> f64 {
+    60.0
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            window_seconds: default_window(),
+        }
+    }
+}
+
 /// `logging:` section.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -524,6 +548,13 @@ impl Config {
             return Err(ConfigError::new(
                 "shutdown.timeout_seconds",
                 format!("{t} must be more than 0 and at most 3600"),
+            ));
+        }
+        let m = self.metrics.window_seconds;
+        if !(m.is_finite() && (1.0..=86400.0).contains(&m)) {
+            return Err(ConfigError::new(
+                "metrics.window_seconds",
+                format!("{m} must be between 1 and 86400"),
             ));
         }
         let w = self.supervision.window_seconds;

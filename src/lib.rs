@@ -104,10 +104,17 @@ pub async fn run(config: Config, listeners: Listeners) -> i32 {
             return EXIT_FAILURE;
         }
     };
-    let (metrics, recorder) = Metrics::new().expect("metric names are unique and valid");
-    let metrics = metrics.start();
     let lifecycle = Arc::new(Lifecycle::default());
     let table = Arc::new(ActorTable::default());
+    let facts = actors::metrics::Facts {
+        experiment: config.experiment.name.clone(),
+        model: spec.name.clone(),
+        device: model::device_name(spec.device),
+        window: std::time::Duration::from_secs_f64(config.metrics.window_seconds),
+    };
+    let (metrics, recorder) = Metrics::new(facts, lifecycle.clone(), table.clone())
+        .expect("metric names are unique and valid");
+    let metrics = metrics.start();
     let router_cell = Arc::new(OnceLock::new());
     let shared = Arc::new(api::Shared {
         config: config.clone(),

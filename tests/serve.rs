@@ -259,7 +259,12 @@ async fn http_info_health_and_clear_errors() {
     assert_eq!(info["experiment"], "http-meta");
     assert_eq!(get("/health").await.unwrap().status(), 200);
     assert_eq!(get("/ready").await.unwrap().status(), 200);
-    let metrics = get("/metrics").await.unwrap().text().await.unwrap();
+    let metrics = get("/metrics?format=prometheus")
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(metrics.contains("actor_infer_ready 1"), "{metrics}");
 
     // Errors: status, JSON shape, and a message naming the fault; the server keeps serving.

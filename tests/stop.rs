@@ -60,9 +60,15 @@ fn a_worker_stuck_in_a_forward_is_aborted_within_the_budget() {
 }
 
 fn metrics_show_busy(server: &Server) -> bool {
-    http_request(&server.http_addr, "GET", "/metrics", None, b"")
-        .map(|(_, body)| body.contains("actor_infer_worker_busy{worker=\"0\"} 1"))
-        .unwrap_or(false)
+    http_request(
+        &server.http_addr,
+        "GET",
+        "/metrics?format=prometheus",
+        None,
+        b"",
+    )
+    .map(|(_, body)| body.contains("actor_infer_worker_busy{worker=\"0\"} 1"))
+    .unwrap_or(false)
 }
 
 #[test]
@@ -225,7 +231,14 @@ fn a_panicking_worker_or_tokenizer_is_restarted_and_serving_goes_on() {
     let (status, body) = embed(&server.http_addr, "after the tokenizer panic").unwrap();
     assert_eq!(status, 200, "{body}");
 
-    let (_, metrics) = http_request(&server.http_addr, "GET", "/metrics", None, b"").unwrap();
+    let (_, metrics) = http_request(
+        &server.http_addr,
+        "GET",
+        "/metrics?format=prometheus",
+        None,
+        b"",
+    )
+    .unwrap();
     assert!(
         metrics.contains("actor_infer_actor_restarts_total{actor=\"model_worker\"} 1"),
         "{metrics}"

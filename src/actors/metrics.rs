@@ -2,9 +2,24 @@
 //! through ([`Recorder`], plain atomics, no message per observation), and the Metrics actor
 //! that owns the registry and renders it for `GET /metrics`.
 //!
-//! Owns: the Prometheus registry. Sent to by: the HTTP front end ([`Render`]).
+//! Owns: the Prometheus registry, the rolling window behind the JSON dashboard, and the
+//! process/GPU samplers. Sent to by: the HTTP front end ([`Render`], [`Snapshot`]).
+//!
+//! The JSON dashboard keeps the original Python server's field names (`throughput_qps`,
+//! `avg_ms`, `stage_timings.avg_tokenize_ms`, `stage_timings.avg_inference_ms`,
+//! `stage_timings.avg_queue_wait_ms`, `stage_timings.mp_queue_receive_ms`, `gpu_memory_mb`,
+//! `cpu_percent`) so its diagnostic workflow keeps working; `gpu_memory_mb` is absent, not
+//! zero, where there is no GPU.
 
-use std::time::Duration;
+use std::{
+    collections::VecDeque,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use serde_json::{Value, json};
+
+use super::{ActorState, ActorTable, Lifecycle, router::Timings};
 
 use actix::prelude::*;
 use prometheus::{
@@ -38,6 +53,11 @@ pub mod names {
     pub const TOKENS_TOTAL: &str = "tokens_total";
     /// Queued texts dropped before inference; label `reason` (client_gone, ...).
     pub const SKIPPED_TOTAL: &str = "skipped_texts_total";
+    /// Device memory in use on a GPU (whole device, as NVML reports it); label `device`.
+    /// Absent where there is no NVIDIA GPU.
+    pub const GPU_MEMORY_USED: &str = "gpu_memory_used_bytes";
+    /// Process CPU use over the last sampling interval, percent of one core.
+    pub const CPU_PERCENT: &str = "process_cpu_percent";
 }
 
 /// Stages of the pipeline, the `stage` label's values.
@@ -51,6 +71,8 @@ pub enum Stage {
     Inference,
     /// From acceptance to answer.
     Total,
+    /// Messages in transit between actors (front end → Router → worker).
+    Handoff,
 }
 
 impl Stage {
@@ -60,6 +82,7 @@ impl Stage {
             Stage::Queue => "queue",
             Stage::Inference => "inference",
             Stage::Total => "total",
+            Stage::Handoff => "handoff",
         }
     }
 }
@@ -78,6 +101,9 @@ pub struct Recorder {
     restarts: IntCounterVec,
     tokens: IntCounter,
     skipped: IntCounterVec,
+    gpu_memory: IntGaugeVec,
+    cpu_percent: prometheus::Gauge,
+    window: Arc<Mutex<Window>>,
 }
 
 fn opts(name: &str, help: &str) -> Opts {
@@ -137,6 +163,18 @@ impl Recorder {
                 ),
                 &["reason"],
             )?,
+            gpu_memory: IntGaugeVec::new(
+                opts(
+                    names::GPU_MEMORY_USED,
+                    "GPU memory in use on the device (NVML).",
+                ),
+                &["device"],
+            )?,
+            cpu_percent: prometheus::Gauge::with_opts(opts(
+                names::CPU_PERCENT,
+                "Process CPU use over the last 2 s, percent of one core.",
+            ))?,
+            window: Arc::new(Mutex::new(Window::default())),
         };
         registry.register(Box::new(r.requests.clone()))?;
         registry.register(Box::new(r.stages.clone()))?;
@@ -149,12 +187,34 @@ impl Recorder {
         registry.register(Box::new(r.restarts.clone()))?;
         registry.register(Box::new(r.tokens.clone()))?;
         registry.register(Box::new(r.skipped.clone()))?;
+        registry.register(Box::new(r.gpu_memory.clone()))?;
+        registry.register(Box::new(r.cpu_percent.clone()))?;
         Ok(r)
     }
 
-    /// One request answered over `transport` with `outcome` (`ok` or an error type).
-    pub fn request(&self, transport: &str, outcome: &str) {
-        self.requests.with_label_values(&[transport, outcome]).inc();
+    /// One request answered over `transport`: `Ok` with its texts and timings, or the
+    /// error type it failed with. Feeds the counter and the dashboard's rolling window.
+    pub fn request(&self, transport: &str, outcome: Result<(usize, &Timings), &str>) {
+        let label = match outcome {
+            Ok(_) => "ok",
+            Err(kind) => kind,
+        };
+        self.requests.with_label_values(&[transport, label]).inc();
+        let sample = Sample {
+            at: Instant::now(),
+            texts: outcome.map(|(n, _)| n as u32).unwrap_or(0),
+            timings: outcome.ok().map(|(_, t)| *t),
+        };
+        let mut w = self.window.lock().unwrap_or_else(|p| p.into_inner());
+        w.total_requests += 1;
+        if sample.timings.is_none() {
+            w.total_errors += 1;
+        }
+        w.total_texts += u64::from(sample.texts);
+        if w.samples.len() >= MAX_SAMPLES {
+            w.samples.pop_front();
+        }
+        w.samples.push_back(sample);
     }
 
     /// Time spent in `stage`.
@@ -204,25 +264,13 @@ impl Recorder {
     }
 }
 
-/// Owns the registry (with the process collector: CPU seconds, resident memory, open fds).
-pub struct Metrics {
-    registry: Registry,
-}
-
-impl Metrics {
-    /// A registry holding every metric of [`Recorder`] and the process collector.
-    pub fn new() -> prometheus::Result<(Metrics, Recorder)> {
-        let registry = Registry::new();
-        let recorder = Recorder::new(&registry)?;
-        registry.register(Box::new(
-            prometheus::process_collector::ProcessCollector::for_self(),
-        ))?;
-        Ok((Metrics { registry }, recorder))
-    }
-}
-
 impl Actor for Metrics {
     type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        self.sample();
+        ctx.run_interval(SAMPLE_EVERY, |act, _| act.sample());
+    }
 }
 
 /// Render every metric in the Prometheus text format.
@@ -234,10 +282,287 @@ impl Handler<Render> for Metrics {
     type Result = String;
 
     fn handle(&mut self, _msg: Render, _ctx: &mut Self::Context) -> String {
+        self.recorder.in_flight(self.lifecycle.in_flight());
         let mut buf = Vec::new();
         TextEncoder::new()
             .encode(&self.registry.gather(), &mut buf)
             .expect("encoding gathered metrics into a Vec cannot fail");
         String::from_utf8(buf).expect("the Prometheus text format is UTF-8")
+    }
+}
+
+/// Most requests the rolling window remembers (bounds its memory whatever the load).
+const MAX_SAMPLES: usize = 200_000;
+
+/// One answered request, for the dashboard's rolling window.
+#[derive(Debug, Clone, Copy)]
+struct Sample {
+    at: Instant,
+    texts: u32,
+    /// `None` for a failed request.
+    timings: Option<Timings>,
+}
+
+/// Recent requests (the rolling window) and totals since start.
+#[derive(Debug, Default)]
+struct Window {
+    samples: VecDeque<Sample>,
+    total_requests: u64,
+    total_errors: u64,
+    total_texts: u64,
+}
+
+/// Process CPU and memory, sampled every [`SAMPLE_EVERY`].
+#[derive(Debug, Default, Clone, Copy)]
+struct ProcessSample {
+    cpu_percent: Option<f64>,
+    rss_bytes: Option<u64>,
+}
+
+/// How often the Metrics actor samples CPU, memory and GPU memory.
+const SAMPLE_EVERY: Duration = Duration::from_secs(2);
+
+/// CPU time (user + system) this process has used.
+fn cpu_time() -> Duration {
+    // SAFETY: getrusage writes into the struct we pass.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(u.ru_utime) + tv(u.ru_stime)
+}
+
+/// Resident memory now (Linux: /proc/self/statm; elsewhere: none).
+fn rss_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as u64;
+    Some(pages * page)
+}
+
+/// GPU memory through NVML (loaded at run time; absent without an NVIDIA driver).
+struct Gpu {
+    nvml: nvml_wrapper::Nvml,
+    devices: u32,
+}
+
+impl Gpu {
+    fn open() -> Option<Gpu> {
+        let nvml = nvml_wrapper::Nvml::init().ok()?;
+        let devices = nvml.device_count().ok()?;
+        (devices > 0).then_some(Gpu { nvml, devices })
+    }
+
+    /// Used bytes per device index.
+    fn used(&self) -> Vec<(u32, u64)> {
+        (0..self.devices)
+            .filter_map(|i| {
+                let d = self.nvml.device_by_index(i).ok()?;
+                Some((i, d.memory_info().ok()?.used))
+            })
+            .collect()
+    }
+}
+
+/// Facts the dashboard shows beside the numbers.
+pub struct Facts {
+    /// Experiment name.
+    pub experiment: String,
+    /// Model name.
+    pub model: String,
+    /// Device, as users write it.
+    pub device: String,
+    /// The rolling window.
+    pub window: Duration,
+}
+
+/// Owns the registry (with the process collector: CPU seconds, resident memory, open fds).
+pub struct Metrics {
+    registry: Registry,
+    recorder: Recorder,
+    facts: Facts,
+    lifecycle: Arc<Lifecycle>,
+    table: Arc<ActorTable>,
+    started: Instant,
+    process: ProcessSample,
+    last_cpu: (Instant, Duration),
+    gpu: Option<Gpu>,
+    gpu_used: Vec<(u32, u64)>,
+}
+
+impl Metrics {
+    /// A registry holding every metric of [`Recorder`] and the process collector.
+    pub fn new(
+        facts: Facts,
+        lifecycle: Arc<Lifecycle>,
+        table: Arc<ActorTable>,
+    ) -> prometheus::Result<(Metrics, Recorder)> {
+        let registry = Registry::new();
+        let recorder = Recorder::new(&registry)?;
+        registry.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))?;
+        let metrics = Metrics {
+            registry,
+            recorder: recorder.clone(),
+            facts,
+            lifecycle,
+            table,
+            started: Instant::now(),
+            process: ProcessSample {
+                cpu_percent: None,
+                rss_bytes: rss_bytes(),
+            },
+            last_cpu: (Instant::now(), cpu_time()),
+            gpu: Gpu::open(),
+            gpu_used: Vec::new(),
+        };
+        Ok((metrics, recorder))
+    }
+
+    fn sample(&mut self) {
+        let (now, cpu) = (Instant::now(), cpu_time());
+        let wall = now.duration_since(self.last_cpu.0).as_secs_f64();
+        if wall > 0.0 {
+            let pct = (cpu.saturating_sub(self.last_cpu.1)).as_secs_f64() / wall * 100.0;
+            self.process.cpu_percent = Some(pct);
+            self.recorder.cpu_percent.set(pct);
+        }
+        self.last_cpu = (now, cpu);
+        self.process.rss_bytes = rss_bytes();
+        if let Some(gpu) = &self.gpu {
+            self.gpu_used = gpu.used();
+            for (i, used) in &self.gpu_used {
+                self.recorder
+                    .gpu_memory
+                    .with_label_values(&[&i.to_string()])
+                    .set(*used as i64);
+            }
+        }
+    }
+
+    /// The JSON dashboard.
+    fn snapshot(&self) -> Value {
+        let horizon = self.facts.window;
+        let now = Instant::now();
+        let mut w = self
+            .recorder
+            .window
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        while w
+            .samples
+            .front()
+            .is_some_and(|s| now.duration_since(s.at) > horizon)
+        {
+            w.samples.pop_front();
+        }
+        let uptime = self.started.elapsed();
+        let span = horizon.min(uptime).as_secs_f64().max(1e-3);
+        let ok: Vec<&Timings> = w
+            .samples
+            .iter()
+            .filter_map(|s| s.timings.as_ref())
+            .collect();
+        let texts: u64 = w.samples.iter().map(|s| u64::from(s.texts)).sum();
+        let avg = |f: &dyn Fn(&Timings) -> Duration| -> Value {
+            if ok.is_empty() {
+                Value::Null
+            } else {
+                let sum: f64 = ok.iter().map(|t| f(t).as_secs_f64()).sum();
+                json!(round3(sum / ok.len() as f64 * 1e3))
+            }
+        };
+        let mut totals: Vec<f64> = ok.iter().map(|t| t.total.as_secs_f64() * 1e3).collect();
+        totals.sort_by(f64::total_cmp);
+        let pct = |q: f64| -> Value {
+            if totals.is_empty() {
+                Value::Null
+            } else {
+                let i = ((totals.len() as f64 - 1.0) * q).round() as usize;
+                json!(round3(totals[i]))
+            }
+        };
+        let states = |prefix: &str| -> Value {
+            self.table
+                .snapshot()
+                .into_iter()
+                .filter(|(n, _)| n.starts_with(prefix))
+                .map(|(name, s)| {
+                    let state = match s {
+                        ActorState::Starting => "starting",
+                        ActorState::Idle => "idle",
+                        ActorState::Busy(_) => "busy",
+                        ActorState::Stopped => "stopped",
+                    };
+                    json!({"name": name, "state": state})
+                })
+                .collect()
+        };
+        let restarts = |kind: &str| self.recorder.restarts.with_label_values(&[kind]).get();
+        let mut v = json!({
+            "experiment": self.facts.experiment,
+            "model": self.facts.model,
+            "device": self.facts.device,
+            "version": env!("CARGO_PKG_VERSION"),
+            "pid": std::process::id(),
+            "uptime_s": round3(uptime.as_secs_f64()),
+            "ready": self.lifecycle.is_ready(),
+            "stopping": self.lifecycle.is_stopping(),
+            "window_s": horizon.as_secs_f64(),
+            "requests": w.total_requests,
+            "errors": w.total_errors,
+            "texts": w.total_texts,
+            "window_requests": w.samples.len(),
+            "window_errors": w.samples.len() - ok.len(),
+            "throughput_qps": round3(w.samples.len() as f64 / span),
+            "texts_per_s": round3(texts as f64 / span),
+            "avg_ms": avg(&|t| t.total),
+            "p50_ms": pct(0.50),
+            "p95_ms": pct(0.95),
+            "p99_ms": pct(0.99),
+            "stage_timings": {
+                "avg_tokenize_ms": avg(&|t| t.tokenize),
+                "avg_queue_wait_ms": avg(&|t| t.queue),
+                "avg_inference_ms": avg(&|t| t.inference),
+                "mp_queue_receive_ms": avg(&|t| t.handoff),
+                "avg_total_ms": avg(&|t| t.total),
+            },
+            "queue_depth": self.recorder.queue_depth.get(),
+            "in_flight": self.lifecycle.in_flight(),
+            "workers": states("model-worker-"),
+            "tokenizers": states("tokenizer-"),
+            "restarts": {"model_worker": restarts("model_worker"), "tokenizer": restarts("tokenizer")},
+            "cpu_percent": self.process.cpu_percent.map(round3),
+            "rss_mb": self.process.rss_bytes.map(|b| round3(b as f64 / 1048576.0)),
+        });
+        if !self.gpu_used.is_empty() {
+            let total: u64 = self.gpu_used.iter().map(|(_, b)| b).sum();
+            v["gpu_memory_mb"] = json!(round3(total as f64 / 1048576.0));
+            v["gpu_devices"] = self
+                .gpu_used
+                .iter()
+                .map(|(i, b)| json!({"device": i, "used_mb": round3(*b as f64 / 1048576.0)}))
+                .collect();
+        }
+        v
+    }
+}
+
+fn round3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
+
+/// The JSON dashboard (what `GET /metrics` answers unless Prometheus's format is asked for).
+#[derive(Message)]
+#[rtype(result = "Value")]
+pub struct Snapshot;
+
+impl Handler<Snapshot> for Metrics {
+    type Result = MessageResult<Snapshot>;
+
+    fn handle(&mut self, _msg: Snapshot, _ctx: &mut Self::Context) -> Self::Result {
+        self.recorder.in_flight(self.lifecycle.in_flight());
+        MessageResult(self.snapshot())
     }
 }

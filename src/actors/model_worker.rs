@@ -50,6 +50,8 @@ pub struct Forward {
     pub span: tracing::Span,
     /// A fault a test asked for (see `crate::fault`); `None` in real use.
     pub fault: Option<Fault>,
+    /// When the Router sent it (for the hand-off time).
+    pub sent: Instant,
 }
 
 /// One batch's result.
@@ -61,6 +63,8 @@ pub struct ForwardOutput {
     pub started: Instant,
     /// How long the forward took.
     pub elapsed: Duration,
+    /// Router → worker: from sending to the start of the forward.
+    pub handoff: Duration,
 }
 
 /// Drop the weights (freeing device memory) and acknowledge.
@@ -192,6 +196,7 @@ impl Handler<Forward> for ModelWorker {
                 embeddings,
                 started,
                 elapsed,
+                handoff: started.saturating_duration_since(msg.sent),
             }),
             Err(panic) => {
                 let message = super::panic_message(&panic);

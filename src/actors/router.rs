@@ -49,6 +49,8 @@ pub struct Embed {
     pub truncate: bool,
     /// The request's span.
     pub span: tracing::Span,
+    /// When the front end sent this message (for the hand-off time).
+    pub sent: Instant,
 }
 
 /// Where one request's time went.
@@ -62,6 +64,9 @@ pub struct Timings {
     pub inference: Duration,
     /// From acceptance by the Router to the answer.
     pub total: Duration,
+    /// Time messages spent between actors: front end → Router plus Router → model worker
+    /// (the original server's `mp_queue_receive_ms`).
+    pub handoff: Duration,
 }
 
 /// One request's result.
@@ -95,6 +100,7 @@ struct Pending {
     enqueued: Instant,
     first_start: Cell<Option<Instant>>,
     last_end: Cell<Option<Instant>>,
+    handoff: Cell<Duration>,
     span: tracing::Span,
     /// Counts the request in the Lifecycle until the request is dropped.
     _in_flight: InFlight,
@@ -115,6 +121,8 @@ impl Pending {
 
 /// A request the Router accepted, while its texts are being tokenized.
 struct Accepted {
+    /// Front end → Router.
+    handoff: Duration,
     reply: Reply,
     normalize: bool,
     at: Instant,
@@ -183,6 +191,7 @@ impl Router {
         ctx: &mut Context<Self>,
     ) {
         let Accepted {
+            handoff,
             reply,
             normalize,
             at: accepted,
@@ -214,6 +223,7 @@ impl Router {
             enqueued: Instant::now(),
             first_start: Cell::new(None),
             last_end: Cell::new(None),
+            handoff: Cell::new(handoff),
             span,
             _in_flight: in_flight,
         });
@@ -249,7 +259,12 @@ impl Router {
                 span.follows_from(&request.span);
             }
             self.workers[w].busy = true;
-            let send = self.workers[w].addr.send(Forward { texts, span, fault });
+            let send = self.workers[w].addr.send(Forward {
+                texts,
+                span,
+                fault,
+                sent: Instant::now(),
+            });
             ctx.spawn(
                 actix::fut::wrap_future(send).map(move |result, act: &mut Router, ctx| {
                     act.workers[w].busy = false;
@@ -312,6 +327,8 @@ impl Router {
         for ((r, index), mut embedding) in owners.into_iter().zip(out.embeddings) {
             if r.first_start.get().is_none() {
                 r.first_start.set(Some(out.started));
+                r.handoff.set(r.handoff.get() + out.handoff);
+                self.metrics.stage(Stage::Handoff, r.handoff.get());
                 self.metrics.stage(
                     Stage::Queue,
                     out.started.saturating_duration_since(r.enqueued),
@@ -343,6 +360,7 @@ impl Router {
                 .unwrap_or(start)
                 .saturating_duration_since(start),
             total: r.accepted.elapsed(),
+            handoff: r.handoff.get(),
         };
         self.metrics.stage(Stage::Total, timings.total);
         let _ = tx.send(Ok(EmbedOutput {
@@ -377,10 +395,12 @@ impl Handler<Embed> for Router {
             return Err(ApiError::not_ready());
         }
         let (reply, rx) = oneshot::channel();
+        let now = Instant::now();
         let accepted = Accepted {
+            handoff: now.saturating_duration_since(msg.sent),
             reply,
             normalize: msg.normalize.unwrap_or(self.spec.normalize),
-            at: Instant::now(),
+            at: now,
             span: msg.span.clone(),
             in_flight: self.lifecycle.track(),
         };

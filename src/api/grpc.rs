@@ -90,11 +90,13 @@ impl InferenceService for GrpcApi {
             .shared
             .embed(req.texts, req.normalize, req.truncate.unwrap_or(true), span)
             .await;
-        let outcome = match &result {
-            Ok(_) => "ok",
-            Err(e) => e.kind.as_str(),
-        };
-        self.shared.recorder.request("grpc", outcome);
+        self.shared.recorder.request(
+            "grpc",
+            match &result {
+                Ok(out) => Ok((out.embeddings.len(), &out.timings)),
+                Err(e) => Err(e.kind.as_str()),
+            },
+        );
         let out = result.map_err(Status::from)?;
         Ok(Response::new(pb::InferResponse {
             outputs: out

@@ -15,7 +15,10 @@ use serde::{Deserialize, Serialize};
 
 use super::Shared;
 use crate::{
-    actors::{metrics::Render, router::Timings},
+    actors::{
+        metrics::{Render, Snapshot},
+        router::Timings,
+    },
     error::{ApiError, ErrorKind},
 };
 
@@ -172,12 +175,22 @@ fn with_timings(res: &mut actix_web::HttpResponseBuilder, t: &Timings) {
         .insert_header(("x-total-time", ms(t.total)));
 }
 
-fn outcome(shared: &Shared, result: &Result<HttpResponse, ApiError>) {
-    let outcome = match result {
-        Ok(_) => "ok",
-        Err(e) => e.kind.as_str(),
-    };
-    shared.recorder.request("http", outcome);
+/// Records an inference request's outcome (counter and dashboard window) and returns its
+/// response.
+fn outcome(
+    shared: &Shared,
+    result: Result<(HttpResponse, usize, Timings), ApiError>,
+) -> Result<HttpResponse, ApiError> {
+    match result {
+        Ok((res, texts, timings)) => {
+            shared.recorder.request("http", Ok((texts, &timings)));
+            Ok(res)
+        }
+        Err(e) => {
+            shared.recorder.request("http", Err(e.kind.as_str()));
+            Err(e)
+        }
+    }
 }
 
 fn request_span(route: &'static str, req: &HttpRequest) -> tracing::Span {
@@ -219,6 +232,7 @@ async fn openai_embeddings(
             .embed(body.input.into_vec(), None, true, span.clone())
             .await?;
         let tokens: u64 = out.token_counts.iter().map(|&n| u64::from(n)).sum();
+        let (texts, timings) = (out.embeddings.len(), out.timings);
         let data = out
             .embeddings
             .into_iter()
@@ -236,7 +250,7 @@ async fn openai_embeddings(
             .collect();
         let mut res = HttpResponse::Ok();
         with_timings(&mut res, &out.timings);
-        Ok(res.json(OpenAiResponse {
+        let res = res.json(OpenAiResponse {
             object: "list",
             data,
             model: shared.spec.name.clone(),
@@ -244,11 +258,11 @@ async fn openai_embeddings(
                 prompt_tokens: tokens,
                 total_tokens: tokens,
             },
-        }))
+        });
+        Ok((res, texts, timings))
     }
     .await;
-    outcome(&shared, &result);
-    result
+    outcome(&shared, result)
 }
 
 async fn tei_embed(
@@ -272,10 +286,10 @@ async fn tei_embed(
     .map(|out| {
         let mut res = HttpResponse::Ok();
         with_timings(&mut res, &out.timings);
-        res.json(out.embeddings)
+        let texts = out.embeddings.len();
+        (res.json(out.embeddings), texts, out.timings)
     });
-    outcome(&shared, &result);
-    result
+    outcome(&shared, result)
 }
 
 async fn health() -> HttpResponse {
@@ -296,16 +310,43 @@ async fn info(shared: web::Data<Shared>) -> HttpResponse {
     HttpResponse::Ok().json(shared.info())
 }
 
-async fn metrics(shared: web::Data<Shared>) -> Result<HttpResponse, ApiError> {
-    shared.recorder.in_flight(shared.lifecycle.in_flight());
-    let text = shared
-        .metrics
-        .send(Render)
-        .await
-        .map_err(|_| ApiError::shutting_down())?;
-    Ok(HttpResponse::Ok()
-        .content_type("text/plain; version=0.0.4; charset=utf-8")
-        .body(text))
+/// True when the client asks for Prometheus's text format (Prometheus's own scrapes name
+/// `text/plain` or `application/openmetrics-text` in `Accept`; `curl` sends `*/*`, browsers
+/// and the original dashboard's scripts get JSON).
+fn wants_prometheus(req: &HttpRequest) -> bool {
+    let accept = req
+        .headers()
+        .get(actix_web::http::header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    accept.contains("application/openmetrics-text") || accept.contains("text/plain")
+}
+
+/// `GET /metrics`: Prometheus text when asked for, else the JSON dashboard; `?format=json`
+/// or `?format=prometheus` force one.
+async fn metrics(shared: web::Data<Shared>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    let prometheus = match req.query_string() {
+        q if q.contains("format=prometheus") => true,
+        q if q.contains("format=json") => false,
+        _ => wants_prometheus(&req),
+    };
+    let gone = |_| ApiError::shutting_down();
+    if prometheus {
+        let text = shared.metrics.send(Render).await.map_err(gone)?;
+        Ok(HttpResponse::Ok()
+            .content_type("text/plain; version=0.0.4; charset=utf-8")
+            .body(text))
+    } else {
+        let json = shared.metrics.send(Snapshot).await.map_err(gone)?;
+        Ok(HttpResponse::Ok().json(json))
+    }
+}
+
+/// `GET /`: the live dashboard page (self-contained; it polls `/metrics` as JSON).
+async fn dashboard() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/html; charset=utf-8")
+        .body(include_str!("dashboard.html"))
 }
 
 async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
@@ -373,6 +414,7 @@ pub fn serve(listener: TcpListener, shared: Arc<Shared>) -> std::io::Result<Serv
             .service(resource("/ready", web::get().to(ready)))
             .service(resource("/info", web::get().to(info)))
             .service(resource("/metrics", web::get().to(metrics)))
+            .service(resource("/", web::get().to(dashboard)))
             .default_service(web::to(not_found))
     })
     .workers(workers)

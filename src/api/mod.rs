@@ -94,6 +94,7 @@ impl Shared {
                 normalize,
                 truncate,
                 span,
+                sent: std::time::Instant::now(),
             })
             .await
             .map_err(|_| ApiError::shutting_down())??;

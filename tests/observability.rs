@@ -1,0 +1,296 @@
+//! The operators' view, for real: a real Prometheus server scrapes a running actor-infer, the
+//! shipped configs pass promtool, the JSON dashboard keeps the original field names, and the
+//! live page works in headless Chromium.
+
+mod common;
+
+use std::{
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use common::{Server, experiment, http_get, http_request};
+use serde_json::Value;
+
+fn load(server: &Server, n: usize) {
+    for i in 0..n {
+        let body =
+            serde_json::json!({"inputs": [format!("text number {i}"), "another"]}).to_string();
+        let (status, _) = http_request(
+            &server.http_addr,
+            "POST",
+            "/embed",
+            Some("application/json"),
+            body.as_bytes(),
+        )
+        .unwrap();
+        assert_eq!(status, 200);
+    }
+}
+
+/// Kills and reaps a helper process when the test ends, however it ends.
+struct Reap(std::process::Child);
+
+impl Drop for Reap {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn json_dashboard_answers_the_original_workflows_questions() {
+    let server = Server::start(experiment(
+        "experiment:\n  name: dash-json\nmetrics:\n  window_seconds: 30\n",
+    ));
+    load(&server, 10);
+    // The original Step 0 one-liner sends no Accept header worth the name: it gets JSON.
+    let (status, body) = http_get(&server.http_addr, "/metrics").unwrap();
+    assert_eq!(status, 200);
+    let d: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(d["experiment"], "dash-json");
+    assert_eq!(d["requests"], 10);
+    assert_eq!(d["errors"], 0);
+    assert_eq!(d["window_s"], 30.0);
+    assert!(d["throughput_qps"].as_f64().unwrap() > 0.0);
+    for key in [
+        "avg_ms",
+        "p50_ms",
+        "p95_ms",
+        "p99_ms",
+        "cpu_percent",
+        "rss_mb",
+    ] {
+        assert!(d[key].as_f64().is_some(), "{key} in {d}");
+    }
+    let stages = &d["stage_timings"];
+    for key in [
+        "avg_tokenize_ms",
+        "avg_inference_ms",
+        "avg_queue_wait_ms",
+        "mp_queue_receive_ms",
+    ] {
+        assert!(stages[key].as_f64().unwrap() >= 0.0, "{key} in {d}");
+    }
+    assert!(stages["avg_inference_ms"].as_f64().unwrap() > 0.0);
+    assert!(
+        d.get("gpu_memory_mb").is_none(),
+        "absent, not zero, without a GPU: {d}"
+    );
+    assert_eq!(d["workers"][0]["name"], "model-worker-0");
+    assert_eq!(d["restarts"]["model_worker"], 0);
+    // An error counts as an error.
+    let (status, _) = http_request(
+        &server.http_addr,
+        "POST",
+        "/embed",
+        Some("application/json"),
+        b"{\"inputs\": []}",
+    )
+    .unwrap();
+    assert_eq!(status, 400);
+    let d: Value =
+        serde_json::from_str(&http_get(&server.http_addr, "/metrics").unwrap().1).unwrap();
+    assert_eq!(d["errors"], 1);
+    server.stop_clean();
+}
+
+#[test]
+fn a_real_prometheus_scrapes_the_stage_histograms() {
+    let server = Server::start(experiment("experiment:\n  name: scraped\n"));
+    load(&server, 5);
+
+    // What we expose passes promtool's linter.
+    let (_, text) = http_get(&server.http_addr, "/metrics?format=prometheus").unwrap();
+    let mut check = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (run `make test-deps`)");
+    use std::io::Write;
+    check
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = check.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // A real Prometheus, on a free loopback port, scraping this server every second.
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let config = dir.path().join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: actor-infer\n    \
+             static_configs:\n      - targets: ['{}']\n",
+            server.http_addr
+        ),
+    )
+    .unwrap();
+    let prom = Reap(
+        Command::new("prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("prometheus (run `make test-deps`)"),
+    );
+    let prom_addr = format!("127.0.0.1:{port}");
+    let query = |q: &str| -> Value {
+        let path = format!("/api/v1/query?query={q}");
+        http_get(&prom_addr, &path)
+            .ok()
+            .and_then(|(_, b)| serde_json::from_str(&b).ok())
+            .unwrap_or(Value::Null)
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let up = query("up%7Bjob%3D%22actor-infer%22%7D");
+        let samples =
+            query("actor_infer_stage_duration_seconds_count%7Bstage%3D%22inference%22%7D");
+        let up_ok = up["data"]["result"][0]["value"][1] == "1";
+        let count = samples["data"]["result"][0]["value"][1]
+            .as_str()
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0);
+        if up_ok && count >= 5.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "Prometheus never saw the target: up={up} samples={samples}"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    drop(prom);
+    server.stop_clean();
+}
+
+#[test]
+fn shipped_prometheus_config_passes_promtool() {
+    let out = Command::new("promtool")
+        .args(["check", "config", "docker/prometheus.yml"])
+        .current_dir(common::root())
+        .output()
+        .expect("promtool (run `make test-deps`)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for f in ["docker/grafana/dashboards/actor-infer.json"] {
+        let v: Value =
+            serde_json::from_str(&std::fs::read_to_string(common::root().join(f)).unwrap())
+                .unwrap();
+        assert!(v["panels"].as_array().unwrap().len() >= 6, "{f}");
+    }
+}
+
+/// Loads the live page in headless Chromium for `ms` of page time and returns its DOM.
+fn chromium_dom(url: &str, ms: u32) -> String {
+    let profile = tempfile::tempdir().unwrap();
+    let out = Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--window-size=1280,900",
+            &format!("--user-data-dir={}", profile.path().display()),
+            &format!("--virtual-time-budget={ms}"),
+            "--dump-dom",
+            url,
+        ])
+        .stderr(Stdio::null())
+        .output()
+        .expect("chromium (run `make test-deps`)");
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+fn attr(dom: &str, name: &str) -> Option<String> {
+    let start = dom.find(&format!("{name}=\""))? + name.len() + 2;
+    Some(dom[start..].split('"').next()?.to_string())
+}
+
+#[test]
+fn live_page_draws_charts_and_follows_the_load_in_chromium() {
+    let server = Server::start(experiment("experiment:\n  name: live-page\n"));
+    load(&server, 3);
+    let http = server.http_addr.clone();
+    // Load goes on while the page polls.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (stop2, addr) = (stop.clone(), http.clone());
+    let loader = std::thread::spawn(move || {
+        while !stop2.load(std::sync::atomic::Ordering::Relaxed) {
+            let _ = http_request(
+                &addr,
+                "POST",
+                "/embed",
+                Some("application/json"),
+                b"{\"inputs\": \"load\"}",
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    });
+    let dom = chromium_dom(&format!("http://{http}/"), 9000);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    loader.join().unwrap();
+    assert!(
+        dom.contains("live-page"),
+        "the page shows the experiment:\n{dom:.2000}"
+    );
+    let polls: u32 = attr(&dom, "data-polls")
+        .expect("polled /metrics")
+        .parse()
+        .unwrap();
+    assert!(polls >= 2, "polls {polls}");
+    let first: u64 = attr(&dom, "data-first-requests").unwrap().parse().unwrap();
+    let last: u64 = attr(&dom, "data-requests").unwrap().parse().unwrap();
+    assert!(
+        last > first,
+        "the numbers follow the load: {first} -> {last}"
+    );
+    for chart in [
+        "chart-throughput",
+        "chart-latency",
+        "chart-stages",
+        "chart-cpu",
+        "chart-memory",
+    ] {
+        let at = dom
+            .find(&format!("id=\"{chart}\""))
+            .unwrap_or_else(|| panic!("{chart} missing"));
+        let tag_start = dom[..at].rfind('<').unwrap();
+        let tag = &dom[tag_start..tag_start + dom[tag_start..].find('>').unwrap()];
+        let points: u32 = attr(tag, "data-points")
+            .unwrap_or_default()
+            .parse()
+            .unwrap_or(0);
+        assert!(points >= 2, "{chart} drew {points} points: {tag}");
+    }
+    assert!(dom.contains("no GPU"), "no GPU here, and the page says so");
+    server.stop_clean();
+}
