@@ -1,9 +1,9 @@
 //! The command line: `actor-infer --experiment exp.yaml [--grpc-port N] [--http-port N]`,
-//! the original server's, plus a few operator conveniences.
+//! the original server's, plus `doctor` (the original diagnostic workflow, built in).
 
 use std::path::PathBuf;
 
-use clap::Parser;
+use clap::{Parser, Subcommand, ValueEnum};
 
 /// Serve text-embedding models over gRPC and HTTP from one process.
 ///
@@ -17,25 +17,101 @@ use clap::Parser;
 #[derive(Debug, Parser)]
 #[command(name = "actor-infer", version, about, long_about)]
 pub struct Cli {
-    /// The experiment YAML (see configs/default.yaml for every key).
-    #[arg(short = 'e', long, value_name = "YAML", env = "ACTOR_INFER_EXPERIMENT")]
-    pub experiment: PathBuf,
+    /// What to do; without one, serve.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
+    /// The experiment YAML (see configs/default.yaml for every key). Required to serve.
+    #[arg(
+        short = 'e',
+        long,
+        value_name = "YAML",
+        env = "ACTOR_INFER_EXPERIMENT",
+        global = true
+    )]
+    pub experiment: Option<PathBuf>,
 
     /// Override `server.grpc_port` (0 picks a free port; the chosen one is logged).
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", global = true)]
     pub grpc_port: Option<u32>,
 
     /// Override `server.http_port` (0 picks a free port; the chosen one is logged).
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", global = true)]
     pub http_port: Option<u32>,
 
     /// Override `server.host`, the address both servers bind.
-    #[arg(long, value_name = "ADDR")]
+    #[arg(long, value_name = "ADDR", global = true)]
     pub host: Option<String>,
 
     /// Validate the configuration, print it as resolved, and exit (0 if valid).
     #[arg(long)]
     pub check: bool,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Diagnose a slow or unclean run: ports, processes, metrics, throttling, and a verdict
+    /// (case A orphans, B throttling, C tokenizer bottleneck). Exit 1 on case A.
+    ///
+    /// Uses the ports of --experiment (or the defaults 8080/50051) and --http-port/--grpc-port.
+    Doctor {
+        /// One check only; without one, the full report.
+        #[command(subcommand)]
+        check: Option<DoctorCheck>,
+    },
+}
+
+/// The doctor's single checks (the original team's script names in brackets).
+#[derive(Debug, Subcommand)]
+pub enum DoctorCheck {
+    /// Who listens on the HTTP and gRPC ports [check_ports.sh]. Exit 1 if either is held.
+    Ports,
+    /// Server processes, orphans (parent 1) and zombies [check_processes.sh]. Exit 1 if any
+    /// is orphaned or a zombie.
+    Processes,
+    /// The running server's metrics [check_metrics.sh]. Exit 1 if no server answers.
+    Metrics,
+    /// Count server processes and port listeners [count_processes.sh before|after];
+    /// `after` compares with `before` and exits 1 if anything is left over.
+    Count {
+        /// `before` records, `after` compares.
+        #[arg(value_enum)]
+        phase: Phase,
+        /// Where `before` keeps its counts.
+        #[arg(long, value_name = "FILE")]
+        state_file: Option<PathBuf>,
+    },
+    /// Print metrics or processes every interval [monitor_metrics.sh, monitor_processes.sh].
+    Watch {
+        /// What to watch.
+        #[arg(value_enum)]
+        what: Watch,
+        /// Seconds between lines.
+        #[arg(long, default_value_t = 2.0)]
+        interval_seconds: f64,
+        /// Stop after this many lines (default: until interrupted).
+        #[arg(long)]
+        count: Option<u64>,
+    },
+}
+
+/// `doctor count` phases.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum Phase {
+    /// Before a run.
+    Before,
+    /// After a run.
+    After,
+}
+
+/// `doctor watch` subjects.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum Watch {
+    /// The server's metrics.
+    Metrics,
+    /// Server processes and port listeners.
+    Processes,
 }
 
 impl Cli {

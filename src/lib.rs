@@ -14,6 +14,7 @@ pub mod actors;
 pub mod api;
 pub mod cli;
 pub mod config;
+pub mod doctor;
 pub mod error;
 pub mod fault;
 pub mod model;

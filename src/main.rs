@@ -6,10 +6,11 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use actor_infer::{
     Listeners,
     actors::supervisor::{EXIT_CONFIG, EXIT_FAILURE},
-    cli::Cli,
+    cli::{Cli, Command, DoctorCheck, Phase, Watch},
     config::{Config, LogFormat, Logging},
+    doctor,
 };
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use tracing_subscriber::EnvFilter;
 
 fn init_logging(logging: &Logging) {
@@ -26,9 +27,129 @@ fn init_logging(logging: &Logging) {
     }
 }
 
+/// `actor-infer doctor ...`; returns the exit code.
+fn run_doctor(cli: &Cli, check: &Option<DoctorCheck>) -> i32 {
+    let target = match doctor::Target::from_config(cli.experiment.as_deref(), &cli.overrides()) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("actor-infer doctor: {e}");
+            return EXIT_CONFIG;
+        }
+    };
+    match check {
+        None => {
+            let report = doctor::diagnose(&target);
+            print!("{}", report.text);
+            i32::from(report.verdict == doctor::Verdict::Orphans)
+        }
+        Some(DoctorCheck::Ports) => {
+            let mut held = false;
+            for (what, port) in [("HTTP", target.http_port), ("gRPC", target.grpc_port)] {
+                let pids = doctor::listeners(port);
+                held |= !pids.is_empty();
+                if pids.is_empty() {
+                    println!("{what} {port}: free");
+                } else {
+                    println!("{what} {port}: LISTEN by pid {pids:?}");
+                }
+            }
+            i32::from(held)
+        }
+        Some(DoctorCheck::Processes) => {
+            let line = doctor::processes_line(&target);
+            println!("{line}");
+            i32::from(line.contains("ORPHANED") || line.contains("ZOMBIE"))
+        }
+        Some(DoctorCheck::Metrics) => match doctor::metrics(&target) {
+            Some(m) => {
+                println!("{}", serde_json::to_string_pretty(&m).unwrap_or_default());
+                0
+            }
+            None => {
+                println!("no server answers on {}:{}", target.host, target.http_port);
+                1
+            }
+        },
+        Some(DoctorCheck::Count { phase, state_file }) => {
+            let file = state_file.clone().unwrap_or_else(|| {
+                std::env::temp_dir().join(format!("actor-infer-count-{}.json", target.http_port))
+            });
+            let now = doctor::counts(&target);
+            println!("{now}");
+            match phase {
+                Phase::Before => match std::fs::write(&file, now.to_string()) {
+                    Ok(()) => 0,
+                    Err(e) => {
+                        eprintln!("cannot write {}: {e}", file.display());
+                        1
+                    }
+                },
+                Phase::After => {
+                    let before: serde_json::Value = std::fs::read_to_string(&file)
+                        .ok()
+                        .and_then(|t| serde_json::from_str(&t).ok())
+                        .unwrap_or_default();
+                    let mut grew = false;
+                    for (k, v) in now.as_object().into_iter().flatten() {
+                        let b = before[k].as_u64().unwrap_or(0);
+                        let a = v.as_u64().unwrap_or(0);
+                        if a > b {
+                            grew = true;
+                            println!("{k}: {b} before, {a} after: LEFT OVER");
+                        }
+                    }
+                    if !grew {
+                        println!("nothing left over (compared with {})", file.display());
+                    }
+                    i32::from(grew)
+                }
+            }
+        }
+        Some(DoctorCheck::Watch {
+            what,
+            interval_seconds,
+            count,
+        }) => {
+            let every = std::time::Duration::from_secs_f64(interval_seconds.max(0.1));
+            let mut n = 0;
+            loop {
+                let line = match what {
+                    Watch::Metrics => doctor::metrics_line(&target),
+                    Watch::Processes => doctor::processes_line(&target),
+                };
+                println!("{} {line}", chrono_like_now());
+                n += 1;
+                if count.is_some_and(|c| n >= c) {
+                    return 0;
+                }
+                std::thread::sleep(every);
+            }
+        }
+    }
+}
+
+/// Seconds since the epoch with milliseconds, for watch lines.
+fn chrono_like_now() -> String {
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    format!("{}.{:03}", d.as_secs(), d.subsec_millis())
+}
+
 fn main() {
     let cli = Cli::parse();
-    let config = match Config::load(&cli.experiment, &cli.overrides()) {
+    if let Some(Command::Doctor { check }) = &cli.command {
+        std::process::exit(run_doctor(&cli, check));
+    }
+    let Some(experiment) = cli.experiment.clone() else {
+        Cli::command()
+            .error(
+                clap::error::ErrorKind::MissingRequiredArgument,
+                "--experiment <YAML> is required to serve",
+            )
+            .exit();
+    };
+    let config = match Config::load(&experiment, &cli.overrides()) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("actor-infer: configuration error: {e}");

@@ -1,0 +1,661 @@
+//! `actor-infer doctor`: the original team's diagnostic workflow
+//! (`diagnostic-workflow.md`), built in. It answers their questions from this machine and the
+//! running server's metrics: are the ports still held (and by whom), are there stray or
+//! orphaned server processes (parent 1), how many before and after a run, what do the metrics
+//! say, what does the OS say about CPU frequency and throttling, and which case it is:
+//! A (orphans), B (throttling) or C (tokenizer bottleneck).
+//!
+//! Linux reads `/proc` and `/sys`; macOS asks `lsof`, `ps` and `pmset -g therm`.
+
+use std::{
+    collections::BTreeMap,
+    fmt::Write as _,
+    io::{Read, Write},
+    net::TcpStream,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use serde_json::Value;
+
+use crate::config::{Config, Overrides};
+
+/// What the doctor looks at.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// Where the server listens (and the doctor connects).
+    pub host: String,
+    /// The HTTP port.
+    pub http_port: u16,
+    /// The gRPC port.
+    pub grpc_port: u16,
+    /// The experiment file, if given: `count` then counts only servers started with it.
+    pub experiment: Option<PathBuf>,
+}
+
+impl Target {
+    /// Ports from the experiment YAML (if any), the environment and the flags, without
+    /// requiring the model to exist: the doctor must work when things are broken.
+    pub fn from_config(experiment: Option<&Path>, overrides: &Overrides) -> Result<Target, String> {
+        let yaml = match experiment {
+            Some(p) => std::fs::read_to_string(p)
+                .map_err(|e| format!("cannot read {}: {e}", p.display()))?,
+            None => "model:\n  path: .\n".to_string(),
+        };
+        let env = std::env::vars().filter(|(k, _)| k.starts_with(crate::config::ENV_PREFIX));
+        let c = Config::from_sources(&yaml, env, overrides).map_err(|e| e.to_string())?;
+        let port = |p: u32| u16::try_from(p).map_err(|_| format!("port {p} out of range"));
+        let host = match c.server.host.as_str() {
+            "0.0.0.0" | "::" => "127.0.0.1".to_string(),
+            h => h.to_string(),
+        };
+        Ok(Target {
+            host,
+            http_port: port(c.server.http_port)?,
+            grpc_port: port(c.server.grpc_port)?,
+            experiment: experiment.map(Path::to_path_buf),
+        })
+    }
+}
+
+/// A process on this machine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Proc {
+    /// Its id.
+    pub pid: u32,
+    /// Its parent's id (1: orphaned, adopted by init).
+    pub ppid: u32,
+    /// Single-letter state (`Z` zombie).
+    pub state: char,
+    /// Its command line.
+    pub cmdline: String,
+    /// Threads.
+    pub threads: u32,
+}
+
+impl Proc {
+    /// True if this looks like an actor-infer server or the original Python server.
+    pub fn is_server(&self) -> bool {
+        let c = &self.cmdline;
+        (c.contains("actor-infer") && !c.contains(" doctor") && !c.contains(" bench"))
+            || (c.contains("python") && c.contains("src.main"))
+    }
+}
+
+/// Every process (Linux: /proc; macOS: ps).
+pub fn processes() -> Vec<Proc> {
+    if Path::new("/proc/self/stat").exists() {
+        let Ok(dir) = std::fs::read_dir("/proc") else {
+            return Vec::new();
+        };
+        dir.filter_map(|e| {
+            let pid: u32 = e.ok()?.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            // pid (comm) state ppid ... ; comm may hold spaces, so split after the last ')'.
+            let rest = &stat[stat.rfind(')')? + 2..];
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|b| {
+                    String::from_utf8_lossy(&b)
+                        .split('\0')
+                        .filter(|s| !s.is_empty())
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                })
+                .unwrap_or_default();
+            let comm = &stat[stat.find('(')? + 1..stat.rfind(')')?];
+            Some(Proc {
+                pid,
+                ppid: f.get(1)?.parse().ok()?,
+                state: f.first()?.chars().next()?,
+                cmdline: if cmdline.is_empty() {
+                    format!("[{comm}]")
+                } else {
+                    cmdline
+                },
+                threads: f.get(17)?.parse().ok()?,
+            })
+        })
+        .collect()
+    } else {
+        let Ok(out) = std::process::Command::new("ps")
+            .args(["-axo", "pid=,ppid=,state=,command="])
+            .output()
+        else {
+            return Vec::new();
+        };
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| {
+                let mut it = l.split_whitespace();
+                Some(Proc {
+                    pid: it.next()?.parse().ok()?,
+                    ppid: it.next()?.parse().ok()?,
+                    state: it.next()?.chars().next()?,
+                    cmdline: it.collect::<Vec<_>>().join(" "),
+                    threads: 0,
+                })
+            })
+            .collect()
+    }
+}
+
+/// Who listens on TCP `port` (pids; empty if nobody, or if the OS would not say).
+pub fn listeners(port: u16) -> Vec<u32> {
+    if Path::new("/proc/net/tcp").exists() {
+        let mut inodes = Vec::new();
+        for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+            let Ok(text) = std::fs::read_to_string(table) else {
+                continue;
+            };
+            for line in text.lines().skip(1) {
+                let f: Vec<&str> = line.split_whitespace().collect();
+                let (Some(local), Some(state), Some(inode)) = (f.get(1), f.get(3), f.get(9)) else {
+                    continue;
+                };
+                let p = local
+                    .rsplit(':')
+                    .next()
+                    .and_then(|h| u16::from_str_radix(h, 16).ok());
+                if *state == "0A" && p == Some(port) {
+                    inodes.push(format!("socket:[{inode}]"));
+                }
+            }
+        }
+        if inodes.is_empty() {
+            return Vec::new();
+        }
+        let mut pids: Vec<u32> = std::fs::read_dir("/proc")
+            .into_iter()
+            .flatten()
+            .filter_map(|e| {
+                let pid: u32 = e.ok()?.file_name().to_str()?.parse().ok()?;
+                let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?;
+                fds.flatten()
+                    .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+                    .any(|l| inodes.iter().any(|i| l.to_string_lossy() == *i))
+                    .then_some(pid)
+            })
+            .collect();
+        if pids.is_empty() {
+            // Held, but by a process we may not inspect: report it with pid 0.
+            pids.push(0);
+        }
+        pids
+    } else {
+        std::process::Command::new("lsof")
+            .args(["-nP", &format!("-iTCP:{port}"), "-sTCP:LISTEN", "-t"])
+            .output()
+            .map(|o| {
+                String::from_utf8_lossy(&o.stdout)
+                    .lines()
+                    .filter_map(|l| l.trim().parse().ok())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+/// One HTTP GET to the server, without a runtime (the doctor must not need the server's).
+fn http_get(host: &str, port: u16, path: &str) -> Option<(u16, String)> {
+    let addr = format!("{host}:{port}");
+    let sock = addr.parse().ok()?;
+    let mut s = TcpStream::connect_timeout(&sock, Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: application/json\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).ok()?;
+    let text = String::from_utf8_lossy(&buf);
+    let status = text.split_whitespace().nth(1)?.parse().ok()?;
+    let body = text.split_once("\r\n\r\n")?.1.to_string();
+    // A chunked body: keep what lies between the first chunk header and the end marker.
+    let body = if text
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        body.split_once("\r\n")
+            .map(|(_, b)| b.trim_end_matches("\r\n0\r\n\r\n").to_string())
+            .unwrap_or(body)
+    } else {
+        body
+    };
+    Some((status, body))
+}
+
+/// The running server's JSON dashboard, if one answers.
+pub fn metrics(t: &Target) -> Option<Value> {
+    let (status, body) = http_get(&t.host, t.http_port, "/metrics?format=json")?;
+    (status == 200).then(|| serde_json::from_str(&body).ok())?
+}
+
+/// What the OS tells about CPU frequency and thermal throttling.
+#[derive(Debug, Default)]
+pub struct Thermal {
+    /// Lines of evidence.
+    pub lines: Vec<String>,
+    /// True if something says the CPU is throttled now or was.
+    pub throttled: bool,
+}
+
+/// Reads Linux `/sys` (cpufreq, thermal zones, throttle counters) or macOS `pmset -g therm`.
+pub fn thermal() -> Thermal {
+    let mut t = Thermal::default();
+    let cpus = Path::new("/sys/devices/system/cpu");
+    if cpus.exists() {
+        let read =
+            |p: PathBuf| -> Option<u64> { std::fs::read_to_string(p).ok()?.trim().parse().ok() };
+        let mut ratios = Vec::new();
+        let mut throttle_events = 0;
+        for n in 0..1024 {
+            let cpu = cpus.join(format!("cpu{n}"));
+            if !cpu.exists() {
+                break;
+            }
+            if let (Some(cur), Some(max)) = (
+                read(cpu.join("cpufreq/scaling_cur_freq")),
+                read(cpu.join("cpufreq/cpuinfo_max_freq")),
+            ) && max > 0
+            {
+                ratios.push(cur as f64 / max as f64);
+            }
+            for f in [
+                "thermal_throttle/core_throttle_count",
+                "thermal_throttle/package_throttle_count",
+            ] {
+                throttle_events += read(cpu.join(f)).unwrap_or(0);
+            }
+        }
+        if ratios.is_empty() {
+            t.lines
+                .push("CPU frequency: not exposed here (no cpufreq; a VM or container?)".into());
+        } else {
+            let min = ratios.iter().cloned().fold(f64::MAX, f64::min);
+            let avg = ratios.iter().sum::<f64>() / ratios.len() as f64;
+            t.lines.push(format!(
+                "CPU frequency: {:.0}% of max on average, {:.0}% on the slowest core ({} cores)",
+                avg * 100.0,
+                min * 100.0,
+                ratios.len()
+            ));
+            if avg < 0.7 {
+                t.throttled = true;
+            }
+        }
+        if throttle_events > 0 {
+            t.throttled = true;
+            t.lines.push(format!(
+                "thermal throttle events since boot: {throttle_events}"
+            ));
+        }
+        for n in 0..64 {
+            let zone = PathBuf::from(format!("/sys/class/thermal/thermal_zone{n}"));
+            let Some(milli) = read(zone.join("temp")) else {
+                if !zone.exists() {
+                    break;
+                }
+                continue;
+            };
+            let kind = std::fs::read_to_string(zone.join("type")).unwrap_or_default();
+            t.lines
+                .push(format!("{}: {:.1} °C", kind.trim(), milli as f64 / 1000.0));
+            if milli >= 90_000 {
+                t.throttled = true;
+            }
+        }
+    } else if let Ok(out) = std::process::Command::new("pmset")
+        .args(["-g", "therm"])
+        .output()
+    {
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        for l in text.lines().filter(|l| !l.trim().is_empty()) {
+            t.lines.push(format!("pmset: {}", l.trim()));
+            if let Some(v) = l
+                .split('=')
+                .nth(1)
+                .and_then(|v| v.trim().parse::<u32>().ok())
+                && l.contains("CPU_Speed_Limit")
+                && v < 100
+            {
+                t.throttled = true;
+            }
+        }
+    }
+    if t.lines.is_empty() {
+        t.lines
+            .push("no thermal information is exposed on this machine".into());
+    }
+    t
+}
+
+/// Which of the workflow's cases the evidence points to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Nothing wrong found.
+    Healthy,
+    /// Case A: orphans (ports held without a serving server, stray or orphaned processes).
+    Orphans,
+    /// Case B: no orphans; the CPU is throttled.
+    Throttling,
+    /// Case C: no orphans; tokenization dominates.
+    TokenizerBottleneck,
+}
+
+/// The full report.
+pub struct Report {
+    /// Printable text.
+    pub text: String,
+    /// The verdict.
+    pub verdict: Verdict,
+}
+
+/// True for a process of the original Python server whose parent died (the original
+/// workflow's orphaned worker). An actor-infer with parent 1 was merely started detached or by
+/// an init (a container's PID 1): its workers are threads and die with it.
+fn is_orphan(p: &Proc) -> bool {
+    p.ppid == 1 && p.cmdline.contains("python")
+}
+
+/// Pids holding at least one listening TCP socket (Linux; empty elsewhere).
+fn pids_listening() -> Vec<u32> {
+    let mut inodes = std::collections::HashSet::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        for line in std::fs::read_to_string(table)
+            .unwrap_or_default()
+            .lines()
+            .skip(1)
+        {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.get(3) == Some(&"0A")
+                && let Some(inode) = f.get(9)
+            {
+                inodes.insert(format!("socket:[{inode}]"));
+            }
+        }
+    }
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .filter_map(|e| {
+            let pid: u32 = e.ok()?.file_name().to_str()?.parse().ok()?;
+            let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?;
+            fds.flatten()
+                .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+                .any(|l| inodes.contains(l.to_string_lossy().as_ref()))
+                .then_some(pid)
+        })
+        .collect()
+}
+
+fn describe(p: &Proc) -> String {
+    let mut flags = Vec::new();
+    if is_orphan(p) {
+        flags.push("ORPHANED (parent 1)");
+    } else if p.ppid == 1 {
+        flags.push("parent 1: started detached");
+    }
+    if p.state == 'Z' {
+        flags.push("ZOMBIE");
+    }
+    format!(
+        "pid {} ppid {} state {} threads {}{} :: {}",
+        p.pid,
+        p.ppid,
+        p.state,
+        p.threads,
+        if flags.is_empty() {
+            String::new()
+        } else {
+            format!(" [{}]", flags.join(", "))
+        },
+        p.cmdline
+    )
+}
+
+/// Runs every check and decides.
+pub fn diagnose(t: &Target) -> Report {
+    let mut out = String::new();
+    let procs = processes();
+    let by_pid: BTreeMap<u32, &Proc> = procs.iter().map(|p| (p.pid, p)).collect();
+    let me = std::process::id();
+    let servers: Vec<&Proc> = procs
+        .iter()
+        .filter(|p| p.is_server() && p.pid != me)
+        .collect();
+    let metrics = metrics(t);
+    let serving_pid = metrics
+        .as_ref()
+        .and_then(|m| m["pid"].as_u64())
+        .map(|p| p as u32);
+    let mut orphan_evidence = Vec::new();
+
+    let _ = writeln!(out, "== 1. ports (the original check_ports.sh)");
+    for (what, port) in [("HTTP", t.http_port), ("gRPC", t.grpc_port)] {
+        let holders = listeners(port);
+        if holders.is_empty() {
+            let _ = writeln!(out, "{what} {port}: free");
+            continue;
+        }
+        for pid in holders {
+            let who = by_pid
+                .get(&pid)
+                .map(|p| describe(p))
+                .unwrap_or_else(|| format!("pid {pid} (not visible to this user)"));
+            let _ = writeln!(out, "{what} {port}: LISTEN by {who}");
+            if Some(pid) != serving_pid {
+                orphan_evidence.push(format!(
+                    "{what} port {port} is held by pid {pid}, which is not a serving actor-infer"
+                ));
+            }
+        }
+    }
+
+    let _ = writeln!(
+        out,
+        "\n== 2. server processes (the original check_processes.sh)"
+    );
+    if servers.is_empty() {
+        let _ = writeln!(out, "none");
+    }
+    let with_ports = if Path::new("/proc/net/tcp").exists() {
+        Some(pids_listening())
+    } else {
+        None
+    };
+    for p in &servers {
+        let _ = writeln!(out, "{}", describe(p));
+        if is_orphan(p) {
+            orphan_evidence.push(format!("pid {} is orphaned (parent 1)", p.pid));
+        }
+        if let Some(ports) = &with_ports
+            && p.cmdline.contains("actor-infer")
+            && p.state != 'Z'
+            && !ports.contains(&p.pid)
+        {
+            orphan_evidence.push(format!(
+                "pid {} is an actor-infer that holds no port (stuck starting or stopping?)",
+                p.pid
+            ));
+        }
+        if p.state == 'Z' {
+            orphan_evidence.push(format!("pid {} is a zombie", p.pid));
+        }
+        if p.cmdline.contains("python") {
+            orphan_evidence.push(format!("pid {} is the old Python server", p.pid));
+        }
+    }
+    let actor_infer = servers
+        .iter()
+        .filter(|p| p.cmdline.contains("actor-infer"))
+        .count();
+    let _ = writeln!(
+        out,
+        "actor-infer processes: {actor_infer} (expected: 1 while serving, 0 after a stop; \
+         workers are threads, never processes)"
+    );
+    let _ = writeln!(out, "\n== 3. metrics (the original check_metrics.sh)");
+    let mut tokenizer_bound = false;
+    match &metrics {
+        None => {
+            let _ = writeln!(
+                out,
+                "no server answers on http://{}:{}/metrics",
+                t.host, t.http_port
+            );
+        }
+        Some(m) => {
+            let st = &m["stage_timings"];
+            let _ = writeln!(
+                out,
+                "experiment {} pid {} ready {} uptime {}s",
+                m["experiment"], m["pid"], m["ready"], m["uptime_s"]
+            );
+            for (k, v) in [
+                ("throughput_qps", &m["throughput_qps"]),
+                ("avg_ms", &m["avg_ms"]),
+                ("p99_ms", &m["p99_ms"]),
+                ("tokenize_ms", &st["avg_tokenize_ms"]),
+                ("queue_wait_ms", &st["avg_queue_wait_ms"]),
+                ("inference_ms", &st["avg_inference_ms"]),
+                ("mp_queue_receive_ms", &st["mp_queue_receive_ms"]),
+                ("cpu_percent", &m["cpu_percent"]),
+                ("rss_mb", &m["rss_mb"]),
+                (
+                    "gpu_memory_mb",
+                    m.get("gpu_memory_mb").unwrap_or(&Value::Null),
+                ),
+                ("queue_depth", &m["queue_depth"]),
+                ("restarts", &m["restarts"]),
+            ] {
+                let v = if v.is_null() {
+                    "n/a".to_string()
+                } else {
+                    v.to_string()
+                };
+                let _ = writeln!(out, "  {k}: {v}");
+            }
+            let tok = st["avg_tokenize_ms"].as_f64().unwrap_or(0.0);
+            let inf = st["avg_inference_ms"].as_f64().unwrap_or(0.0);
+            tokenizer_bound = tok > 1.0 && tok > 0.5 * inf;
+        }
+    }
+
+    let _ = writeln!(out, "\n== 4. CPU frequency and thermal state");
+    let thermal = thermal();
+    for l in &thermal.lines {
+        let _ = writeln!(out, "{l}");
+    }
+
+    let verdict = if !orphan_evidence.is_empty() {
+        Verdict::Orphans
+    } else if thermal.throttled {
+        Verdict::Throttling
+    } else if tokenizer_bound {
+        Verdict::TokenizerBottleneck
+    } else {
+        Verdict::Healthy
+    };
+    let _ = writeln!(out, "\n== verdict");
+    match verdict {
+        Verdict::Orphans => {
+            let _ = writeln!(out, "CASE A: orphans or stray servers");
+            for e in &orphan_evidence {
+                let _ = writeln!(out, "  - {e}");
+            }
+            let _ = writeln!(
+                out,
+                "  fix: stop them (kill -TERM <pid>, then -KILL); actor-infer itself cannot leave \
+                 any: its workers are threads of one process"
+            );
+        }
+        Verdict::Throttling => {
+            let _ = writeln!(
+                out,
+                "CASE B: no orphans; the CPU is throttled (see section 4). Reduce concurrency, \
+                 let it cool down, check the power mode."
+            );
+        }
+        Verdict::TokenizerBottleneck => {
+            let _ = writeln!(
+                out,
+                "CASE C: no orphans; tokenization takes more than half the inference time. \
+                 Raise tokenizer.workers in the experiment YAML."
+            );
+        }
+        Verdict::Healthy => {
+            let _ = writeln!(
+                out,
+                "healthy: no orphans, no throttling seen, no tokenizer bottleneck{}",
+                if metrics.is_some() {
+                    ""
+                } else {
+                    " (no server running)"
+                }
+            );
+        }
+    }
+    Report { text: out, verdict }
+}
+
+/// Counts for `doctor count before|after` (the original count_processes.sh).
+pub fn counts(t: &Target) -> Value {
+    let me = std::process::id();
+    let exp = t.experiment.as_ref().map(|p| p.display().to_string());
+    let servers = processes()
+        .into_iter()
+        .filter(|p| p.is_server() && p.pid != me)
+        .filter(|p| exp.as_ref().is_none_or(|e| p.cmdline.contains(e.as_str())))
+        .count();
+    serde_json::json!({
+        "server_processes": servers,
+        "http_port_listeners": listeners(t.http_port).len(),
+        "grpc_port_listeners": listeners(t.grpc_port).len(),
+    })
+}
+
+/// One line for `doctor watch metrics` (the original monitor_metrics.sh).
+pub fn metrics_line(t: &Target) -> String {
+    match metrics(t) {
+        None => "no server".into(),
+        Some(m) => {
+            let st = &m["stage_timings"];
+            format!(
+                "qps {} avg_ms {} p99_ms {} tokenize_ms {} queue_ms {} inference_ms {} \
+                 handoff_ms {} cpu% {} rss_mb {} gpu_mb {} queue {} in_flight {}",
+                m["throughput_qps"],
+                m["avg_ms"],
+                m["p99_ms"],
+                st["avg_tokenize_ms"],
+                st["avg_queue_wait_ms"],
+                st["avg_inference_ms"],
+                st["mp_queue_receive_ms"],
+                m["cpu_percent"],
+                m["rss_mb"],
+                m.get("gpu_memory_mb").cloned().unwrap_or(Value::Null),
+                m["queue_depth"],
+                m["in_flight"],
+            )
+        }
+    }
+}
+
+/// One block for `doctor watch processes` (the original monitor_processes.sh).
+pub fn processes_line(t: &Target) -> String {
+    let me = std::process::id();
+    let servers: Vec<String> = processes()
+        .iter()
+        .filter(|p| p.is_server() && p.pid != me)
+        .map(describe)
+        .collect();
+    format!(
+        "servers {} | http {} listeners | grpc {} listeners{}{}",
+        servers.len(),
+        listeners(t.http_port).len(),
+        listeners(t.grpc_port).len(),
+        if servers.is_empty() { "" } else { "\n  " },
+        servers.join("\n  ")
+    )
+}
