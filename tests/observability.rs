@@ -299,3 +299,41 @@ fn live_page_draws_charts_and_follows_the_load_in_chromium() {
     assert!(dom.contains("no GPU"), "no GPU here, and the page says so");
     server.stop_clean();
 }
+
+#[test]
+fn json_logs_follow_one_request_across_actors() {
+    let server = Server::start(experiment(
+        "logging:\n  format: json\n  level: actor_infer=debug,info\n",
+    ));
+    let mut s = std::net::TcpStream::connect(&server.http_addr).unwrap();
+    use std::io::{Read, Write};
+    let body = br#"{"inputs": "follow me"}"#;
+    write!(
+        s,
+        "POST /embed HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nX-Request-Id: trace-me-42\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .unwrap();
+    s.write_all(body).unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    let log = server.log.clone();
+    server.stop_clean();
+    let log = log.lock().unwrap().clone();
+    let targets: std::collections::BTreeSet<String> = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["span"]["request_id"] == "trace-me-42")
+        .map(|v| v["target"].as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        targets.contains("actor_infer::actors::tokenizer"),
+        "{targets:?}\n{log}"
+    );
+    assert!(
+        targets.contains("actor_infer::actors::router"),
+        "{targets:?}"
+    );
+}

@@ -171,6 +171,7 @@ impl Handler<Forward> for ModelWorker {
                 .map_err(|e| ApiError::internal(format!("{} cannot reload: {e}", self.name)))?;
         }
         let started = Instant::now();
+        tracing::debug!(actor = %self.name, texts = msg.texts.len(), "forward");
         self.table.set(&self.name, ActorState::Busy(started));
         self.metrics.worker_busy(self.id, true);
         let batch = Padded::new(&msg.texts, self.pad_id);

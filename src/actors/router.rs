@@ -212,6 +212,7 @@ impl Router {
         }
         self.metrics.stage(Stage::Tokenize, tokenized.elapsed);
         let n = tokenized.encodings.len();
+        tracing::debug!(parent: &span, texts = n, "queued");
         let request = Rc::new(Pending {
             reply: RefCell::new(Some(reply)),
             outputs: RefCell::new(vec![Vec::new(); n]),
@@ -363,6 +364,12 @@ impl Router {
             handoff: r.handoff.get(),
         };
         self.metrics.stage(Stage::Total, timings.total);
+        tracing::debug!(
+            parent: &r.span,
+            texts = r.token_counts.len(),
+            total_us = timings.total.as_micros() as u64,
+            "answered"
+        );
         let _ = tx.send(Ok(EmbedOutput {
             embeddings: std::mem::take(&mut *r.outputs.borrow_mut()),
             token_counts: r.token_counts.clone(),

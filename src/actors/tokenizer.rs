@@ -120,11 +120,19 @@ impl Handler<Tokenize> for TokenizerActor {
                 .collect::<Result<Vec<_>, TokenizeError>>()
         }));
         match result {
-            Ok(Ok(encodings)) => Ok(Tokenized {
-                encodings,
-                elapsed: start.elapsed(),
-                fault,
-            }),
+            Ok(Ok(encodings)) => {
+                tracing::debug!(
+                    actor = %self.name,
+                    texts = encodings.len(),
+                    elapsed_us = start.elapsed().as_micros() as u64,
+                    "tokenized"
+                );
+                Ok(Tokenized {
+                    encodings,
+                    elapsed: start.elapsed(),
+                    fault,
+                })
+            }
             Ok(Err(e)) => Err(match e {
                 TokenizeError::TooLong { .. } => ApiError::validation(e.to_string()),
                 TokenizeError::Failed { .. } => ApiError::validation(e.to_string()),

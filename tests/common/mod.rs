@@ -90,6 +90,9 @@ pub fn spawn(args: &[&str], envs: &[(&str, &str)]) -> (Child, Arc<Mutex<String>>
 }
 
 fn field(line: &str, key: &str) -> Option<String> {
+    if let Ok(v) = serde_json::from_str::<serde_json::Value>(line) {
+        return v["fields"][key].as_str().map(str::to_owned);
+    }
     let start = line.find(&format!("{key}="))? + key.len() + 1;
     let rest = &line[start..];
     Some(
@@ -135,7 +138,10 @@ impl Server {
                 panic!("server exited early ({status}):\n{}", server.log());
             }
             let log = server.log();
-            if let Some(line) = log.lines().find(|l| l.contains(" listening ")) {
+            if let Some(line) = log
+                .lines()
+                .find(|l| l.contains(" listening ") || l.contains("\"listening\""))
+            {
                 let http = field(line, "http").expect("http= in the listening line");
                 let grpc = field(line, "grpc").expect("grpc= in the listening line");
                 server.http = format!("http://{http}");
