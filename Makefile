@@ -6,7 +6,7 @@ EXPERIMENT ?= configs/default.yaml
 CARGO ?= cargo
 NEXTEST := $(shell $(CARGO) nextest --version >/dev/null 2>&1 && echo yes)
 
-.PHONY: setup build run test test-deps lint clean
+.PHONY: setup build run test test-deps lint bench clean
 
 ## setup: fetch libtorch and the default model into the cache and link them here (idempotent)
 setup:
@@ -36,6 +36,10 @@ ifeq ($(NEXTEST),yes)
 else
 	$(CARGO) test --release --locked --no-fail-fast
 endif
+
+## bench: the server against the raw in-process model, ratios in one table (README figures)
+bench: build
+	bash scripts/bench.sh
 
 clean:
 	$(CARGO) clean

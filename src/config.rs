@@ -64,6 +64,9 @@ pub struct Config {
     /// The JSON dashboard.
     #[serde(default)]
     pub metrics: MetricsConfig,
+    /// What `actor-infer bench` and `scripts/run_experiment.sh` send by default.
+    #[serde(default)]
+    pub workload: crate::bench::Workload,
 }
 
 /// `experiment:` section.

@@ -128,6 +128,35 @@ fn run_doctor(cli: &Cli, check: &Option<DoctorCheck>) -> i32 {
     }
 }
 
+/// `actor-infer bench ...`; returns the exit code.
+fn run_bench(cli: &Cli, args: actor_infer::bench::BenchArgs) -> i32 {
+    let config = match &cli.experiment {
+        Some(path) => match Config::load(path, &cli.overrides()) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                eprintln!("actor-infer bench: configuration error: {e}");
+                return EXIT_CONFIG;
+            }
+        },
+        None => None,
+    };
+    let target = match doctor::Target::from_config(cli.experiment.as_deref(), &cli.overrides()) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("actor-infer bench: {e}");
+            return EXIT_CONFIG;
+        }
+    };
+    actor_infer::bench::run(
+        args,
+        cli.experiment.clone(),
+        config,
+        target.http_port,
+        target.grpc_port,
+        target.host,
+    )
+}
+
 /// Seconds since the epoch with milliseconds, for watch lines.
 fn chrono_like_now() -> String {
     let d = std::time::SystemTime::now()
@@ -140,6 +169,9 @@ fn main() {
     let cli = Cli::parse();
     if let Some(Command::Doctor { check }) = &cli.command {
         std::process::exit(run_doctor(&cli, check));
+    }
+    if let Some(Command::Bench(args)) = &cli.command {
+        std::process::exit(run_bench(&cli, args.clone()));
     }
     let Some(experiment) = cli.experiment.clone() else {
         Cli::command()
