@@ -5,8 +5,9 @@
 #   left: both ports free and no process. Exits non-zero if anything is left or failed.
 #
 #   scripts/run_experiment.sh [exp.yaml]          (default configs/default.yaml)
-#   WORKLOAD="cmd ..."  the workload to run once ready (default: 50 HTTP requests with curl;
-#                       $HTTP_URL and $GRPC_ADDR are set for it)
+#   WORKLOAD="cmd ..."  the workload to run once ready ($HTTP_URL and $GRPC_ADDR are set for
+#                       it); otherwise the experiment's `workload:` section through
+#                       `actor-infer bench`, or else 50 HTTP requests with curl
 set -euo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/_bin.sh"
 EXPERIMENT=${1:-$EXPERIMENT}
@@ -56,9 +57,16 @@ done
 curl -fsS "$HTTP_URL/ready" >/dev/null || { say "never ready"; exit 1; }
 say "ready at $HTTP_URL (gRPC $GRPC_ADDR)"
 
+HAS_WORKLOAD=$("$BIN" --experiment "$EXPERIMENT" --check | python3 -c '
+import json, sys
+w = json.load(sys.stdin).get("workload") or {}
+print("yes" if any(v is not None for v in w.values()) else "no")')
 if [ -n "${WORKLOAD:-}" ]; then
   say "workload: $WORKLOAD"
   bash -c "$WORKLOAD"
+elif [ "$HAS_WORKLOAD" = yes ]; then
+  say "workload: the experiment's workload: section (actor-infer bench)"
+  "$BIN" bench --experiment "$EXPERIMENT"
 else
   for i in $(seq 50); do
     curl -fsS "$HTTP_URL/embed" -H 'content-type: application/json' \

@@ -130,6 +130,9 @@ fn run_doctor(cli: &Cli, check: &Option<DoctorCheck>) -> i32 {
 
 /// `actor-infer bench ...`; returns the exit code.
 fn run_bench(cli: &Cli, args: actor_infer::bench::BenchArgs) -> i32 {
+    if args.raw {
+        actor_infer::model::load_cuda_backend();
+    }
     let config = match &cli.experiment {
         Some(path) => match Config::load(path, &cli.overrides()) {
             Ok(c) => Some(c),
@@ -196,6 +199,9 @@ fn main() {
         return;
     }
     init_logging(&config.logging);
+    if actor_infer::model::load_cuda_backend() {
+        tracing::info!("libtorch_cuda loaded: CUDA devices are available to libtorch");
+    }
     let listeners = match Listeners::bind(&config.server) {
         Ok(l) => l,
         Err(e) => {

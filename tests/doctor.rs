@@ -174,3 +174,41 @@ fn wrapper_scripts_answer_like_the_originals() {
         2
     );
 }
+
+#[test]
+fn run_experiment_script_runs_the_experiments_workload_section() {
+    let free = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
+    let exp = experiment(&format!(
+        "experiment:\n  name: workload\nserver:\n  http_port: {}\n  grpc_port: {}\n\
+         workload:\n  transport: grpc\n  concurrency: 2\n  requests: 20\n  tokens: 8-16\n",
+        free(),
+        free()
+    ));
+    let out = Command::new("bash")
+        .arg(common::root().join("scripts/run_experiment.sh"))
+        .arg(&exp.path)
+        .env("ACTOR_INFER_BIN", env!("CARGO_BIN_EXE_actor-infer"))
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("workload: section"), "{text}");
+    assert!(
+        text.contains("(20 requests)"),
+        "the bench ran the section's 20 requests: {text}"
+    );
+    assert!(
+        text.contains("clean: ports free, no process left"),
+        "{text}"
+    );
+}

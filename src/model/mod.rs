@@ -67,6 +67,28 @@ impl Device {
     }
 }
 
+/// Makes CUDA available to a binary linked against CPU libtorch: loads `libtorch_cuda.so`
+/// (from the loader's search path, e.g. a PyTorch install's `torch/lib` on
+/// `LD_LIBRARY_PATH`) with global symbols before the first CUDA call, which registers the CUDA
+/// kernels. Returns whether it was loaded; without it the server runs on CPU (or MPS).
+/// Must run before any libtorch device query.
+pub fn load_cuda_backend() -> bool {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: dlopen with a valid C string; the handle is kept for the process's life.
+        let handle = unsafe {
+            libc::dlopen(
+                c"libtorch_cuda.so".as_ptr(),
+                libc::RTLD_NOW | libc::RTLD_GLOBAL,
+            )
+        };
+        if !handle.is_null() {
+            return true;
+        }
+    }
+    false
+}
+
 /// A libtorch device's name as users write it.
 pub fn device_name(d: tch::Device) -> String {
     match d {
