@@ -152,6 +152,10 @@ pub struct Model {
     /// libtorch intra-op threads per worker; defaults to cores / instances (at least 1).
     #[serde(default)]
     pub intra_op_threads: Option<usize>,
+    /// Pin worker i (and its libtorch threads) to cores i×t .. i×t+t-1, t = intra-op threads
+    /// (Linux). Off by default.
+    #[serde(default)]
+    pub pin_cores: bool,
 }
 
 fn default_device() -> String {
@@ -239,6 +243,10 @@ pub struct Batching {
     /// Most padded tokens (texts × longest text) in one forward.
     #[serde(default = "default_max_batch_tokens")]
     pub max_batch_tokens: usize,
+    /// Hold a batch that is not full for up to this long so more texts can join it; 0 (the
+    /// default) takes what is queued the moment a worker is free.
+    #[serde(default)]
+    pub max_wait_ms: f64,
 }
 
 fn default_max_batch_size() -> usize {
@@ -253,6 +261,7 @@ impl Default for Batching {
         Self {
             max_batch_size: default_max_batch_size(),
             max_batch_tokens: default_max_batch_tokens(),
+            max_wait_ms: 0.0,
         }
     }
 }
@@ -544,6 +553,12 @@ impl Config {
             return Err(ConfigError::new(
                 "batching.max_batch_tokens",
                 "must be at least 1",
+            ));
+        }
+        if !(b.max_wait_ms.is_finite() && (0.0..=10_000.0).contains(&b.max_wait_ms)) {
+            return Err(ConfigError::new(
+                "batching.max_wait_ms",
+                format!("{} must be between 0 and 10000", b.max_wait_ms),
             ));
         }
         let t = self.shutdown.timeout_seconds;

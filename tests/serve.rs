@@ -444,3 +444,39 @@ async fn grpc_errors_carry_codes_and_messages() {
     assert_eq!(res.into_inner().outputs.len(), 1);
     server.stop_clean();
 }
+
+#[tokio::test]
+async fn small_batch_budgets_split_requests_and_reassemble_them_in_order() {
+    // 14 texts, up to 256 tokens, against 4 texts / 300 padded tokens per forward: the request
+    // is split over many batches grouped by length, and must come back whole and in order.
+    let server = Server::start(experiment(
+        "batching:\n  max_batch_size: 4\n  max_batch_tokens: 300\n  max_wait_ms: 2\n\
+         model:\n  path: MODEL\n  device: cpu\n  pin_cores: true\n"
+            .replace("MODEL", common::default_model().to_str().unwrap())
+            .as_str(),
+    ));
+    let cases = reference();
+    let texts: Vec<&str> = cases.iter().map(|c| c.text.as_str()).collect();
+    let (status, _, body) = post(&server, "/embed", json!({"inputs": texts})).await;
+    assert_eq!(status, 200, "{body}");
+    for (got, case) in body.as_array().unwrap().iter().zip(&cases) {
+        let diff = max_abs_diff(&vector(got), &case.embedding);
+        assert!(diff < TOLERANCE, "{:?}: max diff {diff}", case.text);
+    }
+    let (_, metrics) = common::http_get(&server.http_addr, "/metrics?format=prometheus").unwrap();
+    let forwards: f64 = metrics
+        .lines()
+        .find(|l| l.starts_with("actor_infer_batch_size_count"))
+        .and_then(|l| l.split_whitespace().last()?.parse().ok())
+        .unwrap();
+    assert!(
+        forwards >= 4.0,
+        "split over several forwards, saw {forwards}"
+    );
+    assert!(
+        server.log().contains("model worker pinned"),
+        "{}",
+        server.log()
+    );
+    server.stop_clean();
+}

@@ -44,8 +44,8 @@ pub struct LoadReport {
 #[derive(Message)]
 #[rtype(result = "Result<ForwardOutput, ApiError>")]
 pub struct Forward {
-    /// The batch's texts, tokenized, unpadded.
-    pub texts: Vec<Encoded>,
+    /// The batch, padded by the Router.
+    pub batch: Padded,
     /// The span of the batch (which links to its requests' spans).
     pub span: tracing::Span,
     /// A fault a test asked for (see `crate::fault`); `None` in real use.
@@ -87,16 +87,22 @@ pub struct ModelWorker {
 impl ModelWorker {
     /// Starts worker `id` on its own thread with `threads` libtorch intra-op threads. The
     /// weights are loaded by [`Load`], so a failure reaches the Supervisor as an error.
+    #[allow(clippy::too_many_arguments)]
     pub fn start(
         id: usize,
         spec: Arc<ModelSpec>,
         threads: usize,
+        pin: Option<Vec<usize>>,
         table: Arc<ActorTable>,
         metrics: Recorder,
         supervisor: Recipient<ChildPanicked>,
     ) -> Addr<ModelWorker> {
         SyncArbiter::start(1, move || {
-            // Runs on the worker's own thread: libtorch's intra-op setting is per thread.
+            // Runs on the worker's own thread: libtorch's intra-op setting is per thread, and
+            // its OpenMP threads, created later from this one, inherit the pinning.
+            if let Some(cores) = &pin {
+                pin_current_thread(id, cores);
+            }
             tch::set_num_threads(threads as i32);
             let name = format!("model-worker-{id}");
             table.set(&name, ActorState::Starting);
@@ -135,6 +141,32 @@ impl ModelWorker {
     }
 }
 
+/// Pins the calling thread to `cores` (Linux; logged and ignored elsewhere or on failure).
+fn pin_current_thread(id: usize, cores: &[usize]) {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: a zeroed cpu_set_t filled with CPU_SET, passed with its size.
+        let ok = unsafe {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            for &c in cores {
+                libc::CPU_SET(c, &mut set);
+            }
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) == 0
+        };
+        if ok {
+            tracing::info!(worker = id, ?cores, "model worker pinned");
+        } else {
+            tracing::warn!(worker = id, ?cores, "could not pin the model worker");
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    tracing::warn!(
+        worker = id,
+        ?cores,
+        "model.pin_cores is only supported on Linux"
+    );
+}
+
 impl Actor for ModelWorker {
     type Context = SyncContext<Self>;
 
@@ -171,10 +203,10 @@ impl Handler<Forward> for ModelWorker {
                 .map_err(|e| ApiError::internal(format!("{} cannot reload: {e}", self.name)))?;
         }
         let started = Instant::now();
-        tracing::debug!(actor = %self.name, texts = msg.texts.len(), "forward");
+        tracing::debug!(actor = %self.name, texts = msg.batch.rows, "forward");
         self.table.set(&self.name, ActorState::Busy(started));
         self.metrics.worker_busy(self.id, true);
-        let batch = Padded::new(&msg.texts, self.pad_id);
+        let batch = msg.batch;
         let (model, pooling) = (self.model.as_ref(), self.spec.pooling);
         let fault = msg.fault;
         let result = catch_unwind(AssertUnwindSafe(|| {

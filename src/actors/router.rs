@@ -33,7 +33,7 @@ use crate::{
     config::Batching,
     error::ApiError,
     fault::Fault,
-    model::{Encoded, ModelSpec, normalize_l2},
+    model::{Encoded, ModelSpec, bert::Padded, normalize_l2},
 };
 
 /// Embed some texts. Answered at once with a receiver for the result (or an error if the
@@ -139,6 +139,9 @@ struct Queued {
     fault: Option<Fault>,
 }
 
+/// How many times `max_batch_size` queued texts the length grouping looks at.
+const GROUPING_WINDOW: usize = 4;
+
 /// A model worker and whether it has a batch.
 struct Slot {
     addr: Addr<ModelWorker>,
@@ -155,6 +158,10 @@ pub struct Router {
     lifecycle: Arc<Lifecycle>,
     metrics: Recorder,
     table: Arc<ActorTable>,
+    pad_id: i64,
+    max_wait: Duration,
+    /// The pending `max_wait_ms` timer, if a batch is being held.
+    wait_timer: Option<SpawnHandle>,
 }
 
 impl Router {
@@ -175,6 +182,9 @@ impl Router {
                 .map(|addr| Slot { addr, busy: false })
                 .collect(),
             queue: VecDeque::new(),
+            pad_id: spec.encoder.pad_token_id,
+            max_wait: Duration::from_secs_f64(batching.max_wait_ms / 1000.0),
+            wait_timer: None,
             batching,
             spec,
             lifecycle,
@@ -241,27 +251,50 @@ impl Router {
 
     /// Gives every idle worker a batch while texts are queued.
     fn dispatch(&mut self, ctx: &mut Context<Self>) {
+        // batching.max_wait_ms: hold a batch that is not full yet until its oldest text has
+        // waited that long, so more texts can join it. 0 (the default): never wait.
+        if self.max_wait > Duration::ZERO
+            && self.queue.len() < self.batching.max_batch_size
+            && let Some(oldest) = self.queue.front()
+        {
+            let waited = oldest.request.enqueued.elapsed();
+            if waited < self.max_wait && self.workers.iter().any(|s| !s.busy) {
+                if self.wait_timer.is_none() {
+                    self.wait_timer = Some(ctx.run_later(self.max_wait - waited, |act, ctx| {
+                        act.wait_timer = None;
+                        act.dispatch_now(ctx);
+                    }));
+                }
+                self.metrics.queue_depth(self.queue.len());
+                return;
+            }
+        }
+        self.dispatch_now(ctx);
+    }
+
+    /// Gives every idle worker a batch while texts are queued, without waiting.
+    fn dispatch_now(&mut self, ctx: &mut Context<Self>) {
         while let Some(w) = self.workers.iter().position(|s| !s.busy) {
             let batch = self.next_batch();
             if batch.is_empty() {
                 break;
             }
-            // The texts travel to the worker; the Router keeps who they belong to.
+            // The batch is padded here, so the worker only turns it into tensors and runs it;
+            // the Router keeps who each row belongs to.
             let fault = batch.iter().find_map(|q| q.fault);
-            let (owners, texts): (Vec<(Rc<Pending>, usize)>, Vec<Encoded>) = batch
-                .into_iter()
-                .map(|q| ((q.request, q.index), q.text))
-                .unzip();
-            let tokens: usize = texts.iter().map(Encoded::len).sum();
-            let padded = texts.len() * texts.iter().map(Encoded::len).max().unwrap_or(0);
-            self.metrics.batch(texts.len(), padded, tokens);
-            let span = tracing::debug_span!("batch", worker = w, texts = texts.len(), padded);
+            let tokens: usize = batch.iter().map(|q| q.text.len()).sum();
+            let padded = Padded::new(batch.iter().map(|q| &q.text), self.pad_id);
+            let owners: Vec<(Rc<Pending>, usize)> =
+                batch.into_iter().map(|q| (q.request, q.index)).collect();
+            let (rows, padded_tokens) = (padded.rows, padded.padded_tokens());
+            self.metrics.batch(rows, padded_tokens, tokens);
+            let span = tracing::debug_span!("batch", worker = w, texts = rows, padded_tokens);
             for (request, _) in &owners {
                 span.follows_from(&request.span);
             }
             self.workers[w].busy = true;
             let send = self.workers[w].addr.send(Forward {
-                texts,
+                batch: padded,
                 span,
                 fault,
                 sent: Instant::now(),
@@ -280,31 +313,47 @@ impl Router {
         self.metrics.queue_depth(self.queue.len());
     }
 
-    /// Takes the next batch off the queue: FIFO, within the text and padded-token budgets,
-    /// skipping texts nobody waits for. Always takes at least one text if any is queued.
+    /// Takes the next batch off the queue within the text and padded-token budgets, skipping
+    /// texts nobody waits for. The oldest text always goes; the rest are chosen, among the
+    /// oldest [`GROUPING_WINDOW`] × `max_batch_size` queued texts, by closeness of length to
+    /// it, so padding stays small; ties go to the older text.
     fn next_batch(&mut self) -> Vec<Queued> {
-        let mut batch = Vec::new();
-        let mut longest = 0;
-        let mut skipped = 0;
-        while let Some(front) = self.queue.front() {
-            if front.request.is_abandoned() {
-                self.queue.pop_front();
-                skipped += 1;
-                continue;
-            }
-            let len = longest.max(front.text.len());
-            let fits = batch.len() < self.batching.max_batch_size
-                && len * (batch.len() + 1) <= self.batching.max_batch_tokens;
-            if !batch.is_empty() && !fits {
-                break;
-            }
-            longest = len;
-            batch.push(self.queue.pop_front().expect("front() was Some"));
-        }
+        let before = self.queue.len();
+        self.queue.retain(|q| !q.request.is_abandoned());
+        let skipped = before - self.queue.len();
         if skipped > 0 {
             self.metrics.skipped("client_gone", skipped);
         }
-        batch
+        let Some(anchor) = self.queue.front().map(|q| q.text.len()) else {
+            return Vec::new();
+        };
+        let window = self
+            .queue
+            .len()
+            .min(GROUPING_WINDOW * self.batching.max_batch_size);
+        let mut order: Vec<usize> = (0..window).collect();
+        order.sort_by_key(|&i| (self.queue[i].text.len().abs_diff(anchor), i));
+        let (mut picked, mut longest) = (Vec::new(), 0);
+        for i in order {
+            if picked.len() >= self.batching.max_batch_size {
+                break;
+            }
+            let len = longest.max(self.queue[i].text.len());
+            if !picked.is_empty() && len * (picked.len() + 1) > self.batching.max_batch_tokens {
+                continue;
+            }
+            longest = len;
+            picked.push(i);
+        }
+        picked.sort_unstable();
+        picked
+            .into_iter()
+            .rev()
+            .filter_map(|i| self.queue.remove(i))
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect()
     }
 
     /// Hands a finished batch's outputs to their requests; answers each request whose last

@@ -165,10 +165,17 @@ impl Handler<Boot> for Supervisor {
         );
         self.workers = (0..instances)
             .map(|id| {
+                let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+                let pin = self.config.model.pin_cores.then(|| {
+                    (id * threads..(id + 1) * threads)
+                        .map(|c| c % cores)
+                        .collect()
+                });
                 ModelWorker::start(
                     id,
                     self.spec.clone(),
                     threads,
+                    pin,
                     self.table.clone(),
                     self.metrics.clone(),
                     me.clone(),
