@@ -143,40 +143,11 @@ pub fn processes() -> Vec<Proc> {
 /// Who listens on TCP `port` (pids; empty if nobody, or if the OS would not say).
 pub fn listeners(port: u16) -> Vec<u32> {
     if Path::new("/proc/net/tcp").exists() {
-        let mut inodes = Vec::new();
-        for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
-            let Ok(text) = std::fs::read_to_string(table) else {
-                continue;
-            };
-            for line in text.lines().skip(1) {
-                let f: Vec<&str> = line.split_whitespace().collect();
-                let (Some(local), Some(state), Some(inode)) = (f.get(1), f.get(3), f.get(9)) else {
-                    continue;
-                };
-                let p = local
-                    .rsplit(':')
-                    .next()
-                    .and_then(|h| u16::from_str_radix(h, 16).ok());
-                if *state == "0A" && p == Some(port) {
-                    inodes.push(format!("socket:[{inode}]"));
-                }
-            }
-        }
+        let inodes = listening_sockets(Some(port));
         if inodes.is_empty() {
             return Vec::new();
         }
-        let mut pids: Vec<u32> = std::fs::read_dir("/proc")
-            .into_iter()
-            .flatten()
-            .filter_map(|e| {
-                let pid: u32 = e.ok()?.file_name().to_str()?.parse().ok()?;
-                let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?;
-                fds.flatten()
-                    .filter_map(|fd| std::fs::read_link(fd.path()).ok())
-                    .any(|l| inodes.iter().any(|i| l.to_string_lossy() == *i))
-                    .then_some(pid)
-            })
-            .collect();
+        let mut pids = pids_holding(&inodes);
         if pids.is_empty() {
             // Held, but by a process we may not inspect: report it with pid 0.
             pids.push(0);
@@ -361,6 +332,11 @@ fn is_orphan(p: &Proc) -> bool {
 
 /// Pids holding at least one listening TCP socket (Linux; empty elsewhere).
 fn pids_listening() -> Vec<u32> {
+    pids_holding(&listening_sockets(None))
+}
+
+/// `socket:[inode]` names of listening TCP sockets, on `port` or on any (Linux /proc/net).
+fn listening_sockets(port: Option<u16>) -> std::collections::HashSet<String> {
     let mut inodes = std::collections::HashSet::new();
     for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
         for line in std::fs::read_to_string(table)
@@ -369,12 +345,25 @@ fn pids_listening() -> Vec<u32> {
             .skip(1)
         {
             let f: Vec<&str> = line.split_whitespace().collect();
-            if f.get(3) == Some(&"0A")
-                && let Some(inode) = f.get(9)
-            {
+            let (Some(local), Some(state), Some(inode)) = (f.get(1), f.get(3), f.get(9)) else {
+                continue;
+            };
+            let p = local
+                .rsplit(':')
+                .next()
+                .and_then(|h| u16::from_str_radix(h, 16).ok());
+            if *state == "0A" && port.is_none_or(|want| p == Some(want)) {
                 inodes.insert(format!("socket:[{inode}]"));
             }
         }
+    }
+    inodes
+}
+
+/// Pids with an open file descriptor on one of `sockets` (Linux /proc/PID/fd).
+fn pids_holding(sockets: &std::collections::HashSet<String>) -> Vec<u32> {
+    if sockets.is_empty() {
+        return Vec::new();
     }
     std::fs::read_dir("/proc")
         .into_iter()
@@ -384,7 +373,7 @@ fn pids_listening() -> Vec<u32> {
             let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?;
             fds.flatten()
                 .filter_map(|fd| std::fs::read_link(fd.path()).ok())
-                .any(|l| inodes.contains(l.to_string_lossy().as_ref()))
+                .any(|l| sockets.contains(l.to_string_lossy().as_ref()))
                 .then_some(pid)
         })
         .collect()

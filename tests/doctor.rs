@@ -24,6 +24,23 @@ fn doctor(args: &[&str]) -> (i32, String) {
     (out.status.code().unwrap_or(-1), text)
 }
 
+/// Runs scripts/run_experiment.sh on `exp` with the test's binary; (success, all output).
+fn run_experiment(exp: &common::Experiment, envs: &[(&str, &str)]) -> (bool, String) {
+    let out = Command::new("bash")
+        .arg(common::root().join("scripts/run_experiment.sh"))
+        .arg(&exp.path)
+        .env("ACTOR_INFER_BIN", env!("CARGO_BIN_EXE_actor-infer"))
+        .envs(envs.iter().copied())
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
 fn port(addr: &str) -> String {
     addr.rsplit(':').next().unwrap().to_string()
 }
@@ -118,19 +135,10 @@ fn run_experiment_script_starts_loads_stops_and_verifies() {
         free(),
         free()
     ));
-    let out = Command::new("bash")
-        .arg(common::root().join("scripts/run_experiment.sh"))
-        .arg(&exp.path)
-        .env("ACTOR_INFER_BIN", env!("CARGO_BIN_EXE_actor-infer"))
-        .env("WORKLOAD", "for i in 1 2 3; do curl -fsS $HTTP_URL/embed -H 'content-type: application/json' -d '{\"inputs\":\"w\"}' >/dev/null; done")
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "{text}");
+    let workload = "for i in 1 2 3; do curl -fsS $HTTP_URL/embed \
+                    -H 'content-type: application/json' -d '{\"inputs\":\"w\"}' >/dev/null; done";
+    let (ok, text) = run_experiment(&exp, &[("WORKLOAD", workload)]);
+    assert!(ok, "{text}");
     assert!(text.contains("server exited with 0"), "{text}");
     assert!(text.contains("nothing left over"), "{text}");
     assert!(
@@ -190,18 +198,8 @@ fn run_experiment_script_runs_the_experiments_workload_section() {
         free(),
         free()
     ));
-    let out = Command::new("bash")
-        .arg(common::root().join("scripts/run_experiment.sh"))
-        .arg(&exp.path)
-        .env("ACTOR_INFER_BIN", env!("CARGO_BIN_EXE_actor-infer"))
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "{text}");
+    let (ok, text) = run_experiment(&exp, &[]);
+    assert!(ok, "{text}");
     assert!(text.contains("workload: section"), "{text}");
     assert!(
         text.contains("(20 requests)"),

@@ -117,7 +117,7 @@ impl ActorTable {
             .collect()
     }
 
-    /// Names (only) of running actors whose name starts with `prefix`.
+    /// How many actors whose name starts with `prefix` have not stopped.
     pub fn running_with_prefix(&self, prefix: &str) -> usize {
         let states = self.states.lock().unwrap_or_else(|p| p.into_inner());
         states
