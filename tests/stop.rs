@@ -269,16 +269,44 @@ fn past_the_restart_cap_the_server_stops_with_exit_1() {
     assert!(!listening(&http));
 }
 
+/// actor-infer processes on this machine (the original count_processes.sh).
+fn count_processes() -> usize {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| std::fs::read_to_string(e.ok()?.path().join("comm")).ok())
+        .filter(|c| c.trim() == "actor-infer")
+        .count()
+}
+
+/// Listening TCP sockets on this machine.
+fn count_listening() -> usize {
+    ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .filter_map(|f| std::fs::read_to_string(f).ok())
+        .map(|t| {
+            t.lines()
+                .skip(1)
+                .filter(|l| l.split_whitespace().nth(3) == Some("0A"))
+                .count()
+        })
+        .sum()
+}
+
 #[test]
 fn twenty_runs_in_a_row_leave_nothing_behind() {
-    // Other tests run beside this one, so compare this test's own servers: each run's
-    // process and ports must be gone when it has stopped.
+    // This test runs alone (.config/nextest.toml), so machine-wide counts are its own.
+    let (processes, sockets) = (count_processes(), count_listening());
     for run in 0..20 {
         let server = Server::start(experiment(&format!("experiment:\n  name: run-{run}\n")));
         let (http, grpc, pid) = (
             server.http_addr.clone(),
             server.grpc.trim_start_matches("http://").to_string(),
             server.pid,
+        );
+        assert_eq!(
+            count_processes(),
+            processes + 1,
+            "run {run}: one server process"
         );
         assert_eq!(embed(&http, "one request per run").unwrap().0, 200);
         server.stop_clean();
@@ -291,4 +319,14 @@ fn twenty_runs_in_a_row_leave_nothing_behind() {
             "run {run}: process {pid} still exists"
         );
     }
+    assert_eq!(
+        count_processes(),
+        processes,
+        "actor-infer processes before and after"
+    );
+    assert_eq!(
+        count_listening(),
+        sockets,
+        "listening sockets before and after"
+    );
 }
