@@ -247,6 +247,14 @@ pub struct Batching {
     /// default) takes what is queued the moment a worker is free.
     #[serde(default)]
     pub max_wait_ms: f64,
+    /// Most texts waiting (being tokenized or queued for a worker); past it requests are
+    /// refused at once with 429 / RESOURCE_EXHAUSTED instead of queueing without bound.
+    #[serde(default = "default_max_queue_texts")]
+    pub max_queue_texts: usize,
+}
+
+fn default_max_queue_texts() -> usize {
+    4096
 }
 
 fn default_max_batch_size() -> usize {
@@ -262,6 +270,7 @@ impl Default for Batching {
             max_batch_size: default_max_batch_size(),
             max_batch_tokens: default_max_batch_tokens(),
             max_wait_ms: 0.0,
+            max_queue_texts: default_max_queue_texts(),
         }
     }
 }
@@ -552,6 +561,12 @@ impl Config {
         if b.max_batch_tokens == 0 {
             return Err(ConfigError::new(
                 "batching.max_batch_tokens",
+                "must be at least 1",
+            ));
+        }
+        if b.max_queue_texts == 0 {
+            return Err(ConfigError::new(
+                "batching.max_queue_texts",
                 "must be at least 1",
             ));
         }

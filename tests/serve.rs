@@ -480,3 +480,40 @@ async fn small_batch_budgets_split_requests_and_reassemble_them_in_order() {
     );
     server.stop_clean();
 }
+
+#[tokio::test]
+async fn a_full_queue_refuses_at_once_with_429_and_resource_exhausted() {
+    let server = Server::start(experiment("batching:\n  max_queue_texts: 3\n"));
+    let res = client()
+        .post(format!("{}/embed", server.http))
+        .json(&json!({"inputs": ["a", "b", "c", "d"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 429);
+    assert_eq!(res.headers()["retry-after"], "1");
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["error_type"], "overloaded");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("batching.max_queue_texts = 3"),
+        "{body}"
+    );
+    let mut grpc = InferenceServiceClient::connect(server.grpc.clone())
+        .await
+        .unwrap();
+    let err = grpc
+        .infer(InferRequest {
+            texts: vec!["x".into(); 4],
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::ResourceExhausted);
+    // Within the limit it serves.
+    let (status, _, _) = post(&server, "/embed", json!({"inputs": ["a", "b", "c"]})).await;
+    assert_eq!(status, 200);
+    server.stop_clean();
+}

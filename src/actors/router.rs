@@ -31,7 +31,7 @@ use super::{
 };
 use crate::{
     config::Batching,
-    error::ApiError,
+    error::{ApiError, ErrorKind},
     fault::Fault,
     model::{Encoded, ModelSpec, bert::Padded, normalize_l2},
 };
@@ -121,6 +121,8 @@ impl Pending {
 
 /// A request the Router accepted, while its texts are being tokenized.
 struct Accepted {
+    /// Texts in the request.
+    texts: usize,
     /// Front end → Router.
     handoff: Duration,
     reply: Reply,
@@ -162,6 +164,8 @@ pub struct Router {
     max_wait: Duration,
     /// The pending `max_wait_ms` timer, if a batch is being held.
     wait_timer: Option<SpawnHandle>,
+    /// Texts accepted and still being tokenized (they count against the queue's limit).
+    tokenizing: usize,
 }
 
 impl Router {
@@ -185,6 +189,7 @@ impl Router {
             pad_id: spec.encoder.pad_token_id,
             max_wait: Duration::from_secs_f64(batching.max_wait_ms / 1000.0),
             wait_timer: None,
+            tokenizing: 0,
             batching,
             spec,
             lifecycle,
@@ -201,6 +206,7 @@ impl Router {
         ctx: &mut Context<Self>,
     ) {
         let Accepted {
+            texts,
             handoff,
             reply,
             normalize,
@@ -208,6 +214,7 @@ impl Router {
             span,
             in_flight,
         } = accepted;
+        self.tokenizing -= texts;
         let tokenized = match tokenized {
             Ok(t) => t,
             Err(e) => {
@@ -450,9 +457,23 @@ impl Handler<Embed> for Router {
         if !self.lifecycle.is_ready() {
             return Err(ApiError::not_ready());
         }
+        let waiting = self.queue.len() + self.tokenizing;
+        let limit = self.batching.max_queue_texts;
+        if waiting + msg.texts.len() > limit {
+            return Err(ApiError::new(
+                ErrorKind::Overloaded,
+                format!(
+                    "the queue holds {waiting} texts and this request adds {}, over \
+                     batching.max_queue_texts = {limit}; retry later",
+                    msg.texts.len()
+                ),
+            ));
+        }
+        self.tokenizing += msg.texts.len();
         let (reply, rx) = oneshot::channel();
         let now = Instant::now();
         let accepted = Accepted {
+            texts: msg.texts.len(),
             handoff: now.saturating_duration_since(msg.sent),
             reply,
             normalize: msg.normalize.unwrap_or(self.spec.normalize),
