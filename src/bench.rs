@@ -542,55 +542,65 @@ fn raw(args: &BenchArgs, plan: &Plan, config: &Config) -> i32 {
         }
     };
     let pad = spec.encoder.pad_token_id;
-    let per_size = plan.duration.as_secs_f64() / args.batch_sizes.len().max(1) as f64;
-    let mut rows = Vec::new();
+    // Batch sizes are measured in interleaved rounds, so a slow spell of a shared machine
+    // spreads over all of them instead of skewing one.
+    const ROUNDS: usize = 4;
+    let sizes: Vec<usize> = args.batch_sizes.iter().map(|&b| b.max(1)).collect();
+    let slice = plan.duration.as_secs_f64() / (sizes.len().max(1) * ROUNDS) as f64;
     let mut cursor = 0;
-    for &bs in &args.batch_sizes {
-        let bs = bs.max(1);
-        let take = |cursor: &mut usize| -> Vec<String> {
-            let v = (0..bs)
-                .map(|i| plan.texts[(*cursor + i) % plan.texts.len()].clone())
-                .collect();
-            *cursor += bs;
-            v
-        };
-        let run_batch = |texts: &[String]| -> usize {
-            let enc: Vec<_> = texts
-                .iter()
-                .enumerate()
-                .map(|(i, t)| tokenizer.encode(i, t, true).expect("bench texts tokenize"))
-                .collect();
-            let tokens = enc.iter().map(|e| e.len()).sum();
-            let batch = Padded::new(&enc, pad);
-            let _ = model.embed(&batch, spec.pooling);
-            tokens
-        };
-        // Warm up this shape, then measure.
+    let mut run_batch = |bs: usize| -> usize {
+        let enc: Vec<_> = (0..bs)
+            .map(|i| {
+                let text = &plan.texts[(cursor + i) % plan.texts.len()];
+                tokenizer
+                    .encode(i, text, true)
+                    .expect("bench texts tokenize")
+            })
+            .collect();
+        cursor += bs;
+        let tokens = enc.iter().map(|e| e.len()).sum();
+        let batch = Padded::new(&enc, pad);
+        let _ = model.embed(&batch, spec.pooling);
+        tokens
+    };
+    // Per size: (texts, tokens, seconds, batch latencies in ms). Tokenization is timed too.
+    let mut acc: Vec<(usize, usize, f64, Vec<f64>)> = vec![(0, 0, 0.0, Vec::new()); sizes.len()];
+    for &bs in &sizes {
         for _ in 0..3 {
-            run_batch(&take(&mut cursor));
+            run_batch(bs); // warm up every shape first
         }
-        let start = Instant::now();
-        let (mut batches, mut tokens, mut lat) = (0u64, 0usize, Vec::new());
-        while start.elapsed().as_secs_f64() < per_size || batches < 5 {
-            let texts = take(&mut cursor);
-            let t0 = Instant::now();
-            tokens += run_batch(&texts);
-            lat.push(t0.elapsed().as_secs_f64() * 1e3);
-            batches += 1;
+    }
+    for _ in 0..ROUNDS {
+        for (k, &bs) in sizes.iter().enumerate() {
+            let start = Instant::now();
+            let mut n = 0;
+            while start.elapsed().as_secs_f64() < slice || n < 2 {
+                let t0 = Instant::now();
+                let tokens = run_batch(bs);
+                let a = &mut acc[k];
+                a.0 += bs;
+                a.1 += tokens;
+                a.3.push(t0.elapsed().as_secs_f64() * 1e3);
+                n += 1;
+            }
+            acc[k].2 += start.elapsed().as_secs_f64();
         }
-        let secs = start.elapsed().as_secs_f64();
+    }
+    let mut rows = Vec::new();
+    for (k, &bs) in sizes.iter().enumerate() {
+        let (texts, tokens, secs, lat) = &mut acc[k];
         lat.sort_by(f64::total_cmp);
+        let p50 = lat[lat.len() / 2];
         rows.push(json!({
             "batch_size": bs,
-            "texts_per_s": (batches as usize * bs) as f64 / secs,
-            "tokens_per_s": tokens as f64 / secs,
-            "batch_ms_p50": lat[lat.len() / 2],
+            "texts_per_s": *texts as f64 / *secs,
+            "tokens_per_s": *tokens as f64 / *secs,
+            "batch_ms_p50": p50,
         }));
         if !args.json {
             eprintln!(
-                "raw batch {bs:>3}: {:>8.1} texts/s  p50 {:.2} ms/batch",
-                (batches as usize * bs) as f64 / secs,
-                lat[lat.len() / 2]
+                "raw batch {bs:>3}: {:>8.1} texts/s  p50 {p50:.2} ms/batch",
+                *texts as f64 / *secs
             );
         }
     }
