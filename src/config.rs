@@ -475,7 +475,7 @@ impl Config {
         serde_path_to_error::deserialize(raw).map_err(|e| {
             let key = e.path().to_string();
             let key = if key == "." { "file".to_string() } else { key };
-            ConfigError::new(key, clean_serde_message(&e.into_inner().to_string()))
+            ConfigError::new(key, e.into_inner().to_string().trim())
         })
     }
 
@@ -608,12 +608,6 @@ impl Config {
             (cores / self.model.instances).max(1)
         })
     }
-}
-
-/// serde's messages for unknown fields list every expected one with backticks; keep them but
-/// make the sentence read well after the key.
-fn clean_serde_message(msg: &str) -> String {
-    msg.trim().to_string()
 }
 
 #[cfg(test)]

@@ -105,11 +105,7 @@ fn a_port_held_by_something_else_is_case_a() {
         .unwrap();
     let stray = Stray(child);
     let held = line.trim().to_string();
-    let free = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let free = common::free_port();
     let (code, out) = doctor(&["--http-port", &held, "--grpc-port", &free.to_string()]);
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("CASE A"), "{out}");
@@ -123,17 +119,10 @@ fn a_port_held_by_something_else_is_case_a() {
 
 #[test]
 fn run_experiment_script_starts_loads_stops_and_verifies() {
-    let free = || {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
-    };
     let exp = experiment(&format!(
         "experiment:\n  name: scripted\nserver:\n  http_port: {}\n  grpc_port: {}\n",
-        free(),
-        free()
+        common::free_port(),
+        common::free_port()
     ));
     let workload = "for i in 1 2 3; do curl -fsS $HTTP_URL/embed \
                     -H 'content-type: application/json' -d '{\"inputs\":\"w\"}' >/dev/null; done";
@@ -185,18 +174,11 @@ fn wrapper_scripts_answer_like_the_originals() {
 
 #[test]
 fn run_experiment_script_runs_the_experiments_workload_section() {
-    let free = || {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
-    };
     let exp = experiment(&format!(
         "experiment:\n  name: workload\nserver:\n  http_port: {}\n  grpc_port: {}\n\
          workload:\n  transport: grpc\n  concurrency: 2\n  requests: 20\n  tokens: 8-16\n",
-        free(),
-        free()
+        common::free_port(),
+        common::free_port()
     ));
     let (ok, text) = run_experiment(&exp, &[]);
     assert!(ok, "{text}");

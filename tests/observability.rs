@@ -126,11 +126,7 @@ fn a_real_prometheus_scrapes_the_stage_histograms() {
 
     // A real Prometheus, on a free loopback port, scraping this server every second.
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = common::free_port();
     let config = dir.path().join("prometheus.yml");
     std::fs::write(
         &config,

@@ -263,6 +263,15 @@ pub fn http_get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
     http_request(addr, "GET", path, None, b"")
 }
 
+/// A loopback port that was free a moment ago (for configs that need a fixed port).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// True if something listens on `addr`.
 pub fn listening(addr: &str) -> bool {
     TcpStream::connect_timeout(&addr.parse().unwrap(), Duration::from_millis(200)).is_ok()
