@@ -156,6 +156,31 @@ pub struct Model {
     /// (Linux). Off by default.
     #[serde(default)]
     pub pin_cores: bool,
+    /// What the model serves and in which format (see [`ModelKind`]); `auto` reads the folder.
+    #[serde(default)]
+    pub kind: ModelKind,
+    /// Inputs a TorchScript module's `forward` takes: 2 (`input_ids`, `attention_mask`) or 3
+    /// (plus `token_type_ids`); unset: detected at load by trying 2, then 3.
+    #[serde(default)]
+    pub torchscript_inputs: Option<usize>,
+}
+
+/// `model.kind`: what the model serves, or that it is a TorchScript module.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ModelKind {
+    /// Decided by the folder: `model.safetensors` or `model.pt`, and `config.json`'s
+    /// `architectures` (`*ForSequenceClassification`: a classifier, a reranker with one label).
+    #[default]
+    Auto,
+    /// Pooled embeddings (`/embed`, `/v1/embeddings`).
+    Embedding,
+    /// A sequence classifier's scores per label (`/predict`).
+    Classifier,
+    /// A cross-encoder: one relevance score per (query, text) pair (`/rerank`, `/predict`).
+    Reranker,
+    /// A TorchScript module (`model.pt`); what it serves is read from `config.json`.
+    Torchscript,
 }
 
 fn default_device() -> String {
@@ -542,10 +567,23 @@ impl Config {
                 ));
             }
         }
-        if !m.path.join("model.safetensors").is_file() {
+        let weights = if m.kind == ModelKind::Torchscript {
+            &["model.pt"][..]
+        } else {
+            &["model.safetensors", "model.pt"][..]
+        };
+        if !weights.iter().any(|f| m.path.join(f).is_file()) {
             return Err(ConfigError::new(
                 "model.path",
-                format!("{} has no model.safetensors", m.path.display()),
+                format!("{} has no {}", m.path.display(), weights.join(" or ")),
+            ));
+        }
+        if let Some(n) = m.torchscript_inputs
+            && !(2..=3).contains(&n)
+        {
+            return Err(ConfigError::new(
+                "model.torchscript_inputs",
+                format!("{n} is not 2 (input_ids, attention_mask) or 3 (plus token_type_ids)"),
             ));
         }
         if self.tokenizer.workers == 0 {
@@ -693,6 +731,42 @@ mod tests {
         let e = c.validate().unwrap_err();
         assert_eq!(e.key, "model.path");
         assert!(e.problem.contains("/nonexistent/model"));
+    }
+
+    #[test]
+    fn model_kind_and_torchscript_inputs_are_checked_by_key() {
+        let c = load(
+            "model:\n  path: m\n  kind: reranker\n",
+            &[],
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(c.model.kind, ModelKind::Reranker);
+        let e = load(
+            "model:\n  path: m\n  kind: ranker\n",
+            &[],
+            &Overrides::default(),
+        )
+        .unwrap_err();
+        assert_eq!(e.key, "model.kind", "{e}");
+        let dir = tempfile::tempdir().unwrap();
+        for f in ["config.json", "tokenizer.json", "model.pt"] {
+            std::fs::write(dir.path().join(f), "{}").unwrap();
+        }
+        let mut c = load(MIN, &[], &Overrides::default()).unwrap();
+        c.model.path = dir.path().into();
+        c.model.kind = ModelKind::Torchscript;
+        c.validate()
+            .expect("model.pt is enough for a TorchScript model");
+        c.model.torchscript_inputs = Some(4);
+        assert_eq!(c.validate().unwrap_err().key, "model.torchscript_inputs");
+        std::fs::remove_file(dir.path().join("model.pt")).unwrap();
+        c.model.torchscript_inputs = None;
+        let e = c.validate().unwrap_err();
+        assert!(
+            e.key == "model.path" && e.problem.contains("model.pt"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! and runs forwards on it. `model.instances` of them run side by side, each with its share of
 //! the cores (`model.intra_op_threads`).
 //!
-//! Owns: the [`Bert`] weights on its device. Sent to by: the Supervisor ([`Load`] at start,
+//! Owns: the [`Model`] (weights or TorchScript module) on its device. Sent to by: the Supervisor ([`Load`] at start,
 //! [`Release`] at stop) and the Router ([`Forward`], one batch at a time: the Router only sends
 //! to an idle worker). A panic inside a forward (a libtorch error surfaces as one) fails that
 //! batch only; the Supervisor is told, the SyncArbiter builds a fresh actor, and the fresh
@@ -20,10 +20,7 @@ use super::{ActorState, ActorTable, metrics::Recorder, supervisor::ChildPanicked
 use crate::{
     error::ApiError,
     fault::Fault,
-    model::{
-        Encoded, ModelError, ModelSpec,
-        bert::{Bert, Padded},
-    },
+    model::{Encoded, Model, ModelError, ModelSpec, bert::Padded},
 };
 
 /// Load the weights and warm up. Answered once the worker can serve.
@@ -57,7 +54,7 @@ pub struct Forward {
 /// One batch's result.
 #[derive(Debug)]
 pub struct ForwardOutput {
-    /// Pooled, not normalised, one per text in the batch's order.
+    /// Pooled, not normalised (or a classifier's logits), one per text in the batch's order.
     pub embeddings: Vec<Vec<f32>>,
     /// When the forward began (the end of the texts' queue wait).
     pub started: Instant,
@@ -77,7 +74,7 @@ pub struct ModelWorker {
     id: usize,
     name: String,
     spec: Arc<ModelSpec>,
-    model: Option<Bert>,
+    model: Option<Model>,
     pad_id: i64,
     table: Arc<ActorTable>,
     metrics: Recorder,
@@ -121,7 +118,7 @@ impl ModelWorker {
 
     fn load(&mut self) -> Result<LoadReport, ModelError> {
         let t0 = Instant::now();
-        let model = Bert::load(&self.spec)?;
+        let model = Model::load(&self.spec)?;
         let load = t0.elapsed();
         let t1 = Instant::now();
         // Warm-up: forwards of typical shapes, so the first real request is not the slow one.
@@ -132,7 +129,7 @@ impl ModelWorker {
                 type_ids: vec![0; cols],
             };
             let batch = Padded::new(std::iter::repeat_n(&text, rows), self.pad_id);
-            let _ = model.embed(&batch, self.spec.pooling);
+            let _ = model.run(&batch, self.spec.pooling);
         }
         let warmup = t1.elapsed();
         self.model = Some(model);
@@ -219,7 +216,7 @@ impl Handler<Forward> for ModelWorker {
                 _ => {}
             }
             let model = model.expect("the model was loaded just above");
-            model.embed(&batch, pooling)
+            model.run(&batch, pooling)
         }));
         let elapsed = started.elapsed();
         self.metrics.worker_busy(self.id, false);

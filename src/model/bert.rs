@@ -1,5 +1,8 @@
-//! A BERT encoder in tch, loading Hugging Face `model.safetensors` (weight names with or
-//! without the `bert.` prefix), plus padding and pooling.
+//! A BERT-family encoder in tch, loading Hugging Face `model.safetensors` (weight names with
+//! or without the `bert.` / `roberta.` / `distilbert.` prefix), plus padding and pooling.
+//! RoBERTa and XLM-RoBERTa are BERT with position ids counted from `pad_token_id + 1` and no
+//! segment types; DistilBERT is BERT with other weight names and no segment types. With a
+//! classification head ([`super::heads::Head`]) the rows are logits instead of embeddings.
 //!
 //! The layer is the standard post-LayerNorm BERT block; the query, key and value projections
 //! are fused into one matrix at load time and attention runs through libtorch's
@@ -10,7 +13,7 @@ use std::collections::HashMap;
 
 use tch::{Kind, Tensor};
 
-use super::{Encoded, EncoderConfig, ModelError, ModelSpec};
+use super::{Encoded, EncoderConfig, Family, ModelError, ModelSpec, Task, heads::Head};
 use crate::config::{DType, Pooling};
 
 /// Activation of the feed-forward layer.
@@ -40,7 +43,12 @@ struct Layer {
 pub struct Bert {
     word: Tensor,
     position: Tensor,
-    token_type: Tensor,
+    /// Segment embeddings; `None` for families without segments (their ids are ignored).
+    token_type: Option<Tensor>,
+    /// RoBERTa: positions count from this padding id + 1, over non-padding tokens only.
+    position_pad: Option<i64>,
+    /// A classifier's head; `None` for an embedding model.
+    head: Option<Head>,
     emb_ln_w: Tensor,
     emb_ln_b: Tensor,
     layers: Vec<Layer>,
@@ -94,7 +102,7 @@ impl Padded {
     }
 }
 
-fn torch_kind(d: DType) -> Kind {
+pub(super) fn torch_kind(d: DType) -> Kind {
     match d {
         DType::F32 => Kind::Float,
         DType::F16 => Kind::Half,
@@ -102,19 +110,57 @@ fn torch_kind(d: DType) -> Kind {
     }
 }
 
-/// Named tensors from a safetensors file, found with or without a `bert.` prefix.
-struct Weights {
+/// Named tensors from a safetensors file, found with or without the family's prefix
+/// (`bert.`, `roberta.`, `distilbert.`: how transformers saves a model with a head).
+pub(super) struct Weights {
     map: HashMap<String, Tensor>,
     device: tch::Device,
     kind: Kind,
+    family: Family,
+}
+
+/// DistilBERT's name for a BERT weight name (`encoder.layer.0.attention.self.query.weight` →
+/// `transformer.layer.0.attention.q_lin.weight`); other families use BERT's names.
+fn family_name(family: Family, name: &str) -> String {
+    if family != Family::DistilBert {
+        return name.to_string();
+    }
+    let mut n = name.replace("encoder.layer.", "transformer.layer.");
+    for (bert, distil) in [
+        (".attention.self.query.", ".attention.q_lin."),
+        (".attention.self.key.", ".attention.k_lin."),
+        (".attention.self.value.", ".attention.v_lin."),
+        (".attention.output.dense.", ".attention.out_lin."),
+        (".attention.output.LayerNorm.", ".sa_layer_norm."),
+        (".intermediate.dense.", ".ffn.lin1."),
+        (".output.dense.", ".ffn.lin2."),
+        (".output.LayerNorm.", ".output_layer_norm."),
+    ] {
+        n = n.replace(bert, distil);
+    }
+    n
 }
 
 impl Weights {
-    fn take(&mut self, name: &str, shape: &[i64]) -> Result<Tensor, ModelError> {
+    /// The family whose names these are.
+    pub(super) fn family(&self) -> Family {
+        self.family
+    }
+
+    /// Takes the tensor `name` (BERT's name; mapped for the family), checking its shape, in
+    /// the model's dtype on its device.
+    pub(super) fn take(&mut self, name: &str, shape: &[i64]) -> Result<Tensor, ModelError> {
+        let name = family_name(self.family, name);
+        let name = name.as_str();
+        let prefix = match self.family {
+            Family::Bert => "bert.",
+            Family::Roberta | Family::XlmRoberta => "roberta.",
+            Family::DistilBert => "distilbert.",
+        };
         let t = self
             .map
             .remove(name)
-            .or_else(|| self.map.remove(&format!("bert.{name}")))
+            .or_else(|| self.map.remove(&format!("{prefix}{name}")))
             .ok_or_else(|| ModelError::Weights(format!("no tensor named `{name}`")))?;
         if t.size() != shape {
             return Err(ModelError::Weights(format!(
@@ -145,10 +191,19 @@ impl Bert {
             path: file.clone(),
             message: e.to_string(),
         })?;
+        let family = match spec.format {
+            super::Format::Safetensors(f) => f,
+            super::Format::TorchScript { .. } => {
+                return Err(ModelError::Config(
+                    "a TorchScript model is not run by the safetensors encoder".into(),
+                ));
+            }
+        };
         let mut w = Weights {
             map: tensors.into_iter().collect(),
             device: spec.device,
             kind: torch_kind(spec.dtype),
+            family,
         };
         let (h, i) = (c.hidden_size, c.intermediate_size);
         let _guard = tch::no_grad_guard();
@@ -182,10 +237,20 @@ impl Bert {
                 "embeddings.position_embeddings.weight",
                 &[c.max_position_embeddings, h],
             )?,
-            token_type: w.take(
-                "embeddings.token_type_embeddings.weight",
-                &[c.type_vocab_size, h],
-            )?,
+            token_type: match family {
+                Family::DistilBert => None,
+                _ => Some(w.take(
+                    "embeddings.token_type_embeddings.weight",
+                    &[c.type_vocab_size, h],
+                )?),
+            },
+            position_pad: family.offset_positions().then_some(c.pad_token_id),
+            head: match spec.task {
+                Task::Embedding => None,
+                Task::Classifier | Task::Reranker => {
+                    Some(Head::load(&mut w, h, spec.labels.len() as i64)?)
+                }
+            },
             emb_ln_w: w.take("embeddings.LayerNorm.weight", &[h])?,
             emb_ln_b: w.take("embeddings.LayerNorm.bias", &[h])?,
             layers,
@@ -212,11 +277,27 @@ impl Bert {
             .view([b, l])
             .to_device(dev);
         let mask = Tensor::from_slice(&batch.mask).view([b, l]).to_device(dev);
-        let positions = Tensor::arange(l, (Kind::Int64, dev)).unsqueeze(0);
+        let positions = match self.position_pad {
+            None => Tensor::arange(l, (Kind::Int64, dev)).unsqueeze(0),
+            // transformers' create_position_ids_from_input_ids: real tokens count up from
+            // pad + 1, padding tokens sit at pad.
+            Some(pad) => {
+                let real = ids.ne(pad).to_kind(Kind::Int64);
+                real.cumsum(1, Kind::Int64) * &real + pad
+            }
+        };
         let h = self.hidden;
-        let x = Tensor::embedding(&self.word, &ids, -1, false, false)
-            + Tensor::embedding(&self.position, &positions, -1, false, false)
-            + Tensor::embedding(&self.token_type, &types, -1, false, false);
+        let mut x = Tensor::embedding(&self.word, &ids, -1, false, false)
+            + Tensor::embedding(&self.position, &positions, -1, false, false);
+        if let Some(token_type) = &self.token_type {
+            // RoBERTa has one segment type: its tokenizers give no segment ids, so use 0.
+            let types = if self.position_pad.is_some() {
+                types.zeros_like()
+            } else {
+                types
+            };
+            x += Tensor::embedding(token_type, &types, -1, false, false);
+        }
         let mut x = x.layer_norm(
             [h],
             Some(&self.emb_ln_w),
@@ -270,18 +351,29 @@ impl Bert {
         (x, mask)
     }
 
-    /// Forward plus pooling: one f32 vector per text, on the CPU, not normalised.
+    /// Forward plus pooling: one f32 vector per text, on the CPU, not normalised. A
+    /// classifier's rows are its logits (the head reads the first token's state).
     pub fn embed(&self, batch: &Padded, pooling: Pooling) -> Vec<Vec<f32>> {
         let _guard = tch::no_grad_guard();
         let (states, mask) = self.forward(batch);
-        let pooled = pool(&states, &mask, pooling)
-            .to_device(tch::Device::Cpu)
-            .contiguous();
-        let dim = pooled.size()[1] as usize;
-        let flat = Vec::<f32>::try_from(pooled.flatten(0, -1))
-            .expect("pooled embeddings are a float tensor, so they convert to Vec<f32>");
-        flat.chunks(dim).map(<[f32]>::to_vec).collect()
+        let rows = match &self.head {
+            None => pool(&states, &mask, pooling),
+            Some(head) => head.logits(&states),
+        };
+        rows_to_vecs(&rows)
     }
+}
+
+/// A `[rows, width]` tensor as one f32 vector per row, on the CPU.
+pub fn rows_to_vecs(rows: &Tensor) -> Vec<Vec<f32>> {
+    let rows = rows
+        .to_kind(Kind::Float)
+        .to_device(tch::Device::Cpu)
+        .contiguous();
+    let dim = rows.size()[1] as usize;
+    let flat =
+        Vec::<f32>::try_from(rows.flatten(0, -1)).expect("a float tensor converts to Vec<f32>");
+    flat.chunks(dim.max(1)).map(<[f32]>::to_vec).collect()
 }
 
 /// sentence-transformers' pooling of token states `[b, l, h]` under `mask` `[b, l]`, in f32.

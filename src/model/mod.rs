@@ -3,7 +3,9 @@
 //! pooling. Nothing here knows about actors; the actors in `crate::actors` own these values.
 
 pub mod bert;
+pub mod heads;
 mod tokenize;
+pub mod torchscript;
 
 use std::path::{Path, PathBuf};
 
@@ -11,7 +13,7 @@ use serde::Deserialize;
 
 pub use tokenize::{Encoded, TextTokenizer, TokenizeError};
 
-use crate::config::{self, DType, Pooling};
+use crate::config::{self, DType, ModelKind, Pooling};
 
 /// Where the model runs, as configured (`auto` is resolved at start-up by [`Device::resolve`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -99,36 +101,185 @@ pub fn device_name(d: tch::Device) -> String {
     }
 }
 
-/// The subset of Hugging Face's `config.json` a BERT-family encoder needs.
+/// The subset of Hugging Face's `config.json` a BERT-family encoder needs. DistilBERT's own
+/// names (`dim`, `n_layers`, `n_heads`, `hidden_dim`, `activation`) are read as aliases.
 #[derive(Debug, Clone, Deserialize)]
 pub struct EncoderConfig {
-    /// `bert`, `roberta`, ...
+    /// `bert`, `roberta`, `xlm-roberta`, `distilbert`, ...
     #[serde(default)]
     pub model_type: String,
+    /// The classes transformers saved the model as (`BertModel`,
+    /// `BertForSequenceClassification`, ...).
+    #[serde(default)]
+    pub architectures: Vec<String>,
     /// Vocabulary size.
     pub vocab_size: i64,
     /// Width of the token states.
+    #[serde(alias = "dim")]
     pub hidden_size: i64,
     /// Encoder layers.
+    #[serde(alias = "n_layers")]
     pub num_hidden_layers: i64,
     /// Attention heads per layer.
+    #[serde(alias = "n_heads")]
     pub num_attention_heads: i64,
     /// Width of the feed-forward layer.
+    #[serde(alias = "hidden_dim")]
     pub intermediate_size: i64,
     /// Positions the model was trained with.
     pub max_position_embeddings: i64,
-    /// Segment types (2 for BERT).
+    /// Segment types (2 for BERT, 1 for RoBERTa, none for DistilBERT).
     #[serde(default = "default_type_vocab")]
     pub type_vocab_size: i64,
     /// LayerNorm epsilon.
     #[serde(default = "default_eps")]
     pub layer_norm_eps: f64,
     /// `gelu` (erf), `gelu_new` / `gelu_pytorch_tanh` (tanh), or `relu`.
-    #[serde(default = "default_act")]
+    #[serde(default = "default_act", alias = "activation")]
     pub hidden_act: String,
     /// Padding token id.
     #[serde(default)]
     pub pad_token_id: i64,
+    /// A classifier's labels by index (`{"0": "negative", ...}`).
+    #[serde(default)]
+    pub id2label: Option<std::collections::BTreeMap<String, String>>,
+    /// `single_label_classification`, `multi_label_classification` or `regression`.
+    #[serde(default)]
+    pub problem_type: Option<String>,
+}
+
+/// Which encoder architecture the weights are (from `config.json`'s `model_type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    /// BERT (and MiniLM, which is a BERT).
+    Bert,
+    /// RoBERTa: position ids start past the padding index, no segment types.
+    Roberta,
+    /// XLM-RoBERTa: RoBERTa's architecture.
+    XlmRoberta,
+    /// DistilBERT: its own weight names, no segment types.
+    DistilBert,
+}
+
+impl Family {
+    fn from_model_type(t: &str) -> Result<Family, String> {
+        match t {
+            "bert" | "" => Ok(Family::Bert),
+            "roberta" | "camembert" => Ok(Family::Roberta),
+            "xlm-roberta" => Ok(Family::XlmRoberta),
+            "distilbert" => Ok(Family::DistilBert),
+            other => Err(format!(
+                "config.json: model_type `{other}` is not supported \
+                 (bert, roberta, xlm-roberta, camembert, distilbert)"
+            )),
+        }
+    }
+
+    /// Name as `config.json` writes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Family::Bert => "bert",
+            Family::Roberta => "roberta",
+            Family::XlmRoberta => "xlm-roberta",
+            Family::DistilBert => "distilbert",
+        }
+    }
+
+    /// RoBERTa-style position ids (counting from `pad_token_id + 1`).
+    pub fn offset_positions(self) -> bool {
+        matches!(self, Family::Roberta | Family::XlmRoberta)
+    }
+}
+
+/// What the model serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Task {
+    /// One pooled vector per text.
+    Embedding,
+    /// One score per label per text (or text pair).
+    Classifier,
+    /// One relevance score per (query, text) pair: a classifier with one label.
+    Reranker,
+}
+
+impl Task {
+    /// Name as `/info` reports it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Task::Embedding => "embedding",
+            Task::Classifier => "classifier",
+            Task::Reranker => "reranker",
+        }
+    }
+
+    /// The HTTP routes and gRPC methods that serve this kind of model.
+    pub fn routes(self) -> &'static [&'static str] {
+        match self {
+            Task::Embedding => &["POST /embed", "POST /v1/embeddings", "gRPC Infer"],
+            Task::Classifier => &["POST /predict", "gRPC Infer"],
+            Task::Reranker => &["POST /rerank", "POST /predict", "gRPC Rerank", "gRPC Infer"],
+        }
+    }
+}
+
+/// How the weights are stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// `model.safetensors`, run by our own encoder.
+    Safetensors(Family),
+    /// `model.pt`, a traced or scripted module; `inputs` is 2, 3 or unknown (detected).
+    TorchScript {
+        /// `forward`'s inputs, if configured.
+        inputs: Option<usize>,
+    },
+}
+
+impl Format {
+    /// `bert`, `roberta`, ... or `torchscript`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Format::Safetensors(f) => f.as_str(),
+            Format::TorchScript { .. } => "torchscript",
+        }
+    }
+}
+
+/// How a classifier's logits become scores (transformers' text-classification pipeline rule).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProblemType {
+    /// Softmax over the labels (several labels, `single_label_classification` or unset).
+    SingleLabel,
+    /// Sigmoid per label (`multi_label_classification`, or a single label).
+    MultiLabel,
+    /// The raw logits (`regression`).
+    Regression,
+}
+
+impl ProblemType {
+    /// transformers' rule: `problem_type` when set, else sigmoid for one label and softmax for
+    /// several.
+    pub fn from_config(problem_type: Option<&str>, labels: usize) -> Result<ProblemType, String> {
+        match problem_type {
+            Some("single_label_classification") => Ok(ProblemType::SingleLabel),
+            Some("multi_label_classification") => Ok(ProblemType::MultiLabel),
+            Some("regression") => Ok(ProblemType::Regression),
+            None if labels == 1 => Ok(ProblemType::MultiLabel),
+            None => Ok(ProblemType::SingleLabel),
+            Some(other) => Err(format!(
+                "config.json: problem_type `{other}` is not one of single_label_classification, \
+                 multi_label_classification, regression"
+            )),
+        }
+    }
+
+    /// Name as `/info` reports it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProblemType::SingleLabel => "single_label_classification",
+            ProblemType::MultiLabel => "multi_label_classification",
+            ProblemType::Regression => "regression",
+        }
+    }
 }
 
 fn default_type_vocab() -> i64 {
@@ -161,6 +312,14 @@ pub struct ModelSpec {
     pub device: tch::Device,
     /// Weights' precision.
     pub dtype: DType,
+    /// What the model serves.
+    pub task: Task,
+    /// How the weights are stored, and which encoder runs them.
+    pub format: Format,
+    /// A classifier's labels, by index (empty for an embedding model).
+    pub labels: Vec<String>,
+    /// How a classifier's logits become scores.
+    pub problem_type: ProblemType,
 }
 
 /// A model folder that cannot be served.
@@ -201,8 +360,17 @@ struct SentenceBertConfig {
     max_seq_length: Option<usize>,
 }
 
+#[derive(Deserialize)]
+struct TokenizerConfig {
+    model_max_length: Option<f64>,
+}
+
+/// `1_Pooling/config.json`: sentence-transformers before 6 writes one `pooling_mode_*` flag
+/// per mode; 6 writes `pooling_mode` (a name, or a list of one).
 #[derive(Deserialize, Default)]
 struct PoolingConfig {
+    #[serde(default)]
+    pooling_mode: Option<serde_json::Value>,
     #[serde(default)]
     pooling_mode_cls_token: bool,
     #[serde(default)]
@@ -248,7 +416,34 @@ impl ModelSpec {
             .unwrap_or_else(|| dir.join("1_Pooling"));
         let folder_pooling = if pooling_dir.join("config.json").is_file() {
             let p: PoolingConfig = read_json(&pooling_dir.join("config.json"))?;
-            if p.pooling_mode_cls_token {
+            let mode = match &p.pooling_mode {
+                Some(serde_json::Value::String(s)) => Some(s.clone()),
+                Some(serde_json::Value::Array(v)) if v.len() == 1 => {
+                    v[0].as_str().map(str::to_owned)
+                }
+                Some(other) => {
+                    return Err(ModelError::Config(format!(
+                        "1_Pooling/config.json: pooling_mode {other} is not supported \
+                         (one of cls, max, mean, mean_sqrt_len_tokens, lasttoken)"
+                    )));
+                }
+                None => None,
+            };
+            if let Some(mode) = mode {
+                match mode.as_str() {
+                    "cls" => Pooling::Cls,
+                    "max" => Pooling::Max,
+                    "mean" => Pooling::Mean,
+                    "mean_sqrt_len_tokens" => Pooling::MeanSqrtLen,
+                    "lasttoken" => Pooling::LastToken,
+                    other => {
+                        return Err(ModelError::Config(format!(
+                            "1_Pooling/config.json: pooling_mode `{other}` is not supported \
+                             (cls, max, mean, mean_sqrt_len_tokens, lasttoken)"
+                        )));
+                    }
+                }
+            } else if p.pooling_mode_cls_token {
                 Pooling::Cls
             } else if p.pooling_mode_max_tokens {
                 Pooling::Max
@@ -269,8 +464,99 @@ impl ModelSpec {
         } else {
             None
         };
-        let positions = encoder.max_position_embeddings.max(1) as usize;
-        let max_seq_length = cfg.max_seq_length.or(st_max).unwrap_or(positions);
+        let format = if cfg.kind == ModelKind::Torchscript
+            || (!dir.join("model.safetensors").is_file() && dir.join("model.pt").is_file())
+        {
+            Format::TorchScript {
+                inputs: cfg.torchscript_inputs,
+            }
+        } else {
+            Format::Safetensors(
+                Family::from_model_type(&encoder.model_type).map_err(ModelError::Config)?,
+            )
+        };
+        // RoBERTa's positions start at pad_token_id + 1, so two positions are never used.
+        let family_offset = match format {
+            Format::Safetensors(f) if f.offset_positions() => encoder.pad_token_id + 1,
+            Format::TorchScript { .. }
+                if Family::from_model_type(&encoder.model_type)
+                    .is_ok_and(Family::offset_positions) =>
+            {
+                encoder.pad_token_id + 1
+            }
+            _ => 0,
+        };
+        let labels: Vec<String> = match &encoder.id2label {
+            Some(map) => {
+                let mut pairs: Vec<(usize, String)> = map
+                    .iter()
+                    .map(|(k, v)| {
+                        k.parse::<usize>().map(|i| (i, v.clone())).map_err(|_| {
+                            ModelError::Config(format!(
+                                "config.json: id2label key `{k}` is not an index"
+                            ))
+                        })
+                    })
+                    .collect::<Result<_, _>>()?;
+                pairs.sort();
+                if pairs.iter().enumerate().any(|(n, (i, _))| n != *i) {
+                    return Err(ModelError::Config(
+                        "config.json: id2label's keys are not 0..n".into(),
+                    ));
+                }
+                pairs.into_iter().map(|(_, v)| v).collect()
+            }
+            None => Vec::new(),
+        };
+        let classifier_folder = encoder
+            .architectures
+            .iter()
+            .any(|a| a.ends_with("ForSequenceClassification"));
+        let task = match cfg.kind {
+            ModelKind::Embedding => Task::Embedding,
+            ModelKind::Classifier => Task::Classifier,
+            ModelKind::Reranker => Task::Reranker,
+            ModelKind::Auto | ModelKind::Torchscript if classifier_folder => {
+                if labels.len() == 1 {
+                    Task::Reranker
+                } else {
+                    Task::Classifier
+                }
+            }
+            ModelKind::Auto | ModelKind::Torchscript => Task::Embedding,
+        };
+        let labels = if task == Task::Embedding {
+            Vec::new()
+        } else if labels.is_empty() {
+            // transformers' default when config.json names none.
+            vec!["LABEL_0".to_string(), "LABEL_1".to_string()]
+        } else {
+            labels
+        };
+        if task == Task::Reranker && labels.len() != 1 {
+            return Err(ModelError::Config(format!(
+                "model.kind: reranker needs a model with one label; config.json's id2label has {}",
+                labels.len()
+            )));
+        }
+        let problem_type = ProblemType::from_config(encoder.problem_type.as_deref(), labels.len())
+            .map_err(ModelError::Config)?;
+        let positions = (encoder.max_position_embeddings - family_offset).max(1) as usize;
+        // sentence-transformers 6 keeps the maximum in the tokenizer's `model_max_length`
+        // (transformers writes a huge number there when there is none).
+        let tokenizer_max = if dir.join("tokenizer_config.json").is_file() {
+            read_json::<TokenizerConfig>(&dir.join("tokenizer_config.json"))?
+                .model_max_length
+                .filter(|&n| n >= 1.0 && n <= positions as f64)
+                .map(|n| n as usize)
+        } else {
+            None
+        };
+        let max_seq_length = cfg
+            .max_seq_length
+            .or(st_max)
+            .or(tokenizer_max)
+            .unwrap_or(positions);
         if max_seq_length > positions {
             return Err(ModelError::Config(format!(
                 "model.max_seq_length {max_seq_length} is more than the model's \
@@ -303,9 +589,14 @@ impl ModelSpec {
             encoder,
             max_seq_length,
             pooling: cfg.pooling.unwrap_or(folder_pooling),
-            normalize: cfg.normalize.unwrap_or(folder_normalize),
+            // A classifier's rows are logits: never normalised.
+            normalize: task == Task::Embedding && cfg.normalize.unwrap_or(folder_normalize),
             device,
             dtype: cfg.dtype,
+            task,
+            format,
+            labels,
+            problem_type,
         })
     }
 
@@ -313,10 +604,47 @@ impl ModelSpec {
     pub fn dim(&self) -> usize {
         self.encoder.hidden_size as usize
     }
+
+    /// Width of one output row: the embedding's, or the number of labels.
+    pub fn row_width(&self) -> usize {
+        match self.task {
+            Task::Embedding => self.dim(),
+            Task::Classifier | Task::Reranker => self.labels.len(),
+        }
+    }
 }
 
 /// L2-normalises `v` in place (sentence-transformers' Normalize: divide by max(‖v‖, 1e-12)).
 pub fn normalize_l2(v: &mut [f32]) {
     let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
     v.iter_mut().for_each(|x| *x /= norm);
+}
+
+/// A loaded model of any supported format: what a model worker owns.
+pub enum Model {
+    /// `model.safetensors`, run by our BERT-family encoder.
+    Encoder(bert::Bert),
+    /// `model.pt`, run by libtorch's TorchScript interpreter.
+    TorchScript(torchscript::TorchScript),
+}
+
+impl Model {
+    /// Loads the model the spec describes onto its device.
+    pub fn load(spec: &ModelSpec) -> Result<Model, ModelError> {
+        match spec.format {
+            Format::Safetensors(_) => bert::Bert::load(spec).map(Model::Encoder),
+            Format::TorchScript { .. } => {
+                torchscript::TorchScript::load(spec).map(Model::TorchScript)
+            }
+        }
+    }
+
+    /// One f32 row per text of a padded batch: a pooled embedding (not normalised) or a
+    /// classifier's logits. Panics (as tch does) if libtorch fails; the worker catches that.
+    pub fn run(&self, batch: &bert::Padded, pooling: Pooling) -> Vec<Vec<f32>> {
+        match self {
+            Model::Encoder(m) => m.embed(batch, pooling),
+            Model::TorchScript(m) => m.run(batch, pooling),
+        }
+    }
 }

@@ -94,9 +94,31 @@ impl TextTokenizer {
         text: &str,
         truncate: bool,
     ) -> Result<Encoded, TokenizeError> {
+        self.encode_input(index, text.into(), truncate)
+    }
+
+    /// Tokenizes a pair of texts as one sequence, as a cross-encoder reads it (BERT:
+    /// `[CLS] a [SEP] b [SEP]`, segment ids 1 for `b`). Truncation cuts the longer of the two
+    /// first (transformers' `longest_first`).
+    pub fn encode_pair(
+        &self,
+        index: usize,
+        first: &str,
+        second: &str,
+        truncate: bool,
+    ) -> Result<Encoded, TokenizeError> {
+        self.encode_input(index, (first, second).into(), truncate)
+    }
+
+    fn encode_input(
+        &self,
+        index: usize,
+        input: tokenizers::EncodeInput<'_>,
+        truncate: bool,
+    ) -> Result<Encoded, TokenizeError> {
         let enc = self
             .inner
-            .encode_fast(text, true)
+            .encode_fast(input, true)
             .map_err(|e| TokenizeError::Failed {
                 index,
                 message: e.to_string(),
@@ -144,5 +166,23 @@ mod tests {
         assert!(err.to_string().contains("text 3"));
         // Exactly at the limit is fine: 254 words + [CLS] + [SEP].
         assert_eq!(t.encode(0, &"word ".repeat(254), false).unwrap().len(), 256);
+    }
+
+    #[test]
+    fn pairs_get_two_segments_and_truncate_the_longer_text_first() {
+        let t = minilm();
+        let e = t.encode_pair(0, "a question", "the answer", true).unwrap();
+        // [CLS] a question [SEP] the answer [SEP]
+        assert_eq!(e.len(), 7);
+        assert_eq!(e.type_ids, vec![0, 0, 0, 0, 1, 1, 1]);
+        assert_eq!(e.ids[0], 101);
+        assert_eq!(e.ids.iter().filter(|&&i| i == 102).count(), 2);
+        let long = "word ".repeat(400);
+        let e = t.encode_pair(0, "short query", &long, true).unwrap();
+        assert_eq!(e.len(), 256);
+        assert_eq!(&e.type_ids[..4], &[0, 0, 0, 0], "the query survives whole");
+        assert_eq!(*e.ids.last().unwrap(), 102);
+        let err = t.encode_pair(2, "q", &long, false).unwrap_err();
+        assert_eq!(err, TokenizeError::TooLong { index: 2, max: 256 });
     }
 }

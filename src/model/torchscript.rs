@@ -1,0 +1,177 @@
+//! TorchScript models (`model.kind: torchscript`, or a folder with `model.pt` and no
+//! `model.safetensors`): a traced or scripted module, the format libtorch users and Triton's
+//! libtorch backend ship.
+//!
+//! The contract (README, "Models"):
+//! - `forward` takes `input_ids` and `attention_mask`, plus `token_type_ids` when it takes
+//!   three (`model.torchscript_inputs`, else detected at load by trying two, then three), all
+//!   int64 `[batch, seq]`, padded with `config.json`'s `pad_token_id`, mask 1 for real tokens;
+//! - it returns a tensor (or a tuple / list whose first element is one, as a traced
+//!   transformers model does; or a dict with `sentence_embedding`, `logits` or
+//!   `last_hidden_state`): `[batch, dim]` pooled embeddings, `[batch, seq, dim]` token states
+//!   (pooled by the server with `model.pooling`), or `[batch, classes]` logits;
+//! - the folder's `config.json` (the one transformers saved with the traced model) says what
+//!   it is: `*ForSequenceClassification` in `architectures` makes it a classifier (a reranker
+//!   with one label), with its `id2label` and `problem_type`; else an embedding model.
+
+use tch::{CModule, IValue, Kind, Tensor};
+
+use super::{
+    Format, ModelError, ModelSpec, Task,
+    bert::{Padded, pool, rows_to_vecs, torch_kind},
+};
+use crate::config::{DType, Pooling};
+
+/// A loaded TorchScript module on one device.
+pub struct TorchScript {
+    module: CModule,
+    /// 2 or 3.
+    inputs: usize,
+    device: tch::Device,
+}
+
+impl TorchScript {
+    /// Loads `model.pt` onto the spec's device (converted to its dtype), finds how many inputs
+    /// `forward` takes, and checks that its output fits what the spec says the model serves.
+    pub fn load(spec: &ModelSpec) -> Result<TorchScript, ModelError> {
+        let file = spec.path.join("model.pt");
+        let mut module =
+            CModule::load_on_device(&file, spec.device).map_err(|e| ModelError::File {
+                path: file.clone(),
+                message: format!("not a TorchScript module libtorch can load: {e}"),
+            })?;
+        module.set_eval();
+        if spec.dtype != DType::F32 {
+            module.to(spec.device, torch_kind(spec.dtype), false);
+        }
+        let configured = match spec.format {
+            Format::TorchScript { inputs } => inputs,
+            Format::Safetensors(_) => None,
+        };
+        let mut ts = TorchScript {
+            module,
+            inputs: configured.unwrap_or(2),
+            device: spec.device,
+        };
+        // A probe: two texts of three tokens each.
+        let pad = spec.encoder.pad_token_id;
+        let probe = Padded {
+            rows: 2,
+            cols: 3,
+            ids: vec![pad; 6],
+            type_ids: vec![0; 6],
+            mask: vec![1; 6],
+        };
+        let out = match (configured, ts.raw(&probe)) {
+            (_, Ok(out)) => out,
+            (None, Err(two)) => {
+                ts.inputs = 3;
+                ts.raw(&probe).map_err(|three| {
+                    ModelError::Config(format!(
+                        "{}: forward fails with 2 inputs ({two}) and with 3 ({three})",
+                        file.display()
+                    ))
+                })?
+            }
+            (Some(n), Err(e)) => {
+                return Err(ModelError::Config(format!(
+                    "{}: forward fails with model.torchscript_inputs = {n}: {e}",
+                    file.display()
+                )));
+            }
+        };
+        let shape = out.size();
+        let fits = match (spec.task, shape.as_slice()) {
+            (Task::Embedding, [2, _] | [2, 3, _]) => true,
+            (Task::Classifier | Task::Reranker, [2, n]) => *n == spec.labels.len() as i64,
+            _ => false,
+        };
+        if !fits {
+            return Err(ModelError::Config(format!(
+                "{}: a batch of 2 texts × 3 tokens gave an output of shape {shape:?}; a {} \
+                 model must give {}",
+                file.display(),
+                spec.task.as_str(),
+                match spec.task {
+                    Task::Embedding => "[2, dim] or [2, 3, dim]".to_string(),
+                    _ => format!("[2, {}] (config.json's labels)", spec.labels.len()),
+                }
+            )));
+        }
+        Ok(ts)
+    }
+
+    /// `forward`'s inputs: 2 or 3.
+    pub fn inputs(&self) -> usize {
+        self.inputs
+    }
+
+    /// Runs `forward` on a padded batch; the output tensor as the module returns it.
+    fn raw(&self, batch: &Padded) -> Result<Tensor, String> {
+        let (b, l) = (batch.rows as i64, batch.cols as i64);
+        let t = |v: &[i64]| Tensor::from_slice(v).view([b, l]).to_device(self.device);
+        let mut args = vec![
+            IValue::Tensor(t(&batch.ids)),
+            IValue::Tensor(t(&batch.mask)),
+        ];
+        if self.inputs == 3 {
+            args.push(IValue::Tensor(t(&batch.type_ids)));
+        }
+        let _guard = tch::no_grad_guard();
+        let out = self.module.forward_is(&args).map_err(|e| e.to_string())?;
+        first_tensor(out)
+    }
+
+    /// One row per text: pooled embeddings (token states are pooled here) or logits, f32 on
+    /// the CPU. Panics (as tch does) if libtorch fails; the worker catches that.
+    pub fn run(&self, batch: &Padded, pooling: Pooling) -> Vec<Vec<f32>> {
+        let out = self
+            .raw(batch)
+            .unwrap_or_else(|e| panic!("TorchScript forward failed: {e}"));
+        let rows = if out.dim() == 3 {
+            let (b, l) = (batch.rows as i64, batch.cols as i64);
+            let mask = Tensor::from_slice(&batch.mask)
+                .view([b, l])
+                .to_device(self.device);
+            pool(&out, &mask, pooling)
+        } else {
+            out.to_kind(Kind::Float)
+        };
+        rows_to_vecs(&rows)
+    }
+}
+
+/// The output tensor of a module's result: itself, the first of a tuple or list, or a dict's
+/// `sentence_embedding`, `logits` or `last_hidden_state`.
+fn first_tensor(v: IValue) -> Result<Tensor, String> {
+    match v {
+        IValue::Tensor(t) => Ok(t),
+        IValue::Tuple(items) | IValue::GenericList(items) => match items.into_iter().next() {
+            Some(first) => first_tensor(first),
+            None => Err("forward returned an empty tuple".into()),
+        },
+        IValue::TensorList(items) => items
+            .into_iter()
+            .next()
+            .ok_or_else(|| "forward returned an empty list".into()),
+        IValue::GenericDict(entries) => {
+            for key in ["sentence_embedding", "logits", "last_hidden_state"] {
+                if let Some((_, v)) = entries
+                    .iter()
+                    .find(|(k, _)| matches!(k, IValue::String(s) if s == key))
+                    && let IValue::Tensor(t) = v
+                {
+                    return Ok(t.shallow_clone());
+                }
+            }
+            Err(
+                "forward returned a dict without sentence_embedding, logits or \
+                 last_hidden_state"
+                    .into(),
+            )
+        }
+        other => Err(format!(
+            "forward returned {other:?}, not a tensor or a tuple of tensors"
+        )),
+    }
+}
