@@ -25,6 +25,9 @@ pub enum ErrorKind {
     ShuttingDown,
     /// The request's deadline passed before it could be served.
     DeadlineExceeded,
+    /// The loaded model cannot serve this route (rerank on an embedding model, embed on a
+    /// classifier).
+    WrongModelKind,
     /// A bug or a failure inside the server (a worker panicked, a forward failed).
     Internal,
 }
@@ -79,6 +82,12 @@ const TABLE: &[(ErrorKind, &str, u16, tonic::Code)] = &[
         "deadline_exceeded",
         504,
         tonic::Code::DeadlineExceeded,
+    ),
+    (
+        ErrorKind::WrongModelKind,
+        "wrong_model_kind",
+        400,
+        tonic::Code::FailedPrecondition,
     ),
     (ErrorKind::Internal, "internal", 500, tonic::Code::Internal),
 ];
@@ -143,6 +152,17 @@ impl ApiError {
         )
     }
 
+    /// The loaded model (of kind `kind`, serving `routes`) cannot serve `route`.
+    pub fn wrong_model_kind(route: &str, kind: &str, routes: &[&str]) -> Self {
+        Self::new(
+            ErrorKind::WrongModelKind,
+            format!(
+                "this is a {kind} model, which cannot serve {route}; it serves {}",
+                routes.join(", ")
+            ),
+        )
+    }
+
     /// The model is not loaded and warmed up yet.
     pub fn not_ready() -> Self {
         Self::new(
@@ -182,6 +202,7 @@ mod tests {
             ErrorKind::NotReady,
             ErrorKind::ShuttingDown,
             ErrorKind::DeadlineExceeded,
+            ErrorKind::WrongModelKind,
             ErrorKind::Internal,
         ];
         assert_eq!(kinds.len(), TABLE.len());

@@ -43,6 +43,9 @@ use crate::{
 pub struct Embed {
     /// The texts, in order; never empty (the front ends check).
     pub texts: Vec<String>,
+    /// Second segments of (text, pair) inputs, as many as `texts` (cross-encoders); `None`
+    /// for single texts.
+    pub pairs: Option<Vec<String>>,
     /// L2-normalise; `None` for the model's default.
     pub normalize: Option<bool>,
     /// Truncate over-long texts (else they fail the request).
@@ -483,6 +486,7 @@ impl Handler<Embed> for Router {
         };
         let tokenize = self.tokenizers.send(Tokenize {
             texts: msg.texts,
+            pairs: msg.pairs,
             truncate: msg.truncate,
             span: msg.span,
         });

@@ -31,6 +31,9 @@ use crate::{
 pub struct Tokenize {
     /// The request's texts, in order.
     pub texts: Vec<String>,
+    /// Second segments, one per text, for a cross-encoder's (text, pair) inputs; `None` for
+    /// single texts.
+    pub pairs: Option<Vec<String>>,
     /// When false, a text over the maximum length fails the request.
     pub truncate: bool,
     /// The request's span, so this thread's log lines belong to it.
@@ -116,7 +119,10 @@ impl Handler<Tokenize> for TokenizerActor {
             msg.texts
                 .iter()
                 .enumerate()
-                .map(|(i, text)| tokenizer.encode(i, text, msg.truncate))
+                .map(|(i, text)| match &msg.pairs {
+                    Some(pairs) => tokenizer.encode_pair(i, text, &pairs[i], msg.truncate),
+                    None => tokenizer.encode(i, text, msg.truncate),
+                })
                 .collect::<Result<Vec<_>, TokenizeError>>()
         }));
         match result {

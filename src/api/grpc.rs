@@ -11,8 +11,8 @@ use tokio::sync::oneshot;
 use tonic::{Request, Response, Status, transport::server::TcpIncoming};
 use tonic_health::ServingStatus;
 
-use super::Shared;
-use crate::{actors::router::Timings, error::ApiError};
+use super::{Shared, predict};
+use crate::{actors::router::Timings, error::ApiError, model::Task};
 
 /// Code generated from `proto/actor_infer/v1/inference.proto`.
 pub mod pb {
@@ -86,9 +86,33 @@ impl InferenceService for GrpcApi {
             req.request_id
         };
         let span = tracing::info_span!("request", transport = "grpc", route = "Infer", request_id = %request_id);
+        let classifier = self.shared.spec.task != Task::Embedding;
+        let pairs = if req.text_pairs.is_empty() {
+            None
+        } else if !classifier {
+            return Err(Status::invalid_argument(
+                "text_pairs is for classifiers; this is an embedding model",
+            ));
+        } else if req.text_pairs.len() != req.texts.len() {
+            return Err(Status::invalid_argument(format!(
+                "text_pairs has {} entries and texts {}; give one pair per text",
+                req.text_pairs.len(),
+                req.texts.len()
+            )));
+        } else {
+            Some(req.text_pairs)
+        };
+        // A classifier's rows are logits: never normalised.
+        let normalize = if classifier { None } else { req.normalize };
         let result = self
             .shared
-            .embed(req.texts, req.normalize, req.truncate.unwrap_or(true), span)
+            .infer(
+                req.texts,
+                pairs,
+                normalize,
+                req.truncate.unwrap_or(true),
+                span,
+            )
             .await;
         self.shared.recorder.request(
             "grpc",
@@ -103,9 +127,32 @@ impl InferenceService for GrpcApi {
                 .embeddings
                 .into_iter()
                 .zip(out.token_counts)
-                .map(|(embedding, token_count)| pb::Output {
-                    embedding,
-                    token_count,
+                .map(|(row, token_count)| {
+                    if classifier {
+                        let spec = &self.shared.spec;
+                        let scores = predict::scores(
+                            &row,
+                            spec.problem_type,
+                            req.raw_scores.unwrap_or(false),
+                        );
+                        pb::Output {
+                            embedding: Vec::new(),
+                            token_count,
+                            predictions: predict::ranked(&scores, &spec.labels)
+                                .into_iter()
+                                .map(|p| pb::Prediction {
+                                    label: p.label,
+                                    score: p.score,
+                                })
+                                .collect(),
+                        }
+                    } else {
+                        pb::Output {
+                            embedding: row,
+                            token_count,
+                            predictions: Vec::new(),
+                        }
+                    }
                 })
                 .collect(),
             timings: Some(timings(&out.timings)),
@@ -131,6 +178,60 @@ impl InferenceService for GrpcApi {
             workers: i.workers as u32,
             tokenizer_workers: i.tokenizer_workers as u32,
             kind: i.kind.into(),
+            family: i.family.into(),
+            routes: i.routes.iter().map(|r| r.to_string()).collect(),
+            labels: i.labels,
+            activation: i.activation.into(),
+        }))
+    }
+
+    async fn rerank(
+        &self,
+        request: Request<pb::RerankRequest>,
+    ) -> Result<Response<pb::RerankResponse>, Status> {
+        let req = request.into_inner();
+        let request_id = if req.request_id.is_empty() {
+            super::new_request_id()
+        } else {
+            req.request_id
+        };
+        let span = tracing::info_span!("request", transport = "grpc", route = "Rerank", request_id = %request_id);
+        let n = req.texts.len();
+        let keep = req.return_text.then(|| req.texts.clone());
+        let result = match self.shared.require(&[Task::Reranker], "Rerank") {
+            Ok(()) => {
+                self.shared
+                    .infer(
+                        vec![req.query; n],
+                        Some(req.texts),
+                        None,
+                        req.truncate.unwrap_or(true),
+                        span,
+                    )
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        self.shared.recorder.request(
+            "grpc",
+            match &result {
+                Ok(out) => Ok((out.embeddings.len(), &out.timings)),
+                Err(e) => Err(e.kind.as_str()),
+            },
+        );
+        let out = result.map_err(Status::from)?;
+        Ok(Response::new(pb::RerankResponse {
+            results: predict::rerank_results(&out.embeddings, req.raw_scores, keep)
+                .into_iter()
+                .map(|r| pb::RankedText {
+                    index: r.index as u32,
+                    score: r.score,
+                    text: r.text,
+                })
+                .collect(),
+            timings: Some(timings(&out.timings)),
+            model: self.shared.spec.name.clone(),
+            request_id,
         }))
     }
 }

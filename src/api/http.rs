@@ -1,5 +1,6 @@
-//! HTTP front end (actix-web): OpenAI `POST /v1/embeddings`, TEI `POST /embed`, `GET /health`,
-//! `GET /ready`, `GET /info`, `GET /metrics`.
+//! HTTP front end (actix-web): OpenAI `POST /v1/embeddings`, TEI `POST /embed`, TEI
+//! `POST /predict` and `POST /rerank` (in `super::predict`), `GET /health`, `GET /ready`,
+//! `GET /info`, `GET /metrics`.
 //!
 //! Every error, actix-web's own included (bad JSON, wrong content type, unknown route, wrong
 //! method, oversized body), answers `{"error": "...", "error_type": "..."}`. actix-web's signal
@@ -87,7 +88,7 @@ impl<'de> Deserialize<'de> for Input {
 }
 
 /// Parses a JSON body into `T`, naming the field at fault (`inputs[2]: invalid type ...`).
-fn typed<T: for<'de> Deserialize<'de>>(body: serde_json::Value) -> Result<T, ApiError> {
+pub(super) fn typed<T: for<'de> Deserialize<'de>>(body: serde_json::Value) -> Result<T, ApiError> {
     serde_path_to_error::deserialize(body).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
@@ -168,7 +169,7 @@ fn ms(d: Duration) -> String {
 }
 
 /// TEI-style timing headers, milliseconds.
-fn with_timings(res: &mut actix_web::HttpResponseBuilder, t: &Timings) {
+pub(super) fn with_timings(res: &mut actix_web::HttpResponseBuilder, t: &Timings) {
     res.insert_header(("x-tokenization-time", ms(t.tokenize)))
         .insert_header(("x-queue-time", ms(t.queue)))
         .insert_header(("x-inference-time", ms(t.inference)))
@@ -177,7 +178,7 @@ fn with_timings(res: &mut actix_web::HttpResponseBuilder, t: &Timings) {
 
 /// Records an inference request's outcome (counter and dashboard window) and returns its
 /// response.
-fn outcome(
+pub(super) fn outcome(
     shared: &Shared,
     result: Result<(HttpResponse, usize, Timings), ApiError>,
 ) -> Result<HttpResponse, ApiError> {
@@ -193,7 +194,8 @@ fn outcome(
     }
 }
 
-fn request_span(route: &'static str, req: &HttpRequest) -> tracing::Span {
+/// The span of one HTTP request (`request_id` from `X-Request-Id`, or a new one).
+pub(super) fn request_span(route: &'static str, req: &HttpRequest) -> tracing::Span {
     let id = req
         .headers()
         .get("x-request-id")
@@ -385,7 +387,8 @@ fn json_error(err: actix_web::error::JsonPayloadError, _req: &HttpRequest) -> ac
     actix_web::error::InternalError::from_response(err, e.error_response()).into()
 }
 
-fn resource(path: &str, route: actix_web::Route) -> actix_web::Resource {
+/// A route whose other methods answer 405 in our error shape.
+pub(super) fn resource(path: &str, route: actix_web::Route) -> actix_web::Resource {
     web::resource(path)
         .route(route)
         .default_service(web::to(method_not_allowed))
@@ -410,6 +413,7 @@ pub fn serve(listener: TcpListener, shared: Arc<Shared>) -> std::io::Result<Serv
                 web::post().to(openai_embeddings),
             ))
             .service(resource("/embed", web::post().to(tei_embed)))
+            .configure(super::predict::routes)
             .service(resource("/health", web::get().to(health)))
             .service(resource("/ready", web::get().to(ready)))
             .service(resource("/info", web::get().to(info)))

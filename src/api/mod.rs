@@ -4,6 +4,7 @@
 
 pub mod grpc;
 pub mod http;
+pub mod predict;
 
 use std::sync::{Arc, OnceLock};
 
@@ -18,7 +19,7 @@ use crate::{
     },
     config::Config,
     error::ApiError,
-    model::{ModelSpec, device_name},
+    model::{ModelSpec, Task, device_name},
 };
 
 /// What both front ends share. The Router's address appears once the model is loaded;
@@ -45,8 +46,17 @@ pub struct ModelInfo {
     pub model: String,
     /// Model folder.
     pub path: String,
-    /// What kind of model this is (`embedding`).
+    /// What kind of model this is: `embedding`, `classifier` or `reranker`.
     pub kind: &'static str,
+    /// The encoder family (`bert`, `roberta`, `xlm-roberta`, `distilbert`) or `torchscript`.
+    pub family: &'static str,
+    /// The HTTP routes and gRPC methods this model serves (inference only).
+    pub routes: &'static [&'static str],
+    /// A classifier's labels, by index; empty for an embedding model.
+    pub labels: Vec<String>,
+    /// How a classifier's logits become scores (`softmax`, `sigmoid`, `none`); empty for an
+    /// embedding model.
+    pub activation: &'static str,
     /// Embedding width.
     pub embedding_dim: usize,
     /// Longest input, in tokens.
@@ -70,8 +80,8 @@ pub struct ModelInfo {
 }
 
 impl Shared {
-    /// Embeds `texts` through the Router. Refuses empty input, and all work while not ready
-    /// or stopping. Dropping the returned future cancels the request's queued work.
+    /// Embeds `texts` through the Router: [`Shared::infer`] for embedding models only (a
+    /// classifier answers `wrong_model_kind`).
     pub async fn embed(
         &self,
         texts: Vec<String>,
@@ -79,6 +89,38 @@ impl Shared {
         truncate: bool,
         span: tracing::Span,
     ) -> Result<EmbedOutput, ApiError> {
+        self.require(&[Task::Embedding], "embeddings (/embed, /v1/embeddings)")?;
+        self.infer(texts, None, normalize, truncate, span).await
+    }
+
+    /// Refuses a route the loaded model does not serve.
+    pub fn require(&self, tasks: &[Task], route: &str) -> Result<(), ApiError> {
+        if tasks.contains(&self.spec.task) {
+            Ok(())
+        } else {
+            Err(ApiError::wrong_model_kind(
+                route,
+                self.spec.task.as_str(),
+                self.spec.task.routes(),
+            ))
+        }
+    }
+
+    /// Runs `texts` (with their second segments `pairs`, for a cross-encoder) through the
+    /// Router: one row per text, an embedding or a classifier's logits. Refuses empty input,
+    /// and all work while not ready or stopping. Dropping the returned future cancels the
+    /// request's queued work.
+    pub async fn infer(
+        &self,
+        texts: Vec<String>,
+        pairs: Option<Vec<String>>,
+        normalize: Option<bool>,
+        truncate: bool,
+        span: tracing::Span,
+    ) -> Result<EmbedOutput, ApiError> {
+        if let Some(p) = &pairs {
+            assert_eq!(p.len(), texts.len(), "one second segment per text");
+        }
         if texts.is_empty() {
             return Err(ApiError::validation(
                 "the input is an empty list; give at least one text (an empty string is fine)",
@@ -91,6 +133,7 @@ impl Shared {
         let receiver = router
             .send(Embed {
                 texts,
+                pairs,
                 normalize,
                 truncate,
                 span,
@@ -109,7 +152,14 @@ impl Shared {
         ModelInfo {
             model: s.name.clone(),
             path: s.path.display().to_string(),
-            kind: "embedding",
+            kind: s.task.as_str(),
+            family: s.format.as_str(),
+            routes: s.task.routes(),
+            labels: s.labels.clone(),
+            activation: match s.task {
+                Task::Embedding => "",
+                _ => predict::activation(s.problem_type),
+            },
             embedding_dim: s.dim(),
             max_sequence_length: s.max_seq_length,
             device: device_name(s.device),
