@@ -100,14 +100,20 @@ CORPUS = TEXTS + DOCS + [QUERY] * 3 + [
 ] * 4
 
 
-def wordpiece(vocab_size=400):
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+def wordpiece():
+    """A WordPiece vocabulary built deterministically (the tokenizers trainer breaks ties in
+    hash-map order, so two runs differ): the specials, every character alone and as a
+    `##` continuation, and the corpus's words of up to six characters; longer words split."""
+    norm = normalizers.BertNormalizer(lowercase=True)
+    pre = pre_tokenizers.BertPreTokenizer()
+    words = {w for text in CORPUS for w, _ in pre.pre_tokenize_str(norm.normalize_str(text))}
+    chars = sorted({c for w in words for c in w})
     special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    tok.train_from_iterator(
-        CORPUS, trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=special)
-    )
+    vocab = special + chars + ["##" + c for c in chars]
+    vocab += sorted(w for w in words if 1 < len(w) <= 6)
+    tok = Tokenizer(models.WordPiece({t: i for i, t in enumerate(vocab)}, unk_token="[UNK]"))
+    tok.normalizer = norm
+    tok.pre_tokenizer = pre
     cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]",
@@ -121,18 +127,41 @@ def wordpiece(vocab_size=400):
     ), ["input_ids", "token_type_ids", "attention_mask"]
 
 
-def bytelevel_bpe(vocab_size=400):
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+def bytelevel_bpe(merges=120):
+    """A byte-level BPE learnt deterministically here (most frequent pair first, ties by the
+    pair itself), for the same reason as `wordpiece`."""
+    pre = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    counts = {}
+    for text in CORPUS:
+        for w, _ in pre.pre_tokenize_str(text):
+            counts[w] = counts.get(w, 0) + 1
+    words = {w: list(w) for w in counts}
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
     special = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
-    tok.train_from_iterator(
-        CORPUS,
-        trainers.BpeTrainer(
-            vocab_size=vocab_size,
-            special_tokens=special,
-            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        ),
-    )
+    vocab = special + alphabet
+    learnt = []
+    for _ in range(merges):
+        pairs = {}
+        for w, parts in words.items():
+            for a, b in zip(parts, parts[1:]):
+                pairs[(a, b)] = pairs.get((a, b), 0) + counts[w]
+        if not pairs:
+            break
+        best = min(pairs, key=lambda p: (-pairs[p], p))
+        learnt.append(best)
+        vocab.append(best[0] + best[1])
+        for w, parts in words.items():
+            out, i = [], 0
+            while i < len(parts):
+                if i + 1 < len(parts) and (parts[i], parts[i + 1]) == best:
+                    out.append(parts[i] + parts[i + 1])
+                    i += 2
+                else:
+                    out.append(parts[i])
+                    i += 1
+            words[w] = out
+    tok = Tokenizer(models.BPE({t: i for i, t in enumerate(vocab)}, learnt))
+    tok.pre_tokenizer = pre
     tok.post_processor = processors.RobertaProcessing(
         ("</s>", tok.token_to_id("</s>")), ("<s>", tok.token_to_id("<s>")), trim_offsets=True,
         add_prefix_space=False,
