@@ -21,7 +21,7 @@ use serde_json::{Value, json};
 use crate::{
     api::grpc::pb::{InferRequest, inference_service_client::InferenceServiceClient},
     config::Config,
-    model::{ModelSpec, TextTokenizer, bert::Bert, bert::Padded},
+    model::{Model, ModelSpec, TextTokenizer, bert::Padded},
 };
 
 /// Transport the benchmark speaks.
@@ -534,7 +534,7 @@ fn raw(args: &BenchArgs, plan: &Plan, config: &Config) -> i32 {
     };
     let threads = config.intra_op_threads();
     tch::set_num_threads(threads as i32);
-    let model = match Bert::load(&spec) {
+    let model = match Model::load(&spec) {
         Ok(m) => m,
         Err(e) => {
             eprintln!("actor-infer bench --raw: {e}");
@@ -560,7 +560,7 @@ fn raw(args: &BenchArgs, plan: &Plan, config: &Config) -> i32 {
         cursor += bs;
         let tokens = enc.iter().map(|e| e.len()).sum();
         let batch = Padded::new(&enc, pad);
-        let _ = model.embed(&batch, spec.pooling);
+        let _ = model.run(&batch, spec.pooling);
         tokens
     };
     // Per size: (texts, tokens, seconds, batch latencies in ms). Tokenization is timed too.

@@ -157,7 +157,7 @@ impl ApiError {
         Self::new(
             ErrorKind::WrongModelKind,
             format!(
-                "this is a {kind} model, which cannot serve {route}; it serves {}",
+                "this model's kind is {kind}: it cannot serve {route}; it serves {}",
                 routes.join(", ")
             ),
         )

@@ -85,7 +85,7 @@ async fn refuses(server: &Server, path: &str, body: Value, kind: &str) {
     assert_eq!(body["error_type"], "wrong_model_kind", "{path}: {body}");
     let msg = body["error"].as_str().unwrap();
     assert!(
-        msg.contains(&format!("{kind} model")) && msg.contains("it serves"),
+        msg.contains(&format!("kind is {kind}")) && msg.contains("it serves"),
         "{path}: {msg}"
     );
 }
@@ -168,7 +168,7 @@ async fn check_embedding(name: &str, family: &str, extra: &str) {
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
-    assert!(err.message().contains("embedding model"), "{err:?}");
+    assert!(err.message().contains("kind is embedding"), "{err:?}");
     server.stop_clean();
 }
 
