@@ -626,6 +626,17 @@ fn a_kind_the_model_cannot_be_is_refused_at_start_naming_why() {
     ));
     assert_eq!(code, Some(1), "{log}");
     assert!(log.contains("a classifier model must give [2, 3]"), "{log}");
+
+    // bf16 is not applied to a TorchScript module: it runs in the precision it was traced in.
+    let (code, log) = refused(&format!(
+        "model:\n  path: {}\n  device: cpu\n  dtype: bf16\n",
+        fixture("ts-states").display()
+    ));
+    assert_eq!(code, Some(1), "{log}");
+    assert!(
+        log.contains("model.dtype: bf16 is not applied to a TorchScript module"),
+        "{log}"
+    );
 }
 
 /// bf16 weights on the CPU: the drift against f32 sentence-transformers on the 14 MiniLM

@@ -475,6 +475,14 @@ impl ModelSpec {
                 Family::from_model_type(&encoder.model_type).map_err(ModelError::Config)?,
             )
         };
+        if matches!(format, Format::TorchScript { .. }) && cfg.dtype != DType::F32 {
+            return Err(ModelError::Config(format!(
+                "model.dtype: {} is not applied to a TorchScript module (converting it would \
+                 also convert its integer buffers); it runs in the precision it was traced in, \
+                 so trace it in that precision and keep model.dtype f32",
+                cfg.dtype.as_str()
+            )));
+        }
         // RoBERTa's positions start at pad_token_id + 1, so two positions are never used.
         let family_offset = match format {
             Format::Safetensors(f) if f.offset_positions() => encoder.pad_token_id + 1,

@@ -10,6 +10,9 @@
 //!   transformers model does; or a dict with `sentence_embedding`, `logits` or
 //!   `last_hidden_state`): `[batch, dim]` pooled embeddings, `[batch, seq, dim]` token states
 //!   (pooled by the server with `model.pooling`), or `[batch, classes]` logits;
+//! - it runs in the precision it was saved in: `model.dtype` must stay `f32` (libtorch's
+//!   `Module::to(dtype)` would also convert integer buffers such as a traced BERT's
+//!   `position_ids`, and the module would fail); trace it in f16 / bf16 instead;
 //! - the folder's `config.json` (the one transformers saved with the traced model) says what
 //!   it is: `*ForSequenceClassification` in `architectures` makes it a classifier (a reranker
 //!   with one label), with its `id2label` and `problem_type`; else an embedding model.
@@ -18,9 +21,9 @@ use tch::{CModule, IValue, Kind, Tensor};
 
 use super::{
     Format, ModelError, ModelSpec, Task,
-    bert::{Padded, pool, rows_to_vecs, torch_kind},
+    bert::{Padded, pool, rows_to_vecs},
 };
-use crate::config::{DType, Pooling};
+use crate::config::Pooling;
 
 /// A loaded TorchScript module on one device.
 pub struct TorchScript {
@@ -31,7 +34,7 @@ pub struct TorchScript {
 }
 
 impl TorchScript {
-    /// Loads `model.pt` onto the spec's device (converted to its dtype), finds how many inputs
+    /// Loads `model.pt` onto the spec's device, finds how many inputs
     /// `forward` takes, and checks that its output fits what the spec says the model serves.
     pub fn load(spec: &ModelSpec) -> Result<TorchScript, ModelError> {
         let file = spec.path.join("model.pt");
@@ -41,9 +44,6 @@ impl TorchScript {
                 message: format!("not a TorchScript module libtorch can load: {e}"),
             })?;
         module.set_eval();
-        if spec.dtype != DType::F32 {
-            module.to(spec.device, torch_kind(spec.dtype), false);
-        }
         let configured = match spec.format {
             Format::TorchScript { inputs } => inputs,
             Format::Safetensors(_) => None,
