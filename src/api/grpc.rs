@@ -156,7 +156,9 @@ pub async fn serve(
     tonic::transport::Server::builder()
         .add_service(health)
         .add_service(reflection)
-        .add_service(InferenceServiceServer::new(GrpcApi { shared }))
+        .add_service(super::unavailable::UnavailableAs503(
+            InferenceServiceServer::new(GrpcApi { shared }),
+        ))
         .serve_with_incoming_shutdown(incoming, async {
             let _ = stop.await;
         })

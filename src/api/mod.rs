@@ -4,6 +4,7 @@
 
 pub mod grpc;
 pub mod http;
+pub mod unavailable;
 
 use std::sync::{Arc, OnceLock};
 
