@@ -7,7 +7,8 @@
 #      (kubernetes-validate --strict: an unknown field fails).
 #   3. docker/prometheus.yml with promtool; the Grafana provisioning files parse.
 #   4. deploy/nginx/actor-infer.conf with `nginx -t`.
-#   5. Consistency: the Dockerfiles' builders run what `make build` and CI run; runtime images
+#   5. The Dockerfiles parsed by BuildKit's own parser (PyPI `dockerfile`), and consistency:
+#      the Dockerfiles' builders run what `make build` and CI run; runtime images
 #      run as non-root with exec-form ENTRYPOINT and HEALTHCHECK; grace periods exceed the
 #      shutdown budget of the config they run; probes and scrape targets point at what exists.
 # The validators come from scripts/test-deps.sh (`make test-deps`).
@@ -82,8 +83,9 @@ NGINX
 
 say "consistency of Dockerfiles, compose, Kubernetes, Grafana and the configs"
 "$venv/bin/python" - <<'PY'
-import json, re, shlex, sys
+import json, re, sys
 from pathlib import Path
+import dockerfile
 import yaml
 
 errors = []
@@ -94,30 +96,19 @@ def check(ok, what):
 def load_yaml(path):
     return yaml.safe_load(Path(path).read_text())
 
+KNOWN = {"FROM", "RUN", "CMD", "LABEL", "EXPOSE", "ENV", "ADD", "COPY", "ENTRYPOINT", "VOLUME",
+         "USER", "WORKDIR", "ARG", "ONBUILD", "STOPSIGNAL", "HEALTHCHECK", "SHELL"}
+
 def dockerfile_stages(path):
-    """[(stage name, [(INSTRUCTION, argument text)])], continuation lines joined."""
-    text = Path(path).read_text()
-    lines, cur = [], ""
-    for raw in text.splitlines():
-        line = raw.strip()
-        if not cur and (not line or line.startswith("#")):
-            continue
-        if cur and line.startswith("#"):
-            continue
-        if line.endswith("\\"):
-            cur += line[:-1] + " "
-            continue
-        lines.append(cur + line)
-        cur = ""
+    """[(stage name, [instruction])], parsed by BuildKit's own parser (PyPI `dockerfile`)."""
     stages = []
-    for line in lines:
-        ins, _, arg = line.partition(" ")
-        ins = ins.upper()
-        if ins == "FROM":
-            m = re.search(r"\bAS\s+(\S+)", arg, re.I)
-            stages.append((m.group(1) if m else None, []))
+    for c in dockerfile.parse_file(path):
+        check(c.cmd in KNOWN, f"{path}:{c.start_line}: unknown instruction {c.original}")
+        if c.cmd == "FROM":
+            v = [x.upper() if i == 1 else x for i, x in enumerate(c.value)]
+            stages.append((c.value[2] if len(v) == 3 and v[1] == "AS" else None, []))
         if stages:
-            stages[-1][1].append((ins, arg.strip()))
+            stages[-1][1].append(c)
     return stages
 
 def budget(config):
@@ -135,33 +126,35 @@ check("bash scripts/setup.sh" in make and "build --release --locked" in make,
 check("make test" in Path(".ci/run").read_text(), ".ci/run no longer runs make test")
 for df, config in (("docker/Dockerfile", "configs/container.yaml"),
                    ("docker/Dockerfile.cuda", "configs/cuda.yaml")):
-    stages = dict(dockerfile_stages(df))
+    stage_list = dockerfile_stages(df)
+    stages = dict(stage_list)
     builder = stages.get("builder")
     check(builder is not None, f"{df}: no `AS builder` stage")
-    runs = " && ".join(a for i, a in builder or [] if i == "RUN")
+    runs = " && ".join(c.value[0] for c in builder or [] if c.cmd == "RUN")
     check("bash scripts/setup.sh" in runs, f"{df}: the builder does not run bash scripts/setup.sh")
     check("cargo build --release --locked" in runs,
           f"{df}: the builder does not run cargo build --release --locked")
-    runtime = dockerfile_stages(df)[-1][1]
-    ins = {}
-    for i, a in runtime:
-        ins.setdefault(i, []).append(a)
-    user = ins.get("USER", ["root"])[-1].split(":")[0]
+    for c in (c for _, cs in stage_list for c in cs if c.cmd == "COPY"):
+        src = [f for f in c.flags if f.startswith("--from=")]
+        if src:
+            check(src[0].split("=", 1)[1] in stages, f"{df}:{c.start_line}: COPY from an unknown stage")
+        else:
+            for path in c.value[:-1]:
+                check(Path(path).exists(), f"{df}:{c.start_line}: COPY source {path} does not exist")
+    runtime = {}
+    for c in stage_list[-1][1]:
+        runtime[c.cmd] = c
+    user = runtime["USER"].value[0].split(":")[0] if "USER" in runtime else "root"
     check(user not in ("root", "0"), f"{df}: the runtime image runs as root")
     for key in ("ENTRYPOINT", "CMD"):
-        arg = ins.get(key, ["?"])[-1]
-        check(arg.startswith("["), f"{df}: {key} is not exec form (SIGTERM must reach actor-infer)")
-        if arg.startswith("["):
-            json.loads(arg)
-    hc = ins.get("HEALTHCHECK", [""])[-1]
-    check("CMD [" in hc and "/opt/actor-infer/bin/healthcheck" in hc, f"{df}: HEALTHCHECK is not the exec-form /ready probe")
-    cmd = json.loads(ins["CMD"][-1])
+        check(key in runtime and runtime[key].json,
+              f"{df}: {key} is not exec form (SIGTERM must reach actor-infer)")
+    hc = runtime.get("HEALTHCHECK")
+    check(hc is not None and hc.json and hc.value[:2] == ("CMD", "/opt/actor-infer/bin/healthcheck"),
+          f"{df}: HEALTHCHECK is not the exec-form /ready probe")
+    cmd = runtime["CMD"].value
     check(cmd[-1] == config, f"{df}: CMD runs {cmd[-1]}, expected {config}")
     check(Path(config).is_file(), f"{config} is missing")
-    for i, a in runtime + [x for s in stages.values() for x in s]:
-        if i == "COPY" and "--from" not in a:
-            src = shlex.split(a)[0]
-            check(Path(src).exists(), f"{df}: COPY source {src} does not exist")
 
 # --- compose: names, ports and grace periods agree with the configs and Prometheus/Grafana.
 compose = load_yaml("docker/compose.yml")

@@ -6,7 +6,8 @@
 #   restarted one after the other under load).
 # - The offline validators of docker/ and deploy/ (scripts/check-deploy.sh), pinned, from PyPI
 #   into a virtual environment in the cache: check-jsonschema (it ships the Compose
-#   specification's schema) and kubernetes-validate (it ships the Kubernetes schemas).
+#   specification's schema), kubernetes-validate (it ships the Kubernetes schemas) and
+#   dockerfile (BuildKit's Dockerfile parser).
 set -euo pipefail
 missing=()
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
@@ -29,13 +30,15 @@ fi
 # ---------------------------------------------------------------- deploy validators
 CHECK_JSONSCHEMA_VERSION=0.39.0
 KUBERNETES_VALIDATE_VERSION=1.37.0
+DOCKERFILE_VERSION=3.4.0
 venv=${ACTOR_INFER_CACHE:-$HOME/.cache/actor-infer}/deploy-check-venv
-stamp="$venv/.complete-$CHECK_JSONSCHEMA_VERSION-$KUBERNETES_VALIDATE_VERSION"
+stamp="$venv/.complete-$CHECK_JSONSCHEMA_VERSION-$KUBERNETES_VALIDATE_VERSION-$DOCKERFILE_VERSION"
 if [ ! -f "$stamp" ]; then
-  echo "[test-deps] installing check-jsonschema $CHECK_JSONSCHEMA_VERSION and kubernetes-validate $KUBERNETES_VALIDATE_VERSION into $venv" >&2
+  echo "[test-deps] installing check-jsonschema, kubernetes-validate and dockerfile into $venv" >&2
   rm -rf "$venv"
   python3 -m venv "$venv"
   "$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
-    "check-jsonschema==$CHECK_JSONSCHEMA_VERSION" "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION"
+    "check-jsonschema==$CHECK_JSONSCHEMA_VERSION" "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION" \
+    "dockerfile==$DOCKERFILE_VERSION"
   touch "$stamp"
 fi
