@@ -792,12 +792,12 @@ async fn queued_work_of_a_client_that_disconnects_is_skipped_and_counted() {
         f64::from(out.outputs[0].token_count),
         "tokens run: {ran}"
     );
-    assert!(
-        metric(
-            &server,
-            "actor_infer_requests_total{outcome=\"client_gone\",transport=\"http\"}"
-        ) >= 1.0
-    );
+    for transport in ["http", "grpc"] {
+        let sample = format!(
+            "actor_infer_requests_total{{outcome=\"client_gone\",transport=\"{transport}\"}}"
+        );
+        assert_eq!(metric(&server, &sample), 1.0, "{sample}");
+    }
     server.stop_clean();
 }
 

@@ -63,6 +63,19 @@ pub struct GrpcApi {
     shared: Arc<Shared>,
 }
 
+/// Records a call dropped before its answer (the client cancelled it) as `client_gone`.
+struct ClientGoneGuard<'a>(Option<&'a Shared>);
+
+impl Drop for ClientGoneGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(shared) = self.0 {
+            shared
+                .recorder
+                .request("grpc", Err(crate::error::ErrorKind::ClientGone.as_str()));
+        }
+    }
+}
+
 fn timings(t: &Timings) -> pb::StageTimings {
     let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
     pb::StageTimings {
@@ -95,6 +108,8 @@ impl InferenceService for GrpcApi {
             req.request_id
         };
         let span = tracing::info_span!("request", transport = "grpc", route = "Infer", request_id = %request_id);
+        // hyper drops this future when the client cancels the call; the guard records that.
+        let mut gone = ClientGoneGuard(Some(&self.shared));
         let result = self
             .shared
             .embed(
@@ -105,6 +120,7 @@ impl InferenceService for GrpcApi {
                 deadline,
             )
             .await;
+        gone.0 = None;
 
         self.shared.recorder.request(
             "grpc",
