@@ -21,6 +21,8 @@ if [ ${#missing[@]} -gt 0 ]; then
   $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   # The package may start a system Prometheus on :9090; the tests start their own.
   case " ${missing[*]} " in *" prometheus "*) pkill -x prometheus 2>/dev/null || true ;; esac
+  # Likewise a system nginx on :80 (tests/rolling.rs starts its own, on free ports).
+  case " ${missing[*]} " in *" nginx "*) /usr/sbin/nginx -s quit 2>/dev/null || true ;; esac
 fi
 # tests/rolling.rs proxies gRPC: Debian's nginx has the grpc module built in; say so plainly if
 # a different build lacks it.
