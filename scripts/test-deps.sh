@@ -1,16 +1,46 @@
 #!/usr/bin/env bash
-# Debian packages the test suite drives for real: Chromium (the live dashboard is tested in a
-# headless browser) and Prometheus (a real server scrapes a real actor-infer; promtool checks
-# the configs). Installed once with apt-get when missing; needs root (as on CI machines).
+# What the test suite drives for real, installed once when missing (idempotent):
+# - Debian packages (apt-get; needs root, as on CI machines): Chromium (the live dashboard is
+#   tested in a headless browser), Prometheus (a real server scrapes a real actor-infer;
+#   promtool checks the configs) and nginx (tests/rolling.rs: three replicas behind it,
+#   restarted one after the other under load).
+# - The offline validators of docker/ and deploy/ (scripts/check-deploy.sh), pinned, from PyPI
+#   into a virtual environment in the cache: check-jsonschema (it ships the Compose
+#   specification's schema), kubernetes-validate (it ships the Kubernetes schemas) and
+#   dockerfile (BuildKit's Dockerfile parser).
 set -euo pipefail
 missing=()
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 { command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1; } || missing+=(prometheus)
-[ ${#missing[@]} -eq 0 ] && exit 0
-echo "[test-deps] installing: ${missing[*]}" >&2
-SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
-export DEBIAN_FRONTEND=noninteractive
-$SUDO apt-get update -qq
-$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-# The package may start a system Prometheus on :9090; the tests start their own.
-pkill -x prometheus 2>/dev/null || true
+[ -x /usr/sbin/nginx ] || missing+=(nginx)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "[test-deps] installing: ${missing[*]}" >&2
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  # The package may start a system Prometheus on :9090; the tests start their own.
+  case " ${missing[*]} " in *" prometheus "*) pkill -x prometheus 2>/dev/null || true ;; esac
+  # Likewise a system nginx on :80 (tests/rolling.rs starts its own, on free ports).
+  case " ${missing[*]} " in *" nginx "*) /usr/sbin/nginx -s quit 2>/dev/null || true ;; esac
+fi
+# tests/rolling.rs proxies gRPC: Debian's nginx has the grpc module built in; say so plainly if
+# a different build lacks it.
+/usr/sbin/nginx -V 2>&1 | grep -q -- '--without-http_grpc_module' &&
+  { echo "[test-deps] this nginx lacks the grpc module" >&2; exit 1; }
+
+# ---------------------------------------------------------------- deploy validators
+CHECK_JSONSCHEMA_VERSION=0.39.0
+KUBERNETES_VALIDATE_VERSION=1.37.0
+DOCKERFILE_VERSION=3.4.0
+venv=${ACTOR_INFER_CACHE:-$HOME/.cache/actor-infer}/deploy-check-venv
+stamp="$venv/.complete-$CHECK_JSONSCHEMA_VERSION-$KUBERNETES_VALIDATE_VERSION-$DOCKERFILE_VERSION"
+if [ ! -f "$stamp" ]; then
+  echo "[test-deps] installing check-jsonschema, kubernetes-validate and dockerfile into $venv" >&2
+  rm -rf "$venv"
+  python3 -m venv "$venv"
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
+    "check-jsonschema==$CHECK_JSONSCHEMA_VERSION" "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION" \
+    "dockerfile==$DOCKERFILE_VERSION"
+  touch "$stamp"
+fi

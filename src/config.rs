@@ -94,6 +94,94 @@ pub struct Server {
     /// actix-web worker threads (async I/O only; inference runs on the model workers).
     #[serde(default = "default_http_workers")]
     pub http_workers: usize,
+    /// Admission control: most texts in flight (tokenizing, queued or running) over both
+    /// transports. Past it requests are refused at once (429 + `Retry-After` /
+    /// RESOURCE_EXHAUSTED), before any queue.
+    #[serde(default = "default_max_concurrent_requests")]
+    pub max_concurrent_requests: usize,
+    /// Most texts in one request.
+    #[serde(default = "default_max_client_batch_size")]
+    pub max_client_batch_size: usize,
+    /// Most characters (Unicode scalar values) in one text.
+    #[serde(default = "default_max_input_chars")]
+    pub max_input_chars: usize,
+    /// Largest HTTP body and largest gRPC request message, in bytes.
+    #[serde(default = "default_max_request_bytes")]
+    pub max_request_bytes: usize,
+    /// How long a request may take from arrival to answer; past it, it is answered 504 /
+    /// DEADLINE_EXCEEDED and its queued work is dropped before inference. A gRPC client's own
+    /// deadline (`grpc-timeout`) wins when it is sooner.
+    #[serde(default = "default_request_timeout")]
+    pub request_timeout_seconds: f64,
+    /// When set, inference routes need `Authorization: Bearer <key>` (HTTP header or gRPC
+    /// metadata). Give it through the environment (`ACTOR_INFER__SERVER__API_KEY`) rather than
+    /// the YAML where you can; it is never logged or printed.
+    #[serde(default)]
+    pub api_key: Option<Secret>,
+    /// With an API key set: whether `/metrics`, `/info` and the dashboard also need it
+    /// (`/health`, `/ready` and gRPC health stay open for probes).
+    #[serde(default)]
+    pub api_key_protects_metrics: bool,
+}
+
+/// A secret string: compared in constant time, never printed (`Debug` and serialisation show
+/// `<redacted>`).
+#[derive(Clone, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret.
+    pub fn new(s: impl Into<String>) -> Self {
+        Self(s.into())
+    }
+
+    /// True if `candidate` is the secret. Runs in time independent of where they differ.
+    pub fn matches(&self, candidate: &[u8]) -> bool {
+        use subtle::ConstantTimeEq;
+        let secret = self.0.as_bytes();
+        // Lengths are compared too (in constant time); only the length's equality leaks.
+        let same_len = secret.len().ct_eq(&candidate.len());
+        let padded: Vec<u8> = candidate
+            .iter()
+            .copied()
+            .chain(std::iter::repeat(0))
+            .take(secret.len())
+            .collect();
+        bool::from(same_len & secret.ct_eq(&padded))
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.trim().is_empty()
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str("<redacted>")
+    }
+}
+
+fn default_max_concurrent_requests() -> usize {
+    1024
+}
+fn default_max_client_batch_size() -> usize {
+    256
+}
+fn default_max_input_chars() -> usize {
+    100_000
+}
+fn default_max_request_bytes() -> usize {
+    4 * 1024 * 1024
+}
+fn default_request_timeout() -> f64 {
+    60.0
 }
 
 fn default_host() -> String {
@@ -116,6 +204,13 @@ impl Default for Server {
             grpc_port: default_grpc_port(),
             http_port: default_http_port(),
             http_workers: default_http_workers(),
+            max_concurrent_requests: default_max_concurrent_requests(),
+            max_client_batch_size: default_max_client_batch_size(),
+            max_input_chars: default_max_input_chars(),
+            max_request_bytes: default_max_request_bytes(),
+            request_timeout_seconds: default_request_timeout(),
+            api_key: None,
+            api_key_protects_metrics: false,
         }
     }
 }
@@ -533,6 +628,39 @@ impl Config {
                 "must be at least 1",
             ));
         }
+        for (key, value) in [
+            ("server.max_concurrent_requests", s.max_concurrent_requests),
+            ("server.max_client_batch_size", s.max_client_batch_size),
+            ("server.max_input_chars", s.max_input_chars),
+            ("server.max_request_bytes", s.max_request_bytes),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::new(key, "must be at least 1"));
+            }
+        }
+        if s.max_client_batch_size > s.max_concurrent_requests {
+            return Err(ConfigError::new(
+                "server.max_client_batch_size",
+                format!(
+                    "{} is more than server.max_concurrent_requests = {}: such a request could \
+                     never be admitted",
+                    s.max_client_batch_size, s.max_concurrent_requests
+                ),
+            ));
+        }
+        let t = s.request_timeout_seconds;
+        if !(t.is_finite() && t > 0.0 && t <= 86_400.0) {
+            return Err(ConfigError::new(
+                "server.request_timeout_seconds",
+                format!("{t} must be more than 0 and at most 86400"),
+            ));
+        }
+        if s.api_key.as_ref().is_some_and(Secret::is_empty) {
+            return Err(ConfigError::new(
+                "server.api_key",
+                "is set but empty; remove it to turn authentication off",
+            ));
+        }
         let m = &self.model;
         if m.instances == 0 {
             return Err(ConfigError::new("model.instances", "must be at least 1"));
@@ -778,5 +906,132 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(e.key, "model.dtype", "{e}");
+    }
+
+    #[test]
+    fn secrets_match_exactly_and_never_print() {
+        let k = Secret::new("s3cret");
+        assert!(k.matches(b"s3cret"));
+        for wrong in [&b""[..], b"s3cre", b"s3cret ", b"S3cret", b"s3cret\0"] {
+            assert!(!k.matches(wrong), "{wrong:?}");
+        }
+        assert_eq!(format!("{k:?}"), "<redacted>");
+        assert_eq!(serde_json::to_string(&k).unwrap(), "\"<redacted>\"");
+    }
+
+    #[test]
+    fn a_numeric_api_key_from_the_environment_is_still_a_string() {
+        let c = load(
+            MIN,
+            &[("ACTOR_INFER__SERVER__API_KEY", "12345")],
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert!(c.server.api_key.unwrap().matches(b"12345"));
+    }
+
+    #[test]
+    fn limits_that_could_never_admit_a_request_are_refused() {
+        let mut c = load(MIN, &[], &Overrides::default()).unwrap();
+        c.server.max_client_batch_size = c.server.max_concurrent_requests + 1;
+        assert_eq!(
+            c.validate().unwrap_err().key,
+            "server.max_client_batch_size"
+        );
+        let mut c = load(MIN, &[], &Overrides::default()).unwrap();
+        c.server.request_timeout_seconds = 0.0;
+        assert_eq!(
+            c.validate().unwrap_err().key,
+            "server.request_timeout_seconds"
+        );
+        let mut c = load(MIN, &[], &Overrides::default()).unwrap();
+        c.server.api_key = Some(Secret::new(" "));
+        assert_eq!(c.validate().unwrap_err().key, "server.api_key");
+    }
+
+    mod fuzz {
+        //! Fuzzing of the YAML loader (property tests): arbitrary text and arbitrary mixes of
+        //! real keys and odd values either load or fail with an error naming a key; nothing
+        //! panics.
+        use super::*;
+        use proptest::prelude::*;
+
+        const KEYS: &[&str] = &[
+            "server.host",
+            "server.grpc_port",
+            "server.http_port",
+            "server.http_workers",
+            "server.max_concurrent_requests",
+            "server.max_client_batch_size",
+            "server.max_input_chars",
+            "server.max_request_bytes",
+            "server.request_timeout_seconds",
+            "server.api_key",
+            "model.path",
+            "model.device",
+            "model.dtype",
+            "model.instances",
+            "model.pooling",
+            "model.max_seq_length",
+            "batching.max_batch_size",
+            "batching.max_wait_ms",
+            "shutdown.timeout_seconds",
+            "logging.format",
+            "metrics.window_seconds",
+            "workload.concurrency",
+            "nonsense.key",
+        ];
+
+        fn value() -> impl Strategy<Value = String> {
+            prop_oneof![
+                any::<i64>().prop_map(|v| v.to_string()),
+                any::<f64>().prop_map(|v| v.to_string()),
+                Just("-1".to_string()),
+                Just("~".to_string()),
+                Just("[1, 2]".to_string()),
+                Just("{a: 1}".to_string()),
+                Just("\"\"".to_string()),
+                "[a-z0-9:._/-]{0,12}",
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(1000))]
+
+            #[test]
+            fn arbitrary_text_never_panics(yaml in "\\PC{0,200}") {
+                if let Ok(c) = Config::from_sources(&yaml, std::iter::empty(), &Overrides::default()) {
+                    let _ = c.validate();
+                }
+            }
+
+            #[test]
+            fn real_keys_with_odd_values_load_or_name_a_key(
+                pairs in proptest::collection::vec((proptest::sample::select(KEYS), value()), 0..8)
+            ) {
+                let mut yaml = String::from("model:\n  path: m\n");
+                let mut sections: std::collections::BTreeMap<&str, Vec<String>> = Default::default();
+                for (key, v) in &pairs {
+                    let (section, field) = key.split_once('.').unwrap();
+                    sections.entry(section).or_default().push(format!("  {field}: {v}\n"));
+                }
+                for (section, fields) in &sections {
+                    let body: String = fields.concat();
+                    if *section == "model" {
+                        yaml = format!("model:\n  path: m\n{body}");
+                    } else {
+                        yaml.push_str(&format!("{section}:\n{body}"));
+                    }
+                }
+                match Config::from_sources(&yaml, std::iter::empty(), &Overrides::default()) {
+                    Ok(c) => {
+                        if let Err(e) = c.validate() {
+                            prop_assert!(!e.key.is_empty() && !e.problem.is_empty());
+                        }
+                    }
+                    Err(e) => prop_assert!(!e.key.is_empty() && !e.problem.is_empty(), "{e}"),
+                }
+            }
+        }
     }
 }

@@ -77,8 +77,15 @@ impl Proc {
     /// True if this looks like an actor-infer server or the original Python server.
     pub fn is_server(&self) -> bool {
         let c = &self.cmdline;
-        (c.contains("actor-infer") && !c.contains(" doctor") && !c.contains(" bench"))
+        (self.is_actor_infer() && !c.contains(" doctor") && !c.contains(" bench"))
             || (c.contains("python") && c.contains("src.main"))
+    }
+
+    /// True if the program itself is actor-infer (not, say, a compiler or an editor whose
+    /// command line merely mentions it).
+    pub fn is_actor_infer(&self) -> bool {
+        let program = self.cmdline.split_whitespace().next().unwrap_or("");
+        program.rsplit('/').next() == Some("actor-infer")
     }
 }
 
@@ -460,7 +467,7 @@ pub fn diagnose(t: &Target) -> Report {
             orphan_evidence.push(format!("pid {} is orphaned (parent 1)", p.pid));
         }
         if let Some(ports) = &with_ports
-            && p.cmdline.contains("actor-infer")
+            && p.is_actor_infer()
             && p.state != 'Z'
             && !ports.contains(&p.pid)
         {
@@ -476,10 +483,7 @@ pub fn diagnose(t: &Target) -> Report {
             orphan_evidence.push(format!("pid {} is the old Python server", p.pid));
         }
     }
-    let actor_infer = servers
-        .iter()
-        .filter(|p| p.cmdline.contains("actor-infer"))
-        .count();
+    let actor_infer = servers.iter().filter(|p| p.is_actor_infer()).count();
     let _ = writeln!(
         out,
         "actor-infer processes: {actor_infer} (expected: 1 while serving, 0 after a stop; \

@@ -17,6 +17,11 @@ pub enum ErrorKind {
     PayloadTooLarge,
     /// The body's content type is not one the route reads.
     UnsupportedMediaType,
+    /// The request is over a configured limit (texts per request, characters per text); it
+    /// will never succeed as it is, so it is not retryable.
+    LimitExceeded,
+    /// An inference route without the right API key.
+    Unauthenticated,
     /// The server is at capacity; retry later.
     Overloaded,
     /// The model is still loading or warming up.
@@ -28,6 +33,9 @@ pub enum ErrorKind {
     /// The loaded model cannot serve this route (rerank on an embedding model, embed on a
     /// classifier).
     WrongModelKind,
+    /// The client went away before its answer was ready (recorded in metrics; nobody reads
+    /// the answer).
+    ClientGone,
     /// A bug or a failure inside the server (a worker panicked, a forward failed).
     Internal,
 }
@@ -60,6 +68,18 @@ const TABLE: &[(ErrorKind, &str, u16, tonic::Code)] = &[
         tonic::Code::InvalidArgument,
     ),
     (
+        ErrorKind::LimitExceeded,
+        "limit_exceeded",
+        413,
+        tonic::Code::InvalidArgument,
+    ),
+    (
+        ErrorKind::Unauthenticated,
+        "unauthenticated",
+        401,
+        tonic::Code::Unauthenticated,
+    ),
+    (
         ErrorKind::Overloaded,
         "overloaded",
         429,
@@ -88,6 +108,13 @@ const TABLE: &[(ErrorKind, &str, u16, tonic::Code)] = &[
         "wrong_model_kind",
         400,
         tonic::Code::FailedPrecondition,
+    ),
+    // 499 as nginx logs it; no client ever sees this answer.
+    (
+        ErrorKind::ClientGone,
+        "client_gone",
+        499,
+        tonic::Code::Cancelled,
     ),
     (ErrorKind::Internal, "internal", 500, tonic::Code::Internal),
 ];
@@ -163,6 +190,17 @@ impl ApiError {
         )
     }
 
+    /// The request's deadline passed before its answer was ready.
+    pub fn deadline_exceeded(limit: std::time::Duration, source: &str) -> Self {
+        Self::new(
+            ErrorKind::DeadlineExceeded,
+            format!(
+                "the request's deadline ({:.3} s, {source}) passed before it was served",
+                limit.as_secs_f64()
+            ),
+        )
+    }
+
     /// The model is not loaded and warmed up yet.
     pub fn not_ready() -> Self {
         Self::new(
@@ -198,11 +236,14 @@ mod tests {
             ErrorKind::MethodNotAllowed,
             ErrorKind::PayloadTooLarge,
             ErrorKind::UnsupportedMediaType,
+            ErrorKind::LimitExceeded,
+            ErrorKind::Unauthenticated,
             ErrorKind::Overloaded,
             ErrorKind::NotReady,
             ErrorKind::ShuttingDown,
             ErrorKind::DeadlineExceeded,
             ErrorKind::WrongModelKind,
+            ErrorKind::ClientGone,
             ErrorKind::Internal,
         ];
         assert_eq!(kinds.len(), TABLE.len());

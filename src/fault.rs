@@ -9,6 +9,11 @@ use std::sync::OnceLock;
 pub const ENV: &str = "ACTOR_INFER_FAULT_INJECTION";
 /// A text that makes the model worker running its batch hang (forever, until the abort).
 pub const HANG_TEXT: &str = "__actor_infer_fault:worker_hang__";
+/// A text that makes the model worker running its batch take [`SLOW_FOR`] longer (a long
+/// forward, for deadline and disconnect tests).
+pub const SLOW_TEXT: &str = "__actor_infer_fault:worker_slow__";
+/// How long [`SLOW_TEXT`] holds its worker.
+pub const SLOW_FOR: std::time::Duration = std::time::Duration::from_secs(2);
 /// A text that makes the model worker running its batch panic.
 pub const PANIC_TEXT: &str = "__actor_infer_fault:worker_panic__";
 /// A text that makes the tokenizer panic.
@@ -19,6 +24,8 @@ pub const TOKENIZER_PANIC_TEXT: &str = "__actor_infer_fault:tokenizer_panic__";
 pub enum Fault {
     /// The worker never returns from the forward.
     WorkerHang,
+    /// The worker takes [`SLOW_FOR`] longer over the forward.
+    WorkerSlow,
     /// The worker panics inside the forward.
     WorkerPanic,
     /// The tokenizer panics.
@@ -39,6 +46,7 @@ pub fn detect(text: &str) -> Option<Fault> {
     match text {
         HANG_TEXT => Some(Fault::WorkerHang),
         PANIC_TEXT => Some(Fault::WorkerPanic),
+        SLOW_TEXT => Some(Fault::WorkerSlow),
         TOKENIZER_PANIC_TEXT => Some(Fault::TokenizerPanic),
         _ => None,
     }

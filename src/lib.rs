@@ -124,6 +124,10 @@ pub async fn run(config: Config, listeners: Listeners) -> i32 {
         lifecycle: lifecycle.clone(),
         router: router_cell.clone(),
         metrics,
+        admission: actors::Admission::new(
+            config.server.max_concurrent_requests,
+            recorder.admitted.clone(),
+        ),
         recorder: recorder.clone(),
     });
 

@@ -43,6 +43,9 @@ pub mod names {
     pub const QUEUE_DEPTH: &str = "queue_depth";
     /// Requests accepted and not yet answered.
     pub const IN_FLIGHT: &str = "in_flight_requests";
+    /// Texts admitted and still held (tokenizing, queued or running), counted against
+    /// `server.max_concurrent_requests`.
+    pub const ADMITTED_TEXTS: &str = "admitted_texts";
     /// 1 when the model is loaded and warmed up and the server is not stopping.
     pub const READY: &str = "ready";
     /// 1 while a worker is inside a forward; label `worker`.
@@ -96,6 +99,8 @@ pub struct Recorder {
     batch_tokens: Histogram,
     queue_depth: IntGauge,
     in_flight: IntGauge,
+    /// Texts admitted (the admission counter moves it).
+    pub admitted: IntGauge,
     ready: IntGauge,
     worker_busy: IntGaugeVec,
     restarts: IntCounterVec,
@@ -143,6 +148,10 @@ impl Recorder {
                 names::IN_FLIGHT,
                 "Requests accepted, not yet answered.",
             ))?,
+            admitted: IntGauge::with_opts(opts(
+                names::ADMITTED_TEXTS,
+                "Texts admitted and still held, against server.max_concurrent_requests.",
+            ))?,
             ready: IntGauge::with_opts(opts(names::READY, "1 when ready to serve."))?,
             worker_busy: IntGaugeVec::new(
                 opts(names::WORKER_BUSY, "1 while the worker runs a forward."),
@@ -182,6 +191,7 @@ impl Recorder {
         registry.register(Box::new(r.batch_tokens.clone()))?;
         registry.register(Box::new(r.queue_depth.clone()))?;
         registry.register(Box::new(r.in_flight.clone()))?;
+        registry.register(Box::new(r.admitted.clone()))?;
         registry.register(Box::new(r.ready.clone()))?;
         registry.register(Box::new(r.worker_busy.clone()))?;
         registry.register(Box::new(r.restarts.clone()))?;

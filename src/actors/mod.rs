@@ -72,6 +72,79 @@ impl Drop for InFlight {
     }
 }
 
+/// Admission control: texts in flight (tokenizing, queued or running) counted against
+/// `server.max_concurrent_requests`. The front ends admit a request before it reaches any
+/// queue; its [`Permit`] travels with its work and is released when the work is answered,
+/// failed or dropped, so the count is what the server really holds.
+#[derive(Debug)]
+pub struct Admission {
+    in_flight: AtomicUsize,
+    limit: usize,
+    gauge: prometheus::IntGauge,
+}
+
+impl Admission {
+    /// An admission counter with room for `limit` texts, reporting to `gauge`.
+    pub fn new(limit: usize, gauge: prometheus::IntGauge) -> Arc<Admission> {
+        Arc::new(Admission {
+            in_flight: AtomicUsize::new(0),
+            limit,
+            gauge,
+        })
+    }
+
+    /// The configured limit.
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
+    /// Texts now admitted.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Acquire)
+    }
+
+    /// Admits `texts` texts if they fit, else returns how many are in flight now.
+    pub fn try_admit(self: &Arc<Self>, texts: usize) -> Result<Permit, usize> {
+        let mut current = self.in_flight.load(Ordering::Acquire);
+        loop {
+            if current + texts > self.limit {
+                return Err(current);
+            }
+            match self.in_flight.compare_exchange_weak(
+                current,
+                current + texts,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => {
+                    self.gauge.add(texts as i64);
+                    return Ok(Permit {
+                        admission: self.clone(),
+                        texts,
+                    });
+                }
+                Err(now) => current = now,
+            }
+        }
+    }
+}
+
+/// Texts admitted by [`Admission`]; dropping it gives their room back.
+#[derive(Debug)]
+pub struct Permit {
+    admission: Arc<Admission>,
+    texts: usize,
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        self.admission
+            .in_flight
+            .fetch_sub(self.texts, Ordering::AcqRel);
+        self.admission.gauge.sub(self.texts as i64);
+    }
+}
+
 /// What an actor is doing, as the Supervisor, its watchdog and the logs see it.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum ActorState {

@@ -213,6 +213,7 @@ impl Handler<Forward> for ModelWorker {
                     std::thread::sleep(Duration::from_secs(3600));
                 },
                 Some(Fault::WorkerPanic) => panic!("injected model worker fault"),
+                Some(Fault::WorkerSlow) => std::thread::sleep(crate::fault::SLOW_FOR),
                 _ => {}
             }
             let model = model.expect("the model was loaded just above");

@@ -24,7 +24,7 @@ use actix::prelude::*;
 use tokio::sync::oneshot;
 
 use super::{
-    ActorState, ActorTable, InFlight, Lifecycle,
+    ActorState, ActorTable, InFlight, Lifecycle, Permit,
     metrics::{Recorder, Stage},
     model_worker::{Forward, ForwardOutput, ModelWorker},
     tokenizer::{Tokenize, Tokenized, TokenizerActor},
@@ -54,6 +54,11 @@ pub struct Embed {
     pub span: tracing::Span,
     /// When the front end sent this message (for the hand-off time).
     pub sent: Instant,
+    /// Past this instant the request's texts are dropped before inference and it is answered
+    /// "deadline exceeded".
+    pub deadline: Instant,
+    /// The request's room under `server.max_concurrent_requests`; released with its work.
+    pub permit: Permit,
 }
 
 /// Where one request's time went.
@@ -105,14 +110,22 @@ struct Pending {
     last_end: Cell<Option<Instant>>,
     handoff: Cell<Duration>,
     span: tracing::Span,
+    deadline: Instant,
     /// Counts the request in the Lifecycle until the request is dropped.
     _in_flight: InFlight,
+    /// Holds the request's admission until every text is done or dropped.
+    _permit: Permit,
 }
 
 impl Pending {
     /// True if nobody will read the answer (the client left, or it already failed).
     fn is_abandoned(&self) -> bool {
         self.reply.borrow().as_ref().is_none_or(|tx| tx.is_closed())
+    }
+
+    /// True if the request's deadline has passed.
+    fn is_expired(&self, now: Instant) -> bool {
+        now >= self.deadline
     }
 
     fn fail(&self, error: ApiError) {
@@ -133,6 +146,8 @@ struct Accepted {
     at: Instant,
     span: tracing::Span,
     in_flight: InFlight,
+    deadline: Instant,
+    permit: Permit,
 }
 
 /// One queued text.
@@ -142,6 +157,14 @@ struct Queued {
     text: Encoded,
     /// A test's injected fault for the batch this text lands in (see `crate::fault`).
     fault: Option<Fault>,
+}
+
+/// The answer for a request whose deadline passed while it waited.
+fn expired() -> ApiError {
+    ApiError::new(
+        ErrorKind::DeadlineExceeded,
+        "the request's deadline passed while it waited; it was dropped before inference",
+    )
 }
 
 /// How many times `max_batch_size` queued texts the length grouping looks at.
@@ -216,6 +239,8 @@ impl Router {
             at: accepted,
             span,
             in_flight,
+            deadline,
+            permit,
         } = accepted;
         self.tokenizing -= texts;
         let tokenized = match tokenized {
@@ -225,6 +250,11 @@ impl Router {
                 return;
             }
         };
+        if Instant::now() >= deadline {
+            self.metrics.skipped("deadline", tokenized.encodings.len());
+            let _ = reply.send(Err(expired()));
+            return;
+        }
         if reply.is_closed() {
             self.metrics
                 .skipped("client_gone", tokenized.encodings.len());
@@ -246,7 +276,9 @@ impl Router {
             last_end: Cell::new(None),
             handoff: Cell::new(handoff),
             span,
+            deadline,
             _in_flight: in_flight,
+            _permit: permit,
         });
         for (index, text) in tokenized.encodings.into_iter().enumerate() {
             self.queue.push_back(Queued {
@@ -328,11 +360,27 @@ impl Router {
     /// oldest [`GROUPING_WINDOW`] × `max_batch_size` queued texts, by closeness of length to
     /// it, so padding stays small; ties go to the older text.
     fn next_batch(&mut self) -> Vec<Queued> {
-        let before = self.queue.len();
-        self.queue.retain(|q| !q.request.is_abandoned());
-        let skipped = before - self.queue.len();
-        if skipped > 0 {
-            self.metrics.skipped("client_gone", skipped);
+        // Drop, before any inference, texts whose deadline has passed (their request is
+        // answered "deadline exceeded") and texts nobody waits for any more.
+        let now = Instant::now();
+        let (mut expired_texts, mut gone) = (0, 0);
+        self.queue.retain(|q| {
+            if q.request.is_expired(now) {
+                q.request.fail(expired());
+                expired_texts += 1;
+                false
+            } else if q.request.is_abandoned() {
+                gone += 1;
+                false
+            } else {
+                true
+            }
+        });
+        if expired_texts > 0 {
+            self.metrics.skipped("deadline", expired_texts);
+        }
+        if gone > 0 {
+            self.metrics.skipped("client_gone", gone);
         }
         let Some(anchor) = self.queue.front().map(|q| q.text.len()) else {
             return Vec::new();
@@ -483,6 +531,8 @@ impl Handler<Embed> for Router {
             at: now,
             span: msg.span.clone(),
             in_flight: self.lifecycle.track(),
+            deadline: msg.deadline,
+            permit: msg.permit,
         };
         let tokenize = self.tokenizers.send(Tokenize {
             texts: msg.texts,

@@ -5,7 +5,7 @@
 //! Runs on its own arbiter (thread); it reaches the Router through `Addr`, which works across
 //! threads. It stops when the Supervisor fires its stop channel, finishing in-flight calls.
 
-use std::{net::TcpListener, sync::Arc};
+use std::{net::TcpListener, sync::Arc, time::Duration};
 
 use tokio::sync::oneshot;
 use tonic::{Request, Response, Status, transport::server::TcpIncoming};
@@ -63,6 +63,19 @@ pub struct GrpcApi {
     shared: Arc<Shared>,
 }
 
+/// Records a call dropped before its answer (the client cancelled it) as `client_gone`.
+struct ClientGoneGuard<'a>(Option<&'a Shared>);
+
+impl Drop for ClientGoneGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(shared) = self.0 {
+            shared
+                .recorder
+                .request("grpc", Err(crate::error::ErrorKind::ClientGone.as_str()));
+        }
+    }
+}
+
 fn timings(t: &Timings) -> pb::StageTimings {
     let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
     pb::StageTimings {
@@ -79,6 +92,7 @@ impl InferenceService for GrpcApi {
         &self,
         request: Request<pb::InferRequest>,
     ) -> Result<Response<pb::InferResponse>, Status> {
+        let deadline = self.deadline(&request);
         let req = request.into_inner();
         let request_id = if req.request_id.is_empty() {
             super::new_request_id()
@@ -104,6 +118,8 @@ impl InferenceService for GrpcApi {
         };
         // A classifier's rows are logits: never normalised.
         let normalize = if classifier { None } else { req.normalize };
+        // hyper drops this future when the client cancels the call; the guard records that.
+        let mut gone = ClientGoneGuard(Some(&self.shared));
         let result = self
             .shared
             .infer(
@@ -112,8 +128,11 @@ impl InferenceService for GrpcApi {
                 normalize,
                 req.truncate.unwrap_or(true),
                 span,
+                deadline,
             )
             .await;
+        gone.0 = None;
+
         self.shared.recorder.request(
             "grpc",
             match &result {
@@ -189,6 +208,7 @@ impl InferenceService for GrpcApi {
         &self,
         request: Request<pb::RerankRequest>,
     ) -> Result<Response<pb::RerankResponse>, Status> {
+        let deadline = self.deadline(&request);
         let req = request.into_inner();
         let request_id = if req.request_id.is_empty() {
             super::new_request_id()
@@ -198,6 +218,8 @@ impl InferenceService for GrpcApi {
         let span = tracing::info_span!("request", transport = "grpc", route = "Rerank", request_id = %request_id);
         let n = req.texts.len();
         let keep = req.return_text.then(|| req.texts.clone());
+        // hyper drops this future when the client cancels the call; the guard records that.
+        let mut gone = ClientGoneGuard(Some(&self.shared));
         let result = match self.shared.require(&[Task::Reranker], "Rerank") {
             Ok(()) => {
                 self.shared
@@ -207,11 +229,13 @@ impl InferenceService for GrpcApi {
                         None,
                         req.truncate.unwrap_or(true),
                         span,
+                        deadline,
                     )
                     .await
             }
             Err(e) => Err(e),
         };
+        gone.0 = None;
         self.shared.recorder.request(
             "grpc",
             match &result {
@@ -236,6 +260,96 @@ impl InferenceService for GrpcApi {
     }
 }
 
+impl GrpcApi {
+    /// The call's deadline: the client's `grpc-timeout` (answered a little early) or
+    /// `server.request_timeout_seconds`, whichever is sooner.
+    fn deadline<T>(&self, request: &Request<T>) -> super::Deadline {
+        let client_timeout = request
+            .metadata()
+            .get("grpc-timeout")
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_grpc_timeout)
+            // Answer a little before the client's deadline, so the client reads our
+            // DEADLINE_EXCEEDED rather than tonic's own timeout (which says CANCELLED).
+            .map(|t| t.saturating_sub((t / 4).min(DEADLINE_MARGIN)));
+        self.shared.deadline(client_timeout)
+    }
+}
+
+/// How much before a client's deadline the server answers DEADLINE_EXCEEDED (at most a quarter
+/// of the timeout).
+const DEADLINE_MARGIN: Duration = Duration::from_millis(10);
+
+/// Parses a `grpc-timeout` header value: up to 8 digits and a unit (`H`, `M`, `S`, `m`, `u`,
+/// `n`), per the gRPC over HTTP/2 spec.
+pub fn parse_grpc_timeout(v: &str) -> Option<Duration> {
+    if !v.is_ascii() {
+        return None;
+    }
+    let (digits, unit) = v.split_at(v.len().checked_sub(1)?);
+    if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n * 3600),
+        "M" => Duration::from_secs(n * 60),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+/// The API-key check for `InferenceService` (health and reflection stay open): with
+/// `server.api_key` set, calls need `authorization: Bearer <key>` metadata.
+#[derive(Clone)]
+pub struct ApiKeyCheck {
+    shared: Arc<Shared>,
+}
+
+impl tonic::service::Interceptor for ApiKeyCheck {
+    fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
+        let header = request
+            .metadata()
+            .get("authorization")
+            .map(|v| v.as_bytes());
+        match super::check_api_key(&self.shared.config.server, header) {
+            Ok(()) => Ok(request),
+            Err(e) => {
+                self.shared.recorder.request("grpc", Err(e.kind.as_str()));
+                Err(Status::from(e))
+            }
+        }
+    }
+}
+
+/// tonic answers two client mistakes with codes that say "server fault": a request message
+/// over the size limit (OUT_OF_RANGE) and one that does not parse, e.g. a string that is not
+/// UTF-8 (INTERNAL). This rewrites them to RESOURCE_EXHAUSTED (as the gRPC status code
+/// document prescribes for an over-limit request) and INVALID_ARGUMENT, keeping tonic's
+/// message, which names the limit or the field.
+fn client_fault_codes(
+    mut res: tonic::codegen::http::Response<tonic::body::Body>,
+) -> tonic::codegen::http::Response<tonic::body::Body> {
+    let Some(status) = Status::from_header_map(res.headers()) else {
+        return res;
+    };
+    let code = match status.code() {
+        tonic::Code::OutOfRange if status.message().contains("message length too large") => {
+            tonic::Code::ResourceExhausted
+        }
+        tonic::Code::Internal if status.message().starts_with("failed to decode") => {
+            tonic::Code::InvalidArgument
+        }
+        _ => return res,
+    };
+    let message = format!("invalid request message: {}", status.message());
+    let _ = Status::new(code, message).add_header(res.headers_mut());
+    res
+}
+
 /// Serves gRPC on `listener` until `stop` fires, then finishes in-flight calls. Must run
 /// inside a tokio runtime (the gRPC arbiter's).
 pub async fn serve(
@@ -254,10 +368,18 @@ pub async fn serve(
     let listener =
         tokio::net::TcpListener::from_std(listener).map_err(|e| format!("gRPC listener: {e}"))?;
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let limit = shared.config.server.max_request_bytes;
+    let service = InferenceServiceServer::new(GrpcApi {
+        shared: shared.clone(),
+    })
+    .max_decoding_message_size(limit);
     tonic::transport::Server::builder()
+        .layer(tower::util::MapResponseLayer::new(client_fault_codes))
         .add_service(health)
         .add_service(reflection)
-        .add_service(InferenceServiceServer::new(GrpcApi { shared }))
+        .add_service(super::unavailable::UnavailableAs503(
+            tonic::service::interceptor::InterceptedService::new(service, ApiKeyCheck { shared }),
+        ))
         .serve_with_incoming_shutdown(incoming, async {
             let _ = stop.await;
         })
@@ -268,5 +390,50 @@ pub async fn serve(
 impl From<&ApiError> for Status {
     fn from(e: &ApiError) -> Self {
         Status::new(e.kind.grpc_code(), e.message.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn grpc_timeouts_parse_per_the_spec() {
+        assert_eq!(parse_grpc_timeout("250m"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_grpc_timeout("2S"), Some(Duration::from_secs(2)));
+        assert_eq!(parse_grpc_timeout("1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(
+            parse_grpc_timeout("99999999n"),
+            Some(Duration::from_nanos(99_999_999))
+        );
+        for bad in ["", "m", "123456789m", "12x", "-1S", "1.5S", "é"] {
+            assert_eq!(parse_grpc_timeout(bad), None, "{bad:?}");
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(3000))]
+
+        /// Whatever bytes arrive as a request message, decoding fails cleanly or succeeds.
+        #[test]
+        fn request_messages_decode_or_fail_cleanly(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let _ = <pb::InferRequest as prost::Message>::decode(bytes.as_slice());
+        }
+
+        #[test]
+        fn any_timeout_header_parses_or_is_ignored(v in "\\PC{0,12}") {
+            let _ = parse_grpc_timeout(&v);
+        }
+
+        #[test]
+        fn valid_timeouts_round_trip(n in 0u64..100_000_000, unit in "[HMSmun]") {
+            let d = parse_grpc_timeout(&format!("{n}{unit}")).unwrap();
+            let per = match unit.as_str() {
+                "H" => 3_600_000_000_000u128, "M" => 60_000_000_000, "S" => 1_000_000_000,
+                "m" => 1_000_000, "u" => 1_000, _ => 1,
+            };
+            prop_assert_eq!(d.as_nanos(), u128::from(n) * per);
+        }
     }
 }

@@ -23,9 +23,6 @@ use crate::{
     error::{ApiError, ErrorKind},
 };
 
-/// Largest request body accepted.
-pub const MAX_BODY_BYTES: usize = 2 * 1024 * 1024;
-
 #[derive(Serialize)]
 struct ErrorBody<'a> {
     error: &'a str,
@@ -44,6 +41,9 @@ impl ResponseError for ApiError {
             ErrorKind::NotReady | ErrorKind::ShuttingDown | ErrorKind::Overloaded
         ) {
             res.insert_header(("Retry-After", "1"));
+        }
+        if self.kind == ErrorKind::Unauthenticated {
+            res.insert_header(("WWW-Authenticate", "Bearer"));
         }
         res.json(ErrorBody {
             error: &self.message,
@@ -176,6 +176,53 @@ pub(super) fn with_timings(res: &mut actix_web::HttpResponseBuilder, t: &Timings
         .insert_header(("x-total-time", ms(t.total)));
 }
 
+/// The client's socket, stored per connection so a handler can notice that its client has
+/// gone: actix-web does not cancel a handler when an HTTP/1 client disconnects.
+#[derive(Clone, Copy)]
+struct PeerSocket(std::os::fd::RawFd);
+
+/// How often a waiting handler checks whether its client is still there.
+const PEER_CHECK_EVERY: Duration = Duration::from_millis(50);
+
+/// Resolves once the client of `req` has closed its connection (never, if that cannot be
+/// known). It peeks at the socket: zero bytes readable means the peer closed; pipelined bytes
+/// or "would block" mean it is still there. The socket stays open while the handler runs
+/// (the connection outlives its handler), so the descriptor cannot have been reused.
+async fn client_gone(req: &HttpRequest) {
+    let Some(&PeerSocket(fd)) = req.conn_data::<PeerSocket>() else {
+        return std::future::pending().await;
+    };
+    loop {
+        tokio::time::sleep(PEER_CHECK_EVERY).await;
+        let mut byte = 0u8;
+        // SAFETY: recv into a valid one-byte buffer on a socket this connection owns.
+        let n = unsafe {
+            libc::recv(
+                fd,
+                (&raw mut byte).cast(),
+                1,
+                libc::MSG_PEEK | libc::MSG_DONTWAIT,
+            )
+        };
+        let error = std::io::Error::last_os_error().raw_os_error();
+        if n == 0 || (n < 0 && !matches!(error, Some(libc::EAGAIN | libc::EINTR))) {
+            return;
+        }
+    }
+}
+
+/// Runs `work` unless the client disconnects first; then `work` is dropped (so the Router
+/// skips the request's queued texts and counts them) and the outcome is `client_gone`.
+pub(super) async fn unless_client_gone<T>(
+    req: &HttpRequest,
+    work: impl std::future::Future<Output = Result<T, ApiError>>,
+) -> Result<T, ApiError> {
+    tokio::select! {
+        out = work => out,
+        () = client_gone(req) => Err(ApiError::new(ErrorKind::ClientGone, "the client closed the connection")),
+    }
+}
+
 /// Records an inference request's outcome (counter and dashboard window) and returns its
 /// response.
 pub(super) fn outcome(
@@ -211,7 +258,8 @@ async fn openai_embeddings(
     body: web::Json<serde_json::Value>,
 ) -> Result<HttpResponse, ApiError> {
     let span = request_span("/v1/embeddings", &req);
-    let result = async {
+    let deadline = shared.deadline(None);
+    let result = unless_client_gone(&req, async {
         let body: OpenAiRequest = typed(body.into_inner())?;
         let base64 = match body.encoding_format.as_deref() {
             None | Some("float") => false,
@@ -231,7 +279,7 @@ async fn openai_embeddings(
             )));
         }
         let out = shared
-            .embed(body.input.into_vec(), None, true, span.clone())
+            .embed(body.input.into_vec(), None, true, span.clone(), deadline)
             .await?;
         let tokens: u64 = out.token_counts.iter().map(|&n| u64::from(n)).sum();
         let (texts, timings) = (out.embeddings.len(), out.timings);
@@ -262,7 +310,7 @@ async fn openai_embeddings(
             },
         });
         Ok((res, texts, timings))
-    }
+    })
     .await;
     outcome(&shared, result)
 }
@@ -273,7 +321,8 @@ async fn tei_embed(
     body: web::Json<serde_json::Value>,
 ) -> Result<HttpResponse, ApiError> {
     let span = request_span("/embed", &req);
-    let result = async {
+    let deadline = shared.deadline(None);
+    let result = unless_client_gone(&req, async {
         let body: TeiRequest = typed(body.into_inner())?;
         shared
             .embed(
@@ -281,9 +330,10 @@ async fn tei_embed(
                 body.normalize,
                 body.truncate.unwrap_or(true),
                 span,
+                deadline,
             )
             .await
-    }
+    })
     .await
     .map(|out| {
         let mut res = HttpResponse::Ok();
@@ -381,10 +431,44 @@ fn json_error(err: actix_web::error::JsonPayloadError, _req: &HttpRequest) -> ac
             ErrorKind::UnsupportedMediaType,
             "the body must be JSON: send `Content-Type: application/json`",
         ),
+        E::Deserialize(e) if e.to_string().contains("invalid unicode code point") => {
+            ApiError::validation(format!("invalid JSON body: text must be UTF-8 ({e})"))
+        }
         E::Deserialize(e) => ApiError::validation(format!("invalid JSON body: {e}")),
         other => ApiError::validation(format!("cannot read the body: {other}")),
     };
     actix_web::error::InternalError::from_response(err, e.error_response()).into()
+}
+
+/// Routes that never need the API key: probes, always; metrics, info and the dashboard
+/// unless `server.api_key_protects_metrics`.
+fn is_open_route(path: &str, protect_metrics: bool) -> bool {
+    matches!(path, "/health" | "/ready")
+        || (!protect_metrics && matches!(path, "/metrics" | "/info" | "/"))
+}
+
+/// Middleware: with `server.api_key` set, every route but the open ones needs
+/// `Authorization: Bearer <key>`; otherwise 401 with our error shape.
+async fn require_api_key(
+    req: actix_web::dev::ServiceRequest,
+    next: actix_web::middleware::Next<impl actix_web::body::MessageBody + 'static>,
+) -> Result<actix_web::dev::ServiceResponse<impl actix_web::body::MessageBody>, actix_web::Error> {
+    let shared = req
+        .app_data::<web::Data<Shared>>()
+        .expect("the app always holds Shared")
+        .clone();
+    let server = &shared.config.server;
+    if server.api_key.is_some() && !is_open_route(req.path(), server.api_key_protects_metrics) {
+        let header = req
+            .headers()
+            .get(actix_web::http::header::AUTHORIZATION)
+            .map(|v| v.as_bytes());
+        if let Err(e) = super::check_api_key(server, header) {
+            shared.recorder.request("http", Err(e.kind.as_str()));
+            return Err(e.into());
+        }
+    }
+    next.call(req).await
 }
 
 /// A route whose other methods answer 405 in our error shape.
@@ -399,13 +483,14 @@ pub(super) fn resource(path: &str, route: actix_web::Route) -> actix_web::Resour
 pub fn serve(listener: TcpListener, shared: Arc<Shared>) -> std::io::Result<Server> {
     let workers = shared.config.server.http_workers;
     let grace = shared.config.shutdown.timeout_seconds.ceil() as u64;
+    let limit = shared.config.server.max_request_bytes;
     let data = web::Data::from(shared);
     let server = HttpServer::new(move || {
         App::new()
             .app_data(data.clone())
             .app_data(
                 web::JsonConfig::default()
-                    .limit(MAX_BODY_BYTES)
+                    .limit(limit)
                     .error_handler(json_error),
             )
             .service(resource(
@@ -420,6 +505,13 @@ pub fn serve(listener: TcpListener, shared: Arc<Shared>) -> std::io::Result<Serv
             .service(resource("/metrics", web::get().to(metrics)))
             .service(resource("/", web::get().to(dashboard)))
             .default_service(web::to(not_found))
+            .wrap(actix_web::middleware::from_fn(require_api_key))
+    })
+    .on_connect(|conn, ext| {
+        use std::os::fd::AsRawFd;
+        if let Some(tcp) = conn.downcast_ref::<actix_web::rt::net::TcpStream>() {
+            ext.insert(PeerSocket(tcp.as_raw_fd()));
+        }
     })
     .workers(workers)
     .disable_signals()
@@ -427,4 +519,75 @@ pub fn serve(listener: TcpListener, shared: Arc<Shared>) -> std::io::Result<Serv
     .listen(listener)?
     .run();
     Ok(server)
+}
+
+#[cfg(test)]
+mod tests {
+    //! Fuzzing of the request decoding (property tests: thousands of generated bodies per
+    //! run): whatever arrives, decoding answers a value or a validation error, never panics.
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Decodes `body` the way the routes do: JSON, then the route's typed request.
+    fn decode(body: &serde_json::Value) -> [Option<ApiError>; 2] {
+        [
+            typed::<TeiRequest>(body.clone()).err(),
+            typed::<OpenAiRequest>(body.clone()).err(),
+        ]
+    }
+
+    fn json_value() -> impl Strategy<Value = serde_json::Value> {
+        let key = prop_oneof![
+            Just("inputs".to_string()),
+            Just("input".to_string()),
+            Just("normalize".to_string()),
+            Just("truncate".to_string()),
+            Just("encoding_format".to_string()),
+            Just("dimensions".to_string()),
+            ".{0,8}",
+        ];
+        let leaf = prop_oneof![
+            Just(serde_json::Value::Null),
+            any::<bool>().prop_map(serde_json::Value::from),
+            any::<i64>().prop_map(serde_json::Value::from),
+            any::<f64>().prop_map(serde_json::Value::from),
+            ".{0,16}".prop_map(serde_json::Value::from),
+        ];
+        leaf.prop_recursive(4, 64, 8, move |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..8).prop_map(serde_json::Value::from),
+                proptest::collection::btree_map(key.clone(), inner, 0..6)
+                    .prop_map(|m| { serde_json::Value::Object(m.into_iter().collect()) }),
+            ]
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(3000))]
+
+        #[test]
+        fn arbitrary_bytes_decode_or_fail_cleanly(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+            if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&bytes) {
+                for e in decode(&v).into_iter().flatten() {
+                    prop_assert_eq!(e.kind, ErrorKind::Validation);
+                    prop_assert!(!e.message.is_empty());
+                }
+            }
+        }
+
+        #[test]
+        fn arbitrary_json_decodes_or_names_what_is_wrong(v in json_value()) {
+            for e in decode(&v).into_iter().flatten() {
+                prop_assert_eq!(e.kind, ErrorKind::Validation);
+                prop_assert!(e.message.starts_with("invalid request body"), "{}", e.message);
+            }
+        }
+
+        #[test]
+        fn any_list_of_strings_is_accepted_as_inputs(texts in proptest::collection::vec(".{0,32}", 0..16)) {
+            let body = serde_json::json!({ "inputs": texts.clone() });
+            let parsed: TeiRequest = typed(body).unwrap();
+            prop_assert_eq!(parsed.inputs.into_vec(), texts);
+        }
+    }
 }

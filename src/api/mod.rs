@@ -5,20 +5,24 @@
 pub mod grpc;
 pub mod http;
 pub mod predict;
+pub mod unavailable;
 
-use std::sync::{Arc, OnceLock};
+use std::{
+    sync::{Arc, OnceLock},
+    time::{Duration, Instant},
+};
 
 use actix::Addr;
 use serde::Serialize;
 
 use crate::{
     actors::{
-        Lifecycle,
+        Admission, Lifecycle,
         metrics::{Metrics, Recorder},
         router::{Embed, EmbedOutput, Router},
     },
     config::Config,
-    error::ApiError,
+    error::{ApiError, ErrorKind},
     model::{ModelSpec, Task, device_name},
 };
 
@@ -37,6 +41,26 @@ pub struct Shared {
     pub metrics: Addr<Metrics>,
     /// Metric handles.
     pub recorder: Recorder,
+    /// Texts in flight against `server.max_concurrent_requests`.
+    pub admission: Arc<Admission>,
+}
+
+/// When a request must be answered by, and why.
+#[derive(Debug, Clone, Copy)]
+pub struct Deadline {
+    /// The instant.
+    pub at: Instant,
+    /// The timeout it came from.
+    pub limit: Duration,
+    /// Whose timeout it is (for the error message).
+    pub source: &'static str,
+}
+
+impl Deadline {
+    /// The error for a request past this deadline.
+    pub fn exceeded(&self) -> ApiError {
+        ApiError::deadline_exceeded(self.limit, self.source)
+    }
 }
 
 /// What `/info` and `ModelInfo` tell.
@@ -88,9 +112,11 @@ impl Shared {
         normalize: Option<bool>,
         truncate: bool,
         span: tracing::Span,
+        deadline: Deadline,
     ) -> Result<EmbedOutput, ApiError> {
         self.require(&[Task::Embedding], "embeddings (/embed, /v1/embeddings)")?;
-        self.infer(texts, None, normalize, truncate, span).await
+        self.infer(texts, None, normalize, truncate, span, deadline)
+            .await
     }
 
     /// Refuses a route the loaded model does not serve.
@@ -107,9 +133,11 @@ impl Shared {
     }
 
     /// Runs `texts` (with their second segments `pairs`, for a cross-encoder) through the
-    /// Router: one row per text, an embedding or a classifier's logits. Refuses empty input,
-    /// and all work while not ready or stopping. Dropping the returned future cancels the
-    /// request's queued work.
+    /// Router within `deadline`: one row per text, an embedding or a classifier's logits.
+    /// Checks, in order: the input is not empty and within `server.max_client_batch_size`
+    /// texts of `server.max_input_chars` characters each; the server is ready and not
+    /// stopping; the texts fit under `server.max_concurrent_requests` (admission control,
+    /// before any queue). Dropping the returned future cancels the request's queued work.
     pub async fn infer(
         &self,
         texts: Vec<String>,
@@ -117,19 +145,28 @@ impl Shared {
         normalize: Option<bool>,
         truncate: bool,
         span: tracing::Span,
+        deadline: Deadline,
     ) -> Result<EmbedOutput, ApiError> {
         if let Some(p) = &pairs {
             assert_eq!(p.len(), texts.len(), "one second segment per text");
+            self.check_limits(p)?;
         }
-        if texts.is_empty() {
-            return Err(ApiError::validation(
-                "the input is an empty list; give at least one text (an empty string is fine)",
-            ));
-        }
+        self.check_limits(&texts)?;
         if self.lifecycle.is_stopping() {
             return Err(ApiError::shutting_down());
         }
         let router = self.router.get().ok_or_else(ApiError::not_ready)?;
+        let permit = self.admission.try_admit(texts.len()).map_err(|held| {
+            ApiError::new(
+                ErrorKind::Overloaded,
+                format!(
+                    "{held} texts are in flight and this request adds {}, over \
+                     server.max_concurrent_requests = {}; retry later",
+                    texts.len(),
+                    self.admission.limit()
+                ),
+            )
+        })?;
         let receiver = router
             .send(Embed {
                 texts,
@@ -137,13 +174,68 @@ impl Shared {
                 normalize,
                 truncate,
                 span,
-                sent: std::time::Instant::now(),
+                sent: Instant::now(),
+                deadline: deadline.at,
+                permit,
             })
             .await
             .map_err(|_| ApiError::shutting_down())??;
-        receiver
-            .await
-            .map_err(|_| ApiError::internal("the request was dropped inside the server"))?
+        match tokio::time::timeout_at(deadline.at.into(), receiver).await {
+            Ok(answer) => answer
+                .map_err(|_| ApiError::internal("the request was dropped inside the server"))?,
+            // Dropping the receiver here makes the Router skip whatever is still queued.
+            Err(_) => Err(deadline.exceeded()),
+        }
+    }
+
+    /// The per-request limits: a non-empty list, at most `server.max_client_batch_size`
+    /// texts, each at most `server.max_input_chars` characters.
+    pub fn check_limits(&self, texts: &[String]) -> Result<(), ApiError> {
+        let s = &self.config.server;
+        if texts.is_empty() {
+            return Err(ApiError::validation(
+                "the input is an empty list; give at least one text (an empty string is fine)",
+            ));
+        }
+        if texts.len() > s.max_client_batch_size {
+            return Err(ApiError::new(
+                ErrorKind::LimitExceeded,
+                format!(
+                    "the request has {} texts; server.max_client_batch_size is {}: split it",
+                    texts.len(),
+                    s.max_client_batch_size
+                ),
+            ));
+        }
+        for (i, t) in texts.iter().enumerate() {
+            // Bytes bound characters from above, so most texts skip the count.
+            if t.len() > s.max_input_chars && t.chars().count() > s.max_input_chars {
+                return Err(ApiError::new(
+                    ErrorKind::LimitExceeded,
+                    format!(
+                        "text {i} has {} characters; server.max_input_chars is {}",
+                        t.chars().count(),
+                        s.max_input_chars
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The deadline of a request arriving now: `server.request_timeout_seconds`, or the
+    /// client's own timeout when that is sooner.
+    pub fn deadline(&self, client: Option<Duration>) -> Deadline {
+        let server = Duration::from_secs_f64(self.config.server.request_timeout_seconds);
+        let (limit, source) = match client {
+            Some(c) if c < server => (c, "the client's timeout"),
+            _ => (server, "server.request_timeout_seconds"),
+        };
+        Deadline {
+            at: Instant::now() + limit,
+            limit,
+            source,
+        }
     }
 
     /// The model facts for `/info` and `ModelInfo`.
@@ -171,6 +263,38 @@ impl Shared {
             experiment: self.config.experiment.name.clone(),
             version: env!("CARGO_PKG_VERSION"),
         }
+    }
+}
+
+/// Checks an `Authorization` header value against `server.api_key` (if one is set):
+/// `Bearer <key>`, the key compared in constant time. The key is never logged.
+pub fn check_api_key(
+    server: &crate::config::Server,
+    authorization: Option<&[u8]>,
+) -> Result<(), ApiError> {
+    let Some(key) = &server.api_key else {
+        return Ok(());
+    };
+    let Some(value) = authorization else {
+        return Err(ApiError::new(
+            ErrorKind::Unauthenticated,
+            "this route needs an API key: send `Authorization: Bearer <key>`",
+        ));
+    };
+    let token = value
+        .get(..7)
+        .filter(|scheme| scheme.eq_ignore_ascii_case(b"bearer "))
+        .map(|_| value[7..].trim_ascii());
+    match token {
+        Some(token) if key.matches(token) => Ok(()),
+        Some(_) => Err(ApiError::new(
+            ErrorKind::Unauthenticated,
+            "the API key is not valid",
+        )),
+        None => Err(ApiError::new(
+            ErrorKind::Unauthenticated,
+            "the Authorization header must be `Bearer <key>`",
+        )),
     }
 }
 

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     Shared,
-    http::{outcome, request_span, resource, typed, with_timings},
+    http::{outcome, request_span, resource, typed, unless_client_gone, with_timings},
 };
 use crate::{error::ApiError, model::ProblemType, model::Task};
 
@@ -194,7 +194,8 @@ async fn predict(
     body: web::Json<serde_json::Value>,
 ) -> Result<HttpResponse, ApiError> {
     let span = request_span("/predict", &req);
-    let result = async {
+    let deadline = shared.deadline(None);
+    let result = unless_client_gone(&req, async {
         shared.require(&[Task::Classifier, Task::Reranker], "/predict")?;
         let body: PredictRequest = typed(body.into_inner())?;
         let input = predict_input(body.inputs)?;
@@ -229,6 +230,7 @@ async fn predict(
                 None,
                 body.truncate.unwrap_or(true),
                 span,
+                deadline,
             )
             .await?;
         let spec = &shared.spec;
@@ -251,7 +253,7 @@ async fn predict(
             res.json(per_input)
         };
         Ok((res, n, out.timings))
-    }
+    })
     .await;
     outcome(&shared, result)
 }
@@ -262,7 +264,8 @@ async fn rerank(
     body: web::Json<serde_json::Value>,
 ) -> Result<HttpResponse, ApiError> {
     let span = request_span("/rerank", &req);
-    let result = async {
+    let deadline = shared.deadline(None);
+    let result = unless_client_gone(&req, async {
         shared.require(&[Task::Reranker], "/rerank")?;
         let body: RerankRequest = typed(body.into_inner())?;
         let n = body.texts.len();
@@ -274,13 +277,14 @@ async fn rerank(
                 None,
                 body.truncate.unwrap_or(true),
                 span,
+                deadline,
             )
             .await?;
         let results = rerank_results(&out.embeddings, body.raw_scores, keep);
         let mut res = HttpResponse::Ok();
         with_timings(&mut res, &out.timings);
         Ok((res.json(results), n, out.timings))
-    }
+    })
     .await;
     outcome(&shared, result)
 }
