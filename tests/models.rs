@@ -672,3 +672,69 @@ async fn bf16_on_cpu_drifts_little_from_f32() {
 /// bf16 tolerance (README "Models"): per component, and cosine to the f32 embedding.
 const BF16_MAX_ABS: f32 = 1e-2;
 const BF16_MIN_COSINE: f32 = 0.9995;
+
+#[tokio::test]
+async fn rerank_and_predict_obey_the_api_key_and_request_limits() {
+    const KEY: &str = "rerank-key";
+    let server = Server::start_with(
+        experiment(&format!(
+            "server:\n  max_client_batch_size: 3\n  max_input_chars: 50\nmodel:\n  path: {}\n  \
+             device: cpu\n",
+            fixture("bert-reranker").display()
+        )),
+        &[("ACTOR_INFER__SERVER__API_KEY", KEY)],
+    );
+    let http = reqwest::Client::new();
+    let call = |path: &str, body: Value, key: Option<&str>| {
+        let mut req = http.post(format!("{}{path}", server.http)).json(&body);
+        if let Some(k) = key {
+            req = req.header("authorization", format!("Bearer {k}"));
+        }
+        req.send()
+    };
+    let rerank = json!({"query": "q", "texts": ["a", "b"]});
+    let predict = json!({"inputs": [["q", "a"]]});
+    for (path, body) in [("/rerank", &rerank), ("/predict", &predict)] {
+        let res = call(path, body.clone(), None).await.unwrap();
+        assert_eq!(res.status().as_u16(), 401, "{path} without the key");
+        let res = call(path, body.clone(), Some(KEY)).await.unwrap();
+        assert_eq!(res.status().as_u16(), 200, "{path} with the key");
+    }
+    // Four documents: over max_client_batch_size.
+    let res = call(
+        "/rerank",
+        json!({"query": "q", "texts": ["a", "b", "c", "d"]}),
+        Some(KEY),
+    )
+    .await
+    .unwrap();
+    assert_eq!(res.status().as_u16(), 413);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["error_type"], "limit_exceeded", "{body}");
+    // A pair's second text over max_input_chars.
+    let res = call(
+        "/predict",
+        json!({"inputs": [["q", "x".repeat(51)]]}),
+        Some(KEY),
+    )
+    .await
+    .unwrap();
+    assert_eq!(res.status().as_u16(), 413);
+    let body: Value = res.json().await.unwrap();
+    assert!(
+        body["error"].as_str().unwrap().contains("max_input_chars"),
+        "{body}"
+    );
+    // gRPC Rerank needs the key too.
+    let mut client = grpc(&server).await;
+    let err = client
+        .rerank(RerankRequest {
+            query: "q".into(),
+            texts: vec!["a".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err:?}");
+    server.stop_clean();
+}
