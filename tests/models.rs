@@ -627,6 +627,34 @@ fn a_kind_the_model_cannot_be_is_refused_at_start_naming_why() {
     assert_eq!(code, Some(1), "{log}");
     assert!(log.contains("a classifier model must give [2, 3]"), "{log}");
 
+    // An embedding module whose width is not config.json's hidden_size: /info would report a
+    // wrong dimension, so the start stops naming both numbers.
+    let dir = tempfile::tempdir().unwrap();
+    for f in ["model.pt", "tokenizer.json", "sentence_bert_config.json"] {
+        std::fs::copy(fixture("ts-states").join(f), dir.path().join(f)).unwrap();
+    }
+    let mut config: Value = serde_json::from_str(
+        &std::fs::read_to_string(fixture("ts-states").join("config.json")).unwrap(),
+    )
+    .unwrap();
+    let width = config["hidden_size"].as_i64().unwrap();
+    let heads = config["num_attention_heads"].as_i64().unwrap();
+    config["hidden_size"] = json!(width * 2);
+    assert_eq!(width * 2 % heads, 0);
+    std::fs::write(dir.path().join("config.json"), config.to_string()).unwrap();
+    let (code, log) = refused(&format!(
+        "model:\n  path: {}\n  device: cpu\n",
+        dir.path().display()
+    ));
+    assert_eq!(code, Some(1), "{log}");
+    assert!(
+        log.contains(&format!(
+            "the module's embeddings have {width} dimensions but config.json's hidden_size is {}",
+            width * 2
+        )),
+        "{log}"
+    );
+
     // bf16 is not applied to a TorchScript module: it runs in the precision it was traced in.
     let (code, log) = refused(&format!(
         "model:\n  path: {}\n  device: cpu\n  dtype: bf16\n",

@@ -81,6 +81,18 @@ impl TorchScript {
             }
         };
         let shape = out.size();
+        let dim = spec.dim() as i64;
+        if let (Task::Embedding, [2, d] | [2, 3, d]) = (spec.task, shape.as_slice())
+            && *d != dim
+        {
+            // /info, ModelInfo and OpenAI's `dimensions` check report config.json's width;
+            // a module with its own projection must say its real width there.
+            return Err(ModelError::Config(format!(
+                "{}: the module's embeddings have {d} dimensions but config.json's hidden_size \
+                 is {dim}; set hidden_size to {d} (the width clients will get)",
+                file.display()
+            )));
+        }
         let fits = match (spec.task, shape.as_slice()) {
             (Task::Embedding, [2, _] | [2, 3, _]) => true,
             (Task::Classifier | Task::Reranker, [2, n]) => *n == spec.labels.len() as i64,
