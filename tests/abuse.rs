@@ -10,37 +10,36 @@ use std::time::{Duration, Instant};
 use actor_infer::api::grpc::pb::{
     InferRequest, InferResponse, inference_service_client::InferenceServiceClient,
 };
-use common::{Server, TOLERANCE, experiment, max_abs_diff, reference};
+use common::{Server, TOLERANCE, experiment, floats, max_abs_diff, reference, scrape};
 use serde_json::{Value, json};
 
 /// A text whose forward takes 2 s longer (fault injection), to hold the only worker.
 const SLOW: &str = "__actor_infer_fault:worker_slow__";
 
-fn vector(v: &Value) -> Vec<f32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_f64().unwrap() as f32)
-        .collect()
-}
-
-/// The value of one Prometheus sample, e.g. `actor_infer_skipped_texts_total{reason="deadline"}`
-/// (0 when absent: counters with labels appear on first use).
-fn metric(server: &Server, sample: &str) -> f64 {
-    let (_, text) = common::http_get(&server.http_addr, "/metrics?format=prometheus").unwrap();
-    text.lines()
-        .find(|l| l.starts_with(sample) && l[sample.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-        .unwrap_or(0.0)
-}
-
 /// Waits until the (only) model worker is inside a forward: the slow text has reached it.
 async fn worker_busy(server: &Server) {
     let until = Instant::now() + Duration::from_secs(30);
-    while metric(server, "actor_infer_worker_busy{worker=\"0\"}") < 1.0 {
+    while scrape(server, "actor_infer_worker_busy{worker=\"0\"}") < 1.0 {
         assert!(Instant::now() < until, "the worker never got the slow text");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Sends the slow text over HTTP and waits until the worker runs it; the handle gives its
+/// HTTP status.
+async fn hold_the_worker(server: &Server) -> tokio::task::JoinHandle<u16> {
+    let url = format!("{}/embed", server.http);
+    let slow = tokio::spawn(async move {
+        let res = reqwest::Client::new()
+            .post(url)
+            .json(&json!({ "inputs": SLOW }))
+            .send()
+            .await
+            .unwrap();
+        res.status().as_u16()
+    });
+    worker_busy(server).await;
+    slow
 }
 
 /// Resident memory of `pid` in MiB.
@@ -68,7 +67,7 @@ fn still_serving(server: &Server, after: &str) {
     .unwrap();
     assert_eq!(status, 200, "after {after}: {text}");
     let v: Value = serde_json::from_str(&text).unwrap();
-    let diff = max_abs_diff(&vector(&v[0]), &case.embedding);
+    let diff = max_abs_diff(&floats(&v[0]), &case.embedding);
     assert!(diff < TOLERANCE, "after {after}: max diff {diff}");
 }
 
@@ -310,7 +309,7 @@ fn odd_but_valid_texts_are_embedded_and_do_not_poison_a_shared_batch() {
         .unwrap();
         assert_eq!(status, 200, "{text:.40?}: {out}");
         let v: Value = serde_json::from_str(&out).unwrap();
-        let e = vector(&v[0]);
+        let e = floats(&v[0]);
         assert_eq!(e.len(), 384, "{text:.40?}");
         let norm: f32 = e.iter().map(|x| x * x).sum::<f32>().sqrt();
         assert!((norm - 1.0).abs() < 1e-3, "{text:.40?}: norm {norm}");
@@ -337,7 +336,7 @@ fn odd_but_valid_texts_are_embedded_and_do_not_poison_a_shared_batch() {
                     .unwrap();
                     assert_eq!(status, 200, "{out}");
                     let v: Value = serde_json::from_str(&out).unwrap();
-                    let diff = max_abs_diff(&vector(&v[0]), &case.embedding);
+                    let diff = max_abs_diff(&floats(&v[0]), &case.embedding);
                     assert!(diff < TOLERANCE, "{:?}: {diff}", case.text);
                 })
             })
@@ -538,7 +537,7 @@ async fn overload_is_refused_fast_with_429_and_memory_stays_bounded() {
                             let rows = body.as_array().unwrap();
                             assert_eq!(rows.len(), n);
                             for r in rows {
-                                assert!(max_abs_diff(&vector(r), &want) < TOLERANCE);
+                                assert!(max_abs_diff(&floats(r), &want) < TOLERANCE);
                             }
                             tally.0 += 1;
                             tally.2.push(started.elapsed());
@@ -591,12 +590,12 @@ async fn overload_is_refused_fast_with_429_and_memory_stays_bounded() {
 
     // Load gone: nothing is held, and the server serves at once.
     let settle = Instant::now() + Duration::from_secs(5);
-    while metric(&server, "actor_infer_admitted_texts") > 0.0 && Instant::now() < settle {
+    while scrape(&server, "actor_infer_admitted_texts") > 0.0 && Instant::now() < settle {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(metric(&server, "actor_infer_admitted_texts"), 0.0);
+    assert_eq!(scrape(&server, "actor_infer_admitted_texts"), 0.0);
     assert!(
-        metric(
+        scrape(
             &server,
             "actor_infer_requests_total{outcome=\"overloaded\",transport=\"http\"}"
         ) > 0.0
@@ -649,7 +648,7 @@ async fn a_grpc_deadline_that_passes_in_the_queue_is_answered_deadline_exceeded(
     .await
     .unwrap();
     assert_eq!(
-        metric(
+        scrape(
             &server,
             "actor_infer_skipped_texts_total{reason=\"deadline\"}"
         ),
@@ -665,18 +664,7 @@ async fn an_http_request_past_its_timeout_gets_504() {
         &[("ACTOR_INFER_FAULT_INJECTION", "1")],
     );
     let http = reqwest::Client::new();
-    let slow = {
-        let (http, url) = (http.clone(), server.http.clone());
-        tokio::spawn(async move {
-            http.post(format!("{url}/embed"))
-                .json(&json!({ "inputs": SLOW }))
-                .send()
-                .await
-                .unwrap()
-                .status()
-        })
-    };
-    worker_busy(&server).await;
+    let slow = hold_the_worker(&server).await;
     let res = http
         .post(format!("{}/embed", server.http))
         .json(&json!({ "inputs": ["queued behind the slow one"] }))
@@ -694,10 +682,10 @@ async fn an_http_request_past_its_timeout_gets_504() {
         "{body}"
     );
     // The slow request itself ran past its timeout too: it is answered 504, not lost.
-    assert_eq!(slow.await.unwrap().as_u16(), 504);
+    assert_eq!(slow.await.unwrap(), 504);
     // Once the worker is free, the queued text is dropped, not run, and counted.
     let until = Instant::now() + fault_slow() + Duration::from_secs(30);
-    while metric(
+    while scrape(
         &server,
         "actor_infer_skipped_texts_total{reason=\"deadline\"}",
     ) < 1.0
@@ -706,7 +694,7 @@ async fn an_http_request_past_its_timeout_gets_504() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(
-        metric(&server, "actor_infer_batch_size_count"),
+        scrape(&server, "actor_infer_batch_size_count"),
         1.0,
         "only the slow batch ran"
     );
@@ -723,20 +711,8 @@ async fn queued_work_of_a_client_that_disconnects_is_skipped_and_counted() {
         experiment("experiment:\n  name: disconnects\n"),
         &[("ACTOR_INFER_FAULT_INJECTION", "1")],
     );
-    let http = reqwest::Client::new();
-    let slow = {
-        let (http, url) = (http.clone(), server.http.clone());
-        tokio::spawn(async move {
-            http.post(format!("{url}/embed"))
-                .json(&json!({ "inputs": SLOW }))
-                .send()
-                .await
-                .unwrap()
-                .status()
-        })
-    };
-    worker_busy(&server).await;
-    let tokens_before = metric(&server, "actor_infer_tokens_total");
+    let slow = hold_the_worker(&server).await;
+    let tokens_before = scrape(&server, "actor_infer_tokens_total");
 
     // HTTP: the client gives up after 300 ms and closes its connection.
     let gone = reqwest::Client::builder()
@@ -766,7 +742,7 @@ async fn queued_work_of_a_client_that_disconnects_is_skipped_and_counted() {
             .is_err()
     );
 
-    assert_eq!(slow.await.unwrap().as_u16(), 200);
+    assert_eq!(slow.await.unwrap(), 200);
     // Once the worker is free, the five abandoned texts are skipped, never run.
     let case = &reference()[1];
     let out = grpc
@@ -779,14 +755,14 @@ async fn queued_work_of_a_client_that_disconnects_is_skipped_and_counted() {
         .into_inner();
     assert!(max_abs_diff(&out.outputs[0].embedding, &case.embedding) < TOLERANCE);
     assert_eq!(
-        metric(
+        scrape(
             &server,
             "actor_infer_skipped_texts_total{reason=\"client_gone\"}"
         ),
         5.0
     );
     // The slow batch was counted when it started; since then only the last request ran.
-    let ran = metric(&server, "actor_infer_tokens_total") - tokens_before;
+    let ran = scrape(&server, "actor_infer_tokens_total") - tokens_before;
     assert_eq!(
         ran,
         f64::from(out.outputs[0].token_count),
@@ -796,7 +772,7 @@ async fn queued_work_of_a_client_that_disconnects_is_skipped_and_counted() {
         let sample = format!(
             "actor_infer_requests_total{{outcome=\"client_gone\",transport=\"{transport}\"}}"
         );
-        assert_eq!(metric(&server, &sample), 1.0, "{sample}");
+        assert_eq!(scrape(&server, &sample), 1.0, "{sample}");
     }
     server.stop_clean();
 }

@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use actor_infer::api::grpc::pb::{
     InferRequest, ModelInfoRequest, RerankRequest, inference_service_client::InferenceServiceClient,
 };
-use common::{Server, experiment, max_abs_diff, root};
+use common::{Server, experiment, floats, max_abs_diff, root};
 use serde_json::{Value, json};
 
 /// f32 parity: per embedding component, per logit and per score.
@@ -34,14 +34,6 @@ fn serve(name: &str, extra: &str) -> Server {
         "experiment:\n  name: {name}\nmodel:\n  path: {}\n  device: cpu\n{extra}",
         fixture(name).display()
     )))
-}
-
-fn floats(v: &Value) -> Vec<f32> {
-    v.as_array()
-        .unwrap_or_else(|| panic!("not a list: {v}"))
-        .iter()
-        .map(|x| x.as_f64().unwrap() as f32)
-        .collect()
 }
 
 fn strings(v: &Value) -> Vec<String> {

@@ -7,7 +7,7 @@ mod common;
 use actor_infer::api::grpc::pb::{
     InferRequest, ModelInfoRequest, inference_service_client::InferenceServiceClient,
 };
-use common::{Server, TOLERANCE, experiment, max_abs_diff, reference};
+use common::{Server, TOLERANCE, experiment, floats, max_abs_diff, reference};
 use serde_json::{Value, json};
 
 fn client() -> reqwest::Client {
@@ -31,14 +31,6 @@ async fn post(
     (status, headers, body)
 }
 
-fn vector(v: &Value) -> Vec<f32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_f64().unwrap() as f32)
-        .collect()
-}
-
 #[tokio::test]
 async fn http_embeddings_match_sentence_transformers() {
     let server = Server::start(experiment("experiment:\n  name: parity-http\n"));
@@ -48,7 +40,7 @@ async fn http_embeddings_match_sentence_transformers() {
     for case in &cases {
         let (status, headers, body) = post(&server, "/embed", json!({"inputs": case.text})).await;
         assert_eq!(status, 200, "{body}");
-        let got = vector(&body[0]);
+        let got = floats(&body[0]);
         let diff = max_abs_diff(&got, &case.embedding);
         assert!(diff < TOLERANCE, "{:?}: max diff {diff}", case.text);
         for h in [
@@ -78,7 +70,7 @@ async fn http_embeddings_match_sentence_transformers() {
     for (i, (item, case)) in data.iter().zip(&cases).enumerate() {
         assert_eq!(item["index"], i);
         assert_eq!(item["object"], "embedding");
-        let diff = max_abs_diff(&vector(&item["embedding"]), &case.embedding);
+        let diff = max_abs_diff(&floats(&item["embedding"]), &case.embedding);
         assert!(
             diff < TOLERANCE,
             "{:?} in a batch: max diff {diff}",
@@ -403,7 +395,7 @@ async fn http_info_health_and_clear_errors() {
         .chunks(4)
         .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
         .collect();
-    assert_eq!(decoded, vector(&plain["data"][0]["embedding"]));
+    assert_eq!(decoded, floats(&plain["data"][0]["embedding"]));
 
     server.stop_clean();
 }
@@ -460,7 +452,7 @@ async fn small_batch_budgets_split_requests_and_reassemble_them_in_order() {
     let (status, _, body) = post(&server, "/embed", json!({"inputs": texts})).await;
     assert_eq!(status, 200, "{body}");
     for (got, case) in body.as_array().unwrap().iter().zip(&cases) {
-        let diff = max_abs_diff(&vector(got), &case.embedding);
+        let diff = max_abs_diff(&floats(got), &case.embedding);
         assert!(diff < TOLERANCE, "{:?}: max diff {diff}", case.text);
     }
     let (_, metrics) = common::http_get(&server.http_addr, "/metrics?format=prometheus").unwrap();

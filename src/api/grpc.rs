@@ -12,7 +12,11 @@ use tonic::{Request, Response, Status, transport::server::TcpIncoming};
 use tonic_health::ServingStatus;
 
 use super::{Shared, predict};
-use crate::{actors::router::Timings, error::ApiError, model::Task};
+use crate::{
+    actors::router::{EmbedOutput, Timings},
+    error::ApiError,
+    model::Task,
+};
 
 /// Code generated from `proto/actor_infer/v1/inference.proto`.
 pub mod pb {
@@ -93,13 +97,8 @@ impl InferenceService for GrpcApi {
         request: Request<pb::InferRequest>,
     ) -> Result<Response<pb::InferResponse>, Status> {
         let deadline = self.deadline(&request);
-        let req = request.into_inner();
-        let request_id = if req.request_id.is_empty() {
-            super::new_request_id()
-        } else {
-            req.request_id
-        };
-        let span = tracing::info_span!("request", transport = "grpc", route = "Infer", request_id = %request_id);
+        let mut req = request.into_inner();
+        let (request_id, span) = request_span("Infer", std::mem::take(&mut req.request_id));
         let classifier = self.shared.spec.task != Task::Embedding;
         let pairs = if req.text_pairs.is_empty() {
             None
@@ -118,29 +117,16 @@ impl InferenceService for GrpcApi {
         };
         // A classifier's rows are logits: never normalised.
         let normalize = if classifier { None } else { req.normalize };
-        // hyper drops this future when the client cancels the call; the guard records that.
-        let mut gone = ClientGoneGuard(Some(&self.shared));
-        let result = self
-            .shared
-            .infer(
+        let out = self
+            .served(self.shared.infer(
                 req.texts,
                 pairs,
                 normalize,
                 req.truncate.unwrap_or(true),
                 span,
                 deadline,
-            )
-            .await;
-        gone.0 = None;
-
-        self.shared.recorder.request(
-            "grpc",
-            match &result {
-                Ok(out) => Ok((out.embeddings.len(), &out.timings)),
-                Err(e) => Err(e.kind.as_str()),
-            },
-        );
-        let out = result.map_err(Status::from)?;
+            ))
+            .await?;
         Ok(Response::new(pb::InferResponse {
             outputs: out
                 .embeddings
@@ -209,19 +195,13 @@ impl InferenceService for GrpcApi {
         request: Request<pb::RerankRequest>,
     ) -> Result<Response<pb::RerankResponse>, Status> {
         let deadline = self.deadline(&request);
-        let req = request.into_inner();
-        let request_id = if req.request_id.is_empty() {
-            super::new_request_id()
-        } else {
-            req.request_id
-        };
-        let span = tracing::info_span!("request", transport = "grpc", route = "Rerank", request_id = %request_id);
+        let mut req = request.into_inner();
+        let (request_id, span) = request_span("Rerank", std::mem::take(&mut req.request_id));
         let n = req.texts.len();
         let keep = req.return_text.then(|| req.texts.clone());
-        // hyper drops this future when the client cancels the call; the guard records that.
-        let mut gone = ClientGoneGuard(Some(&self.shared));
-        let result = match self.shared.require(&[Task::Reranker], "Rerank") {
-            Ok(()) => {
+        let out = self
+            .served(async {
+                self.shared.require(&[Task::Reranker], "Rerank")?;
                 self.shared
                     .infer(
                         vec![req.query; n],
@@ -232,18 +212,8 @@ impl InferenceService for GrpcApi {
                         deadline,
                     )
                     .await
-            }
-            Err(e) => Err(e),
-        };
-        gone.0 = None;
-        self.shared.recorder.request(
-            "grpc",
-            match &result {
-                Ok(out) => Ok((out.embeddings.len(), &out.timings)),
-                Err(e) => Err(e.kind.as_str()),
-            },
-        );
-        let out = result.map_err(Status::from)?;
+            })
+            .await?;
         Ok(Response::new(pb::RerankResponse {
             results: predict::rerank_results(&out.embeddings, req.raw_scores, keep)
                 .into_iter()
@@ -260,7 +230,38 @@ impl InferenceService for GrpcApi {
     }
 }
 
+/// The call's request id (the client's, or a new one) and its tracing span.
+fn request_span(route: &'static str, client_id: String) -> (String, tracing::Span) {
+    let id = if client_id.is_empty() {
+        super::new_request_id()
+    } else {
+        client_id
+    };
+    let span = tracing::info_span!("request", transport = "grpc", route, request_id = %id);
+    (id, span)
+}
+
 impl GrpcApi {
+    /// Runs one inference call's work: records its outcome, including a call the client
+    /// cancels (hyper then drops this future mid-way; the guard records `client_gone`), and
+    /// turns its error into a status.
+    async fn served(
+        &self,
+        work: impl std::future::Future<Output = Result<EmbedOutput, ApiError>>,
+    ) -> Result<EmbedOutput, Status> {
+        let mut gone = ClientGoneGuard(Some(&self.shared));
+        let result = work.await;
+        gone.0 = None;
+        self.shared.recorder.request(
+            "grpc",
+            match &result {
+                Ok(out) => Ok((out.embeddings.len(), &out.timings)),
+                Err(e) => Err(e.kind.as_str()),
+            },
+        );
+        result.map_err(Status::from)
+    }
+
     /// The call's deadline: the client's `grpc-timeout` (answered a little early) or
     /// `server.request_timeout_seconds`, whichever is sooner.
     fn deadline<T>(&self, request: &Request<T>) -> super::Deadline {

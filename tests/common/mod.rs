@@ -316,3 +316,23 @@ pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
 
 /// Parity tolerance per component (the issue asks 1e-4, aiming for 1e-5).
 pub const TOLERANCE: f32 = 1e-4;
+
+/// A JSON array of numbers as f32s.
+pub fn floats(v: &serde_json::Value) -> Vec<f32> {
+    v.as_array()
+        .unwrap_or_else(|| panic!("not an array: {v}"))
+        .iter()
+        .map(|x| x.as_f64().unwrap() as f32)
+        .collect()
+}
+
+/// The value of one Prometheus sample, e.g.
+/// `actor_infer_skipped_texts_total{reason="deadline"}`, from the server's `/metrics` (0 when
+/// absent: counters with labels appear on first use).
+pub fn scrape(server: &Server, sample: &str) -> f64 {
+    let (_, text) = http_get(&server.http_addr, "/metrics?format=prometheus").unwrap();
+    text.lines()
+        .find(|l| l.starts_with(sample) && l[sample.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0.0)
+}
