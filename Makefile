@@ -25,7 +25,8 @@ lint: setup
 	$(CARGO) fmt --check
 	$(CARGO) clippy --release --all-targets --locked -- -D warnings
 
-## test-deps: Chromium and Prometheus from Debian, for the tests that drive them for real
+## test-deps: Chromium, Prometheus and nginx from Debian and the deploy validators from PyPI,
+## for the tests that drive them for real
 test-deps:
 	@bash scripts/test-deps.sh
 
