@@ -148,7 +148,13 @@ impl Shared {
         deadline: Deadline,
     ) -> Result<EmbedOutput, ApiError> {
         if let Some(p) = &pairs {
-            assert_eq!(p.len(), texts.len(), "one second segment per text");
+            if p.len() != texts.len() {
+                return Err(ApiError::validation(format!(
+                    "{} second segments for {} texts; give one per text",
+                    p.len(),
+                    texts.len()
+                )));
+            }
             self.check_limits(p)?;
         }
         self.check_limits(&texts)?;
