@@ -174,10 +174,10 @@ impl Actor for ModelWorker {
     }
 }
 
-impl Handler<Load> for ModelWorker {
-    type Result = Result<LoadReport, ModelError>;
-
-    fn handle(&mut self, _msg: Load, _ctx: &mut Self::Context) -> Self::Result {
+impl ModelWorker {
+    /// [`ModelWorker::load`] with a libtorch panic (out of memory, say) turned into an error,
+    /// for the first load and for the reload after a restart alike.
+    fn try_load(&mut self) -> Result<LoadReport, ModelError> {
         match catch_unwind(AssertUnwindSafe(|| self.load())) {
             Ok(result) => result,
             Err(panic) => Err(ModelError::Config(format!(
@@ -185,6 +185,14 @@ impl Handler<Load> for ModelWorker {
                 super::panic_message(&panic)
             ))),
         }
+    }
+}
+
+impl Handler<Load> for ModelWorker {
+    type Result = Result<LoadReport, ModelError>;
+
+    fn handle(&mut self, _msg: Load, _ctx: &mut Self::Context) -> Self::Result {
+        self.try_load()
     }
 }
 
@@ -196,7 +204,7 @@ impl Handler<Forward> for ModelWorker {
         if self.model.is_none() {
             // A restarted worker: reload before serving.
             tracing::warn!(actor = %self.name, "reloading the model after a restart");
-            self.load()
+            self.try_load()
                 .map_err(|e| ApiError::internal(format!("{} cannot reload: {e}", self.name)))?;
         }
         let started = Instant::now();

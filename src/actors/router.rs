@@ -33,7 +33,7 @@ use crate::{
     config::Batching,
     error::{ApiError, ErrorKind},
     fault::Fault,
-    model::{Encoded, ModelSpec, bert::Padded, normalize_l2},
+    model::{Encoded, ModelSpec, Task, bert::Padded, normalize_l2},
 };
 
 /// Embed some texts. Answered at once with a receiver for the result (or an error if the
@@ -527,7 +527,9 @@ impl Handler<Embed> for Router {
             texts: msg.texts.len(),
             handoff: now.saturating_duration_since(msg.sent),
             reply,
-            normalize: msg.normalize.unwrap_or(self.spec.normalize),
+            // A classifier's rows are logits: never normalised, whatever the request says.
+            normalize: self.spec.task == Task::Embedding
+                && msg.normalize.unwrap_or(self.spec.normalize),
             at: now,
             span: msg.span.clone(),
             in_flight: self.lifecycle.track(),

@@ -139,10 +139,7 @@ impl Handler<Tokenize> for TokenizerActor {
                     fault,
                 })
             }
-            Ok(Err(e)) => Err(match e {
-                TokenizeError::TooLong { .. } => ApiError::validation(e.to_string()),
-                TokenizeError::Failed { .. } => ApiError::validation(e.to_string()),
-            }),
+            Ok(Err(e)) => Err(ApiError::validation(e.to_string())),
             Err(panic) => {
                 let message = super::panic_message(&panic);
                 tracing::error!(actor = %self.name, %message, "tokenizer panicked; restarting it");

@@ -115,13 +115,11 @@ impl InferenceService for GrpcApi {
         } else {
             Some(req.text_pairs)
         };
-        // A classifier's rows are logits: never normalised.
-        let normalize = if classifier { None } else { req.normalize };
         let out = self
             .served(self.shared.infer(
                 req.texts,
                 pairs,
-                normalize,
+                req.normalize,
                 req.truncate.unwrap_or(true),
                 span,
                 deadline,
@@ -134,16 +132,11 @@ impl InferenceService for GrpcApi {
                 .zip(out.token_counts)
                 .map(|(row, token_count)| {
                     if classifier {
-                        let spec = &self.shared.spec;
-                        let scores = predict::scores(
-                            &row,
-                            spec.problem_type,
-                            req.raw_scores.unwrap_or(false),
-                        );
+                        let raw = req.raw_scores.unwrap_or(false);
                         pb::Output {
                             embedding: Vec::new(),
                             token_count,
-                            predictions: predict::ranked(&scores, &spec.labels)
+                            predictions: predict::predictions(&row, &self.shared.spec, raw)
                                 .into_iter()
                                 .map(|p| pb::Prediction {
                                     label: p.label,

@@ -77,6 +77,12 @@ pub fn ranked(scores: &[f32], labels: &[String]) -> Vec<Prediction> {
         .collect()
 }
 
+/// A classifier's output row as labelled scores, highest first: the one conversion `/predict`
+/// and gRPC `Infer` share.
+pub fn predictions(logits: &[f32], spec: &crate::model::ModelSpec, raw: bool) -> Vec<Prediction> {
+    ranked(&scores(logits, spec.problem_type, raw), &spec.labels)
+}
+
 /// One `/predict` input: a text or a (text, text pair).
 #[derive(Debug, Clone, PartialEq)]
 enum Sequence {
@@ -237,12 +243,7 @@ async fn predict(
         let mut per_input: Vec<Vec<Prediction>> = out
             .embeddings
             .iter()
-            .map(|logits| {
-                ranked(
-                    &scores(logits, spec.problem_type, body.raw_scores),
-                    &spec.labels,
-                )
-            })
+            .map(|logits| predictions(logits, spec, body.raw_scores))
             .collect();
         let mut res = HttpResponse::Ok();
         with_timings(&mut res, &out.timings);

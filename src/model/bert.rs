@@ -262,11 +262,6 @@ impl Bert {
         })
     }
 
-    /// The device the weights live on.
-    pub fn device(&self) -> tch::Device {
-        self.device
-    }
-
     /// Token states `[rows, cols, hidden]` for a padded batch (in the weights' dtype).
     /// Panics (as tch does) if libtorch fails; the worker catches that.
     pub fn forward(&self, batch: &Padded) -> (Tensor, Tensor) {

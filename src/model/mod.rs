@@ -374,8 +374,6 @@ struct PoolingConfig {
     #[serde(default)]
     pooling_mode_cls_token: bool,
     #[serde(default)]
-    pooling_mode_mean_tokens: bool,
-    #[serde(default)]
     pooling_mode_max_tokens: bool,
     #[serde(default)]
     pooling_mode_mean_sqrt_len_tokens: bool,
@@ -452,7 +450,7 @@ impl ModelSpec {
             } else if p.pooling_mode_lasttoken {
                 Pooling::LastToken
             } else {
-                let _ = p.pooling_mode_mean_tokens;
+                // pooling_mode_mean_tokens, or no flag at all.
                 Pooling::Mean
             }
         } else {
@@ -613,13 +611,6 @@ impl ModelSpec {
         self.encoder.hidden_size as usize
     }
 
-    /// Width of one output row: the embedding's, or the number of labels.
-    pub fn row_width(&self) -> usize {
-        match self.task {
-            Task::Embedding => self.dim(),
-            Task::Classifier | Task::Reranker => self.labels.len(),
-        }
-    }
 }
 
 /// L2-normalises `v` in place (sentence-transformers' Normalize: divide by max(‖v‖, 1e-12)).

@@ -81,11 +81,6 @@ impl TextTokenizer {
         })
     }
 
-    /// The longest sequence, in tokens, this tokenizer produces.
-    pub fn max_len(&self) -> usize {
-        self.max_len
-    }
-
     /// Tokenizes one text (`index` is its place in the request, for error messages). With
     /// `truncate` false, a text over the maximum is an error instead of being cut.
     pub fn encode(

@@ -113,11 +113,6 @@ impl TorchScript {
         Ok(ts)
     }
 
-    /// `forward`'s inputs: 2 or 3.
-    pub fn inputs(&self) -> usize {
-        self.inputs
-    }
-
     /// Runs `forward` on a padded batch; the output tensor as the module returns it.
     fn raw(&self, batch: &Padded) -> Result<Tensor, String> {
         let (b, l) = (batch.rows as i64, batch.cols as i64);
