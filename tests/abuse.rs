@@ -14,12 +14,14 @@ use common::{Server, TOLERANCE, experiment, floats, max_abs_diff, reference, scr
 use serde_json::{Value, json};
 
 /// A text whose forward takes 2 s longer (fault injection), to hold the only worker.
-const SLOW: &str = "__actor_infer_fault:worker_slow__";
+const SLOW: &str = actor_infer::fault::SLOW_TEXT;
+/// Fault injection on, for the servers that get [`SLOW`].
+const FAULTS: &[(&str, &str)] = &[(actor_infer::fault::ENV, "1")];
 
 /// Waits until the (only) model worker is inside a forward: the slow text has reached it.
 async fn worker_busy(server: &Server) {
     let until = Instant::now() + Duration::from_secs(30);
-    while scrape(server, "actor_infer_worker_busy{worker=\"0\"}") < 1.0 {
+    while !common::worker_is_busy(server) {
         assert!(Instant::now() < until, "the worker never got the slow text");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -56,15 +58,7 @@ fn rss_mib(pid: u32) -> f64 {
 /// Asserts that `server` still embeds a known text correctly over HTTP.
 fn still_serving(server: &Server, after: &str) {
     let case = &reference()[0];
-    let body = json!({ "inputs": case.text }).to_string();
-    let (status, text) = common::http_request(
-        &server.http_addr,
-        "POST",
-        "/embed",
-        Some("application/json"),
-        body.as_bytes(),
-    )
-    .unwrap();
+    let (status, text) = common::embed(&server.http_addr, &case.text).unwrap();
     assert_eq!(status, 200, "after {after}: {text}");
     let v: Value = serde_json::from_str(&text).unwrap();
     let diff = max_abs_diff(&floats(&v[0]), &case.embedding);
@@ -566,6 +560,11 @@ async fn overload_is_refused_fast_with_429_and_memory_stays_bounded() {
     sampler.await.unwrap();
     ok_lat.sort();
     refused_lat.sort();
+    assert!(!ok_lat.is_empty(), "nothing was served under overload");
+    assert!(
+        !refused_lat.is_empty(),
+        "nothing was refused under overload"
+    );
     let median = |v: &[Duration]| v[v.len() / 2];
     let peak = *peak_rss.lock().unwrap();
     println!(
@@ -606,10 +605,7 @@ async fn overload_is_refused_fast_with_429_and_memory_stays_bounded() {
 
 #[tokio::test]
 async fn a_grpc_deadline_that_passes_in_the_queue_is_answered_deadline_exceeded() {
-    let server = Server::start_with(
-        experiment("experiment:\n  name: deadlines\n"),
-        &[("ACTOR_INFER_FAULT_INJECTION", "1")],
-    );
+    let server = Server::start_with(experiment("experiment:\n  name: deadlines\n"), FAULTS);
     let mut grpc = InferenceServiceClient::connect(server.grpc.clone())
         .await
         .unwrap();
@@ -661,7 +657,7 @@ async fn a_grpc_deadline_that_passes_in_the_queue_is_answered_deadline_exceeded(
 async fn an_http_request_past_its_timeout_gets_504() {
     let server = Server::start_with(
         experiment("server:\n  request_timeout_seconds: 0.5\n"),
-        &[("ACTOR_INFER_FAULT_INJECTION", "1")],
+        FAULTS,
     );
     let http = reqwest::Client::new();
     let slow = hold_the_worker(&server).await;
@@ -707,10 +703,7 @@ fn fault_slow() -> Duration {
 
 #[tokio::test]
 async fn queued_work_of_a_client_that_disconnects_is_skipped_and_counted() {
-    let server = Server::start_with(
-        experiment("experiment:\n  name: disconnects\n"),
-        &[("ACTOR_INFER_FAULT_INJECTION", "1")],
-    );
+    let server = Server::start_with(experiment("experiment:\n  name: disconnects\n"), FAULTS);
     let slow = hold_the_worker(&server).await;
     let tokens_before = scrape(&server, "actor_infer_tokens_total");
 

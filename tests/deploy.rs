@@ -61,7 +61,7 @@ fn the_image_healthcheck_follows_readiness() {
             body.as_bytes(),
         )
     });
-    std::thread::sleep(Duration::from_millis(300));
+    common::wait_worker_busy(&server);
     server.signal(libc::SIGTERM);
     let deadline = Instant::now() + Duration::from_secs(1);
     let mut draining_seen = false;

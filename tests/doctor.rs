@@ -49,7 +49,7 @@ fn port(addr: &str) -> String {
 fn doctor_sees_the_serving_server_and_then_nothing() {
     let server = Server::start(experiment("experiment:\n  name: doctored\n"));
     let (http, grpc) = (port(&server.http_addr), port(&server.grpc));
-    let (_, _) = common::http_request(
+    let (status, body) = common::http_request(
         &server.http_addr,
         "POST",
         "/embed",
@@ -57,6 +57,7 @@ fn doctor_sees_the_serving_server_and_then_nothing() {
         br#"{"inputs": "x"}"#,
     )
     .unwrap();
+    assert_eq!(status, 200, "{body}");
     let (code, out) = doctor(&["--http-port", &http, "--grpc-port", &grpc]);
     assert_eq!(code, 0, "{out}");
     assert!(

@@ -6,7 +6,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Server, experiment, listening, spawn};
+use common::{Server, experiment, listening};
 
 fn stops_cleanly_on(signal: i32) {
     let server = Server::start(experiment("shutdown:\n  timeout_seconds: 5\n"));
@@ -40,23 +40,6 @@ fn sigterm_when_idle_exits_0_and_frees_both_ports() {
 #[test]
 fn sigint_when_idle_exits_0_and_frees_both_ports() {
     stops_cleanly_on(libc::SIGINT);
-}
-
-fn run_to_exit(args: &[&str]) -> (i32, String) {
-    let (mut child, log) = spawn(args, &[]);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            std::thread::sleep(Duration::from_millis(50));
-            return (status.code().unwrap_or(-1), log.lock().unwrap().clone());
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("did not exit:\n{}", log.lock().unwrap());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 #[test]
@@ -93,7 +76,7 @@ fn bad_configurations_are_refused_naming_the_key() {
             ));
         }
         let exp = experiment(&body);
-        let (code, log) = run_to_exit(&["--experiment", exp.path.to_str().unwrap()]);
+        let (code, log) = common::run_to_exit(&["--experiment", exp.path.to_str().unwrap()]);
         assert_eq!(code, 2, "{yaml}: {log}");
         assert!(
             log.contains(&format!("configuration error: {key}:")),
@@ -102,7 +85,7 @@ fn bad_configurations_are_refused_naming_the_key() {
         assert!(log.contains(needle), "{needle:?} not in {log}");
         assert_eq!(log.trim().lines().count(), 1, "one message: {log}");
     }
-    let (code, log) = run_to_exit(&["--experiment", "/nonexistent.yaml"]);
+    let (code, log) = common::run_to_exit(&["--experiment", "/nonexistent.yaml"]);
     assert_eq!(code, 2);
     assert!(log.contains("/nonexistent.yaml"), "{log}");
 }
@@ -132,7 +115,7 @@ fn a_port_in_use_is_reported_and_nothing_is_left_listening() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port().to_string();
     let exp = experiment("");
-    let (code, log) = run_to_exit(&[
+    let (code, log) = common::run_to_exit(&[
         "--experiment",
         exp.path.to_str().unwrap(),
         "--http-port",
@@ -166,7 +149,7 @@ fn a_model_that_fails_to_load_stops_everything_with_exit_1() {
         "model:\n  path: {}\n  device: cpu\n",
         dir.path().display()
     ));
-    let (code, log) = run_to_exit(&[
+    let (code, log) = common::run_to_exit(&[
         "--experiment",
         exp.path.to_str().unwrap(),
         "--http-port",

@@ -131,6 +131,11 @@ async fn check_embedding(name: &str, family: &str, extra: &str) {
         .await
         .unwrap()
         .into_inner();
+    assert_eq!(
+        res.outputs.len(),
+        texts.len(),
+        "{name}: one output per text"
+    );
     for ((out, want), (text, &n)) in res.outputs.iter().zip(&want).zip(texts.iter().zip(&tokens)) {
         assert_eq!(u64::from(out.token_count), n, "{name}: tokens of {text:?}");
         assert!(out.predictions.is_empty());
@@ -267,12 +272,15 @@ async fn check_classifier(name: &str, family: &str, activation: &str) {
     // A batch: one list per text; raw scores are the logits.
     let (status, body) = post(&server, "/predict", json!({"inputs": texts})).await;
     assert_eq!(status, 200, "{body}");
-    let (_, raw) = post(
+    let (raw_status, raw) = post(
         &server,
         "/predict",
         json!({"inputs": texts, "raw_scores": true}),
     )
     .await;
+    assert_eq!(raw_status, 200, "{raw}");
+    assert_eq!(body.as_array().unwrap().len(), texts.len(), "{body}");
+    assert_eq!(raw.as_array().unwrap().len(), texts.len(), "{raw}");
     for (n, text) in texts.iter().enumerate() {
         worst = worst.max(same_scores(
             name,
@@ -281,6 +289,7 @@ async fn check_classifier(name: &str, family: &str, activation: &str) {
             &ref_scores(&r, n),
         ));
         let logits = floats(&r["logits"][n]);
+        assert_eq!(raw[n].as_array().unwrap().len(), labels.len(), "{raw}");
         for item in raw[n].as_array().unwrap() {
             let at = labels.iter().position(|l| l == &item["label"]).unwrap();
             let d = (item["score"].as_f64().unwrap() as f32 - logits[at]).abs();
@@ -297,6 +306,11 @@ async fn check_classifier(name: &str, family: &str, activation: &str) {
         .await
         .unwrap()
         .into_inner();
+    assert_eq!(
+        res.outputs.len(),
+        texts.len(),
+        "{name}: one output per text"
+    );
     for (n, out) in res.outputs.iter().enumerate() {
         assert!(out.embedding.is_empty());
         assert_eq!(
@@ -386,8 +400,10 @@ async fn classifier_reads_text_pairs_with_two_segments() {
     .await;
     assert_eq!(status, 200, "{body}");
     let labels = strings(&r["labels"]);
+    assert_eq!(body.as_array().unwrap().len(), pairs.len(), "{body}");
     for (n, row) in body.as_array().unwrap().iter().enumerate() {
         let want = floats(&r["pair_logits"][n]);
+        assert_eq!(row.as_array().unwrap().len(), labels.len(), "{row}");
         for item in row.as_array().unwrap() {
             let at = labels.iter().position(|l| l == &item["label"]).unwrap();
             let d = (item["score"].as_f64().unwrap() as f32 - want[at]).abs();
@@ -411,6 +427,7 @@ async fn classifier_reads_text_pairs_with_two_segments() {
         .await
         .unwrap()
         .into_inner();
+    assert_eq!(res.outputs.len(), pairs.len(), "one output per pair");
     for (n, out) in res.outputs.iter().enumerate() {
         assert_eq!(
             u64::from(out.token_count),
@@ -418,6 +435,7 @@ async fn classifier_reads_text_pairs_with_two_segments() {
             "pair {n}"
         );
         let want = floats(&r["pair_logits"][n]);
+        assert_eq!(out.predictions.len(), labels.len(), "pair {n}");
         for p in &out.predictions {
             let at = labels.iter().position(|l| l == &p.label).unwrap();
             assert!((p.score - want[at]).abs() < F32_TOLERANCE, "pair {n}");
@@ -482,12 +500,14 @@ async fn reranker_matches_cross_encoder_over_http_and_grpc() {
     }
     eprintln!("bert-reranker: max score diff {worst:e} (tolerance {F32_TOLERANCE:e})");
     // raw_scores: the logits; no text unless asked.
-    let (_, raw) = post(
+    let (raw_status, raw) = post(
         &server,
         "/rerank",
         json!({"query": query, "texts": texts, "raw_scores": true}),
     )
     .await;
+    assert_eq!(raw_status, 200, "{raw}");
+    assert_eq!(raw.as_array().unwrap().len(), texts.len(), "{raw}");
     for g in raw.as_array().unwrap() {
         let index = g["index"].as_u64().unwrap() as usize;
         assert!(g.get("text").is_none(), "{g}");
@@ -497,6 +517,7 @@ async fn reranker_matches_cross_encoder_over_http_and_grpc() {
     let pairs: Vec<[&str; 2]> = texts.iter().map(|t| [query, t.as_str()]).collect();
     let (status, body) = post(&server, "/predict", json!({"inputs": pairs})).await;
     assert_eq!(status, 200, "{body}");
+    assert_eq!(body.as_array().unwrap().len(), texts.len(), "{body}");
     for (n, row) in body.as_array().unwrap().iter().enumerate() {
         assert_eq!(row[0]["label"], "LABEL_0");
         assert!((row[0]["score"].as_f64().unwrap() as f32 - scores[n]).abs() < F32_TOLERANCE);
@@ -530,6 +551,7 @@ async fn reranker_matches_cross_encoder_over_http_and_grpc() {
         .await
         .unwrap()
         .into_inner();
+    assert_eq!(res.outputs.len(), texts.len(), "one output per pair");
     for (n, out) in res.outputs.iter().enumerate() {
         assert_eq!(u64::from(out.token_count), r["tokens"][n].as_u64().unwrap());
     }
@@ -548,36 +570,13 @@ async fn reranker_matches_cross_encoder_over_http_and_grpc() {
     server.stop_clean();
 }
 
-/// Runs the binary on `yaml` and returns its exit code and log; kills it if it is still
-/// running after 60 s (it should refuse to start long before).
+/// Runs the binary on `yaml` until it refuses to start; its exit code and log.
 fn refused(yaml: &str) -> (Option<i32>, String) {
     let exp = experiment(yaml);
-    let (mut child, log) = common::spawn(
-        &[
-            "--experiment",
-            exp.path.to_str().unwrap(),
-            "--http-port",
-            "0",
-            "--grpc-port",
-            "0",
-        ],
-        &[],
-    );
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            break child.wait().unwrap();
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    };
-    // The reader threads may still be copying the last lines.
-    std::thread::sleep(std::time::Duration::from_millis(100));
-    let log = log.lock().unwrap().clone();
-    (status.code(), log)
+    let path = exp.path.to_str().unwrap();
+    let (code, log) =
+        common::run_to_exit(&["--experiment", path, "--http-port", "0", "--grpc-port", "0"]);
+    (Some(code), log)
 }
 
 #[test]

@@ -451,6 +451,11 @@ async fn small_batch_budgets_split_requests_and_reassemble_them_in_order() {
     let texts: Vec<&str> = cases.iter().map(|c| c.text.as_str()).collect();
     let (status, _, body) = post(&server, "/embed", json!({"inputs": texts})).await;
     assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body.as_array().unwrap().len(),
+        cases.len(),
+        "one row per text"
+    );
     for (got, case) in body.as_array().unwrap().iter().zip(&cases) {
         let diff = max_abs_diff(&floats(got), &case.embedding);
         assert!(diff < TOLERANCE, "{:?}: max diff {diff}", case.text);

@@ -16,20 +16,9 @@ use actor_infer::{
     api::grpc::pb::{InferRequest, inference_service_client::InferenceServiceClient},
     fault,
 };
-use common::{Server, experiment, http_request, listening};
+use common::{Server, embed, experiment, http_request, listening};
 
 const FAULTS: &[(&str, &str)] = &[(fault::ENV, "1")];
-
-fn embed(addr: &str, text: &str) -> std::io::Result<(u16, String)> {
-    let body = serde_json::json!({ "inputs": text }).to_string();
-    http_request(
-        addr,
-        "POST",
-        "/embed",
-        Some("application/json"),
-        body.as_bytes(),
-    )
-}
 
 #[test]
 fn a_worker_stuck_in_a_forward_is_aborted_within_the_budget() {
@@ -37,11 +26,7 @@ fn a_worker_stuck_in_a_forward_is_aborted_within_the_budget() {
     let addr = server.http_addr.clone();
     // This request never comes back: its worker hangs as if inside a libtorch call.
     std::thread::spawn(move || embed(&addr, fault::HANG_TEXT));
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !server.log().contains("busy") && !metrics_show_busy(&server) {
-        assert!(Instant::now() < deadline, "the worker never got busy");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    common::wait_worker_busy(&server);
     let log = server.log.clone();
     let start = Instant::now();
     let status = server.stop();
@@ -59,30 +44,22 @@ fn a_worker_stuck_in_a_forward_is_aborted_within_the_budget() {
     );
 }
 
-fn metrics_show_busy(server: &Server) -> bool {
-    http_request(
-        &server.http_addr,
-        "GET",
-        "/metrics?format=prometheus",
-        None,
-        b"",
-    )
-    .map(|(_, body)| body.contains("actor_infer_worker_busy{worker=\"0\"} 1"))
-    .unwrap_or(false)
-}
-
 #[test]
 fn a_second_signal_aborts_at_once() {
     let server = Server::start_with(experiment("shutdown:\n  timeout_seconds: 30\n"), FAULTS);
     let addr = server.http_addr.clone();
     std::thread::spawn(move || embed(&addr, fault::HANG_TEXT));
+    common::wait_worker_busy(&server);
+    server.signal(libc::SIGTERM);
+    // The first signal has been taken once readiness is off; only then is SIGINT a second one.
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !metrics_show_busy(&server) {
-        assert!(Instant::now() < deadline, "the worker never got busy");
+    while !matches!(common::http_get(&server.http_addr, "/ready"), Ok((503, _))) {
+        assert!(
+            Instant::now() < deadline,
+            "the first signal never began the stop"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
-    server.signal(libc::SIGTERM);
-    std::thread::sleep(Duration::from_millis(300));
     let log = server.log.clone();
     let start = Instant::now();
     let status = server.stop_with(libc::SIGINT);

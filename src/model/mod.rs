@@ -610,7 +610,6 @@ impl ModelSpec {
     pub fn dim(&self) -> usize {
         self.encoder.hidden_size as usize
     }
-
 }
 
 /// L2-normalises `v` in place (sentence-transformers' Normalize: divide by max(‖v‖, 1e-12)).

@@ -336,3 +336,50 @@ pub fn scrape(server: &Server, sample: &str) -> f64 {
         .and_then(|l| l.rsplit(' ').next()?.parse().ok())
         .unwrap_or(0.0)
 }
+
+/// POSTs `{"inputs": text}` to `/embed` on `addr`.
+pub fn embed(addr: &str, text: &str) -> std::io::Result<(u16, String)> {
+    let body = serde_json::json!({ "inputs": text }).to_string();
+    http_request(
+        addr,
+        "POST",
+        "/embed",
+        Some("application/json"),
+        body.as_bytes(),
+    )
+}
+
+/// True while model worker 0 is inside a forward (its `worker_busy` gauge).
+pub fn worker_is_busy(server: &Server) -> bool {
+    scrape(server, "actor_infer_worker_busy{worker=\"0\"}") >= 1.0
+}
+
+/// Waits (10 s at most) until model worker 0 is inside a forward, e.g. one a fault-injection
+/// text holds.
+pub fn wait_worker_busy(server: &Server) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !worker_is_busy(server) {
+        assert!(Instant::now() < deadline, "the worker never got busy");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Runs the binary with `args` until it exits (a start-up refusal, `--check`, ...) and returns
+/// its exit code and log; kills it and fails the test if it runs past 60 s.
+pub fn run_to_exit(args: &[&str]) -> (i32, String) {
+    let (mut child, log) = spawn(args, &[]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            // The reader threads may still be copying the last lines.
+            std::thread::sleep(Duration::from_millis(100));
+            return (status.code().unwrap_or(-1), log.lock().unwrap().clone());
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("did not exit:\n{}", log.lock().unwrap());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
