@@ -6,11 +6,17 @@ EXPERIMENT ?= configs/default.yaml
 CARGO ?= cargo
 NEXTEST := $(shell $(CARGO) nextest --version >/dev/null 2>&1 && echo yes)
 
-.PHONY: setup build run test test-deps lint bench clean
+.PHONY: setup setup-cuda build run test test-deps lint bench clean
 
-## setup: fetch libtorch and the default model into the cache and link them here (idempotent)
+## setup: fetch libtorch and the default model into the cache and link them here (idempotent);
+## on a host with an NVIDIA driver, libtorch's CUDA half too (ACTOR_INFER_DEVICE=cpu|cuda forces)
 setup:
 	@bash scripts/setup.sh
+
+## setup-cuda: the CUDA half of libtorch as well, on any Linux x86_64 host (~2.4 GB once); the
+## tests check that the binary loads it on a machine without a GPU
+setup-cuda:
+	@ACTOR_INFER_DEVICE=cuda bash scripts/setup.sh
 
 ## build: the release binary, target/release/actor-infer
 build: setup
@@ -23,7 +29,7 @@ run: build
 ## lint: formatting and clippy with warnings denied
 lint: setup
 	$(CARGO) fmt --check
-	$(CARGO) clippy --release --all-targets --locked -- -D warnings
+	$(CARGO) clippy --release --all-targets --locked --features fault-injection -- -D warnings
 
 ## test-deps: Chromium, Prometheus and nginx from Debian and the deploy validators from PyPI,
 ## for the tests that drive them for real
@@ -31,11 +37,11 @@ test-deps:
 	@bash scripts/test-deps.sh
 
 ## test: everything CI runs: lint, then every unit and integration test
-test: lint test-deps
+test: lint test-deps setup-cuda
 ifeq ($(NEXTEST),yes)
-	$(CARGO) nextest run --release --locked --no-fail-fast
+	$(CARGO) nextest run --release --locked --features fault-injection --no-fail-fast
 else
-	$(CARGO) test --release --locked --no-fail-fast
+	$(CARGO) test --release --locked --features fault-injection --no-fail-fast
 endif
 
 ## bench: the server against the raw in-process model, ratios in one table (README figures)
