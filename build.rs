@@ -21,14 +21,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // ---- rpath to libtorch. LIBTORCH is set by .cargo/config.toml to the ./libtorch link that
     // scripts/setup.sh makes; the link is resolved so binaries keep working from anywhere.
-    // `$ORIGIN/../lib` serves packaged layouts (bin/actor-infer beside lib/libtorch*.so, as in
-    // the Docker image).
+    // `$ORIGIN/../lib` (`@loader_path/../lib` on macOS, where the dynamic loader spells it so)
+    // serves packaged layouts (bin/actor-infer beside lib/libtorch*, as in the Docker image).
+    // The macOS arm64 path (setup.sh picks the macOS wheel, whose libtorch has MPS) is written
+    // with care but has never run: this project has no Mac.
     println!("cargo:rerun-if-env-changed=LIBTORCH");
     if let Ok(libtorch) = env::var("LIBTORCH") {
         let lib = PathBuf::from(&libtorch).join("lib");
         let lib = lib.canonicalize().unwrap_or(lib);
         println!("cargo:rustc-link-arg=-Wl,-rpath,{}", lib.display());
     }
-    println!("cargo:rustc-link-arg=-Wl,-rpath,$ORIGIN/../lib");
+    if env::var("CARGO_CFG_TARGET_OS").as_deref() == Ok("macos") {
+        println!("cargo:rustc-link-arg=-Wl,-rpath,@loader_path/../lib");
+    } else {
+        println!("cargo:rustc-link-arg=-Wl,-rpath,$ORIGIN/../lib");
+    }
     Ok(())
 }

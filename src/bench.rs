@@ -518,7 +518,14 @@ fn print_report(r: &Value) {
 /// The limit: tokenize + pad + forward in this process, one thread of control, for each
 /// batch size, with the experiment's intra-op threads.
 fn raw(args: &BenchArgs, plan: &Plan, config: &Config) -> i32 {
-    let spec = match ModelSpec::load(&config.model) {
+    let device = match crate::model::device::select(&config.model) {
+        Ok(choice) => choice.device,
+        Err(e) => {
+            eprintln!("actor-infer bench --raw: configuration error: {e}");
+            return 2;
+        }
+    };
+    let spec = match ModelSpec::load(&config.model, device) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("actor-infer bench --raw: {e}");

@@ -226,8 +226,8 @@ pub struct Model {
     #[serde(default)]
     pub name: Option<String>,
     /// `auto` (CUDA, then MPS, then CPU), `cpu`, `cuda`, `cuda:N` or `mps`.
-    #[serde(default = "default_device")]
-    pub device: String,
+    #[serde(default)]
+    pub device: Device,
     /// Weights' precision: `f32`, or `f16` / `bf16` on GPUs.
     #[serde(default)]
     pub dtype: DType,
@@ -278,8 +278,62 @@ pub enum ModelKind {
     Torchscript,
 }
 
-fn default_device() -> String {
-    "auto".into()
+/// `model.device`: where the model runs, as written (`auto`, `cpu`, `cuda`, `cuda:N`, `mps`).
+/// Resolved against what the host offers at start (`model::device::Probe`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum Device {
+    /// A CUDA GPU if one is usable, then MPS, then the CPU.
+    #[default]
+    Auto,
+    /// The CPU.
+    Cpu,
+    /// NVIDIA GPU number N (`cuda` is `cuda:0`).
+    Cuda(usize),
+    /// Apple's GPU.
+    Mps,
+}
+
+impl Device {
+    /// Parses `auto`, `cpu`, `cuda`, `cuda:N` or `mps`.
+    pub fn parse(s: &str) -> Result<Device, String> {
+        match s.trim() {
+            "auto" => Ok(Device::Auto),
+            "cpu" => Ok(Device::Cpu),
+            "cuda" => Ok(Device::Cuda(0)),
+            "mps" => Ok(Device::Mps),
+            other => match other.strip_prefix("cuda:").map(str::parse::<usize>) {
+                Some(Ok(n)) => Ok(Device::Cuda(n)),
+                _ => Err(format!(
+                    "`{other}` is not a device; expected auto, cpu, cuda, cuda:N or mps"
+                )),
+            },
+        }
+    }
+}
+
+impl TryFrom<String> for Device {
+    type Error = String;
+    fn try_from(s: String) -> Result<Device, String> {
+        Device::parse(&s)
+    }
+}
+
+impl From<Device> for String {
+    fn from(d: Device) -> String {
+        d.to_string()
+    }
+}
+
+impl std::fmt::Display for Device {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Device::Auto => f.write_str("auto"),
+            Device::Cpu => f.write_str("cpu"),
+            Device::Cuda(n) => write!(f, "cuda:{n}"),
+            Device::Mps => f.write_str("mps"),
+        }
+    }
 }
 fn one() -> usize {
     1
@@ -677,7 +731,6 @@ impl Config {
                 "must be at least 1",
             ));
         }
-        crate::model::Device::parse(&m.device).map_err(|e| ConfigError::new("model.device", e))?;
         if !m.path.is_dir() {
             return Err(ConfigError::new(
                 "model.path",
@@ -796,7 +849,7 @@ mod tests {
         assert_eq!(c.server.host, "127.0.0.1");
         assert_eq!(c.server.grpc_port, 50051);
         assert_eq!(c.server.http_port, 8080);
-        assert_eq!(c.model.device, "auto");
+        assert_eq!(c.model.device, Device::Auto);
         assert_eq!(c.model.dtype, DType::F32);
         assert_eq!(c.model.instances, 1);
         assert_eq!(c.shutdown.timeout_seconds, 10.0);
@@ -851,9 +904,15 @@ mod tests {
         let mut c = load(MIN, &[], &Overrides::default()).unwrap();
         c.server.http_port = 70000;
         assert_eq!(c.validate().unwrap_err().key, "server.http_port");
-        let mut c = load(MIN, &[], &Overrides::default()).unwrap();
-        c.model.device = "tpu".into();
-        assert_eq!(c.validate().unwrap_err().key, "model.device");
+        let e = load(&format!("{MIN}  device: tpu\n"), &[], &Overrides::default()).unwrap_err();
+        assert_eq!(e.key, "model.device");
+        assert!(e.problem.contains("`tpu` is not a device"), "{}", e.problem);
+        let c = load(
+            MIN,
+            &[("ACTOR_INFER__MODEL__DEVICE", "cuda:1")],
+            &Overrides::default(),
+        );
+        assert_eq!(c.unwrap().model.device, Device::Cuda(1));
         let mut c = load(MIN, &[], &Overrides::default()).unwrap();
         c.model.path = "/nonexistent/model".into();
         let e = c.validate().unwrap_err();

@@ -1,5 +1,6 @@
-//! Fault injection for tests: off unless the process starts with
-//! `ACTOR_INFER_FAULT_INJECTION=1`, and then only triggered by exact magic texts, so a test
+//! Fault injection for tests: compiled in only with the `fault-injection` feature (what
+//! `make test` builds), off unless the process starts with `ACTOR_INFER_FAULT_INJECTION=1`, and
+//! then only triggered by exact magic texts, so a test
 //! can make a model worker hang inside a forward (as if stuck in a libtorch call) or panic,
 //! or make a tokenizer panic. Never on by default; the server logs a warning when it is on.
 
@@ -32,10 +33,12 @@ pub enum Fault {
     TokenizerPanic,
 }
 
-/// Whether fault injection is on (read once).
+/// Whether fault injection is on (read once): only in a build with the `fault-injection`
+/// feature (the tests'), and then only when the process starts with [`ENV`]`=1`.
 pub fn enabled() -> bool {
     static ON: OnceLock<bool> = OnceLock::new();
-    *ON.get_or_init(|| std::env::var(ENV).is_ok_and(|v| v == "1"))
+    cfg!(feature = "fault-injection")
+        && *ON.get_or_init(|| std::env::var(ENV).is_ok_and(|v| v == "1"))
 }
 
 /// The fault `text` asks for, if injection is on.

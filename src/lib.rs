@@ -85,14 +85,14 @@ impl Listeners {
     }
 }
 
-/// Runs the server until it stops; returns the process exit code
-/// (`actors::supervisor::EXIT_*`). Must run inside an actix `System`.
-pub async fn run(config: Config, listeners: Listeners) -> i32 {
+/// Runs the server on `device` (resolved by `model::device::select`) until it stops; returns
+/// the process exit code (`actors::supervisor::EXIT_*`). Must run inside an actix `System`.
+pub async fn run(config: Config, device: tch::Device, listeners: Listeners) -> i32 {
     let config = Arc::new(config);
     if fault::enabled() {
         tracing::warn!("fault injection is ON ({}=1): for tests only", fault::ENV);
     }
-    let spec = match ModelSpec::load(&config.model) {
+    let spec = match ModelSpec::load(&config.model, device) {
         Ok(spec) => Arc::new(spec),
         Err(e) => {
             tracing::error!("cannot serve the model: {e}");

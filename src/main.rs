@@ -55,6 +55,15 @@ fn run_doctor(cli: &Cli, check: &Option<DoctorCheck>) -> i32 {
             }
             i32::from(held)
         }
+        Some(DoctorCheck::Gpu) => {
+            let procs = doctor::processes();
+            let by_pid = procs.iter().map(|p| (p.pid, p)).collect();
+            let report = doctor::gpu_memory(&by_pid);
+            for l in report.lines.iter().chain(&report.evidence) {
+                println!("{l}");
+            }
+            i32::from(!report.evidence.is_empty())
+        }
         Some(DoctorCheck::Processes) => {
             let line = doctor::processes_line(&target);
             println!("{line}");
@@ -130,9 +139,6 @@ fn run_doctor(cli: &Cli, check: &Option<DoctorCheck>) -> i32 {
 
 /// `actor-infer bench ...`; returns the exit code.
 fn run_bench(cli: &Cli, args: actor_infer::bench::BenchArgs) -> i32 {
-    if args.raw {
-        actor_infer::model::load_cuda_backend();
-    }
     let config = match &cli.experiment {
         Some(path) => match Config::load(path, &cli.overrides()) {
             Ok(c) => Some(c),
@@ -168,6 +174,24 @@ fn chrono_like_now() -> String {
     format!("{}.{:03}", d.as_secs(), d.subsec_millis())
 }
 
+/// Says once, at start, which device serves and why, which libraries were loaded from where,
+/// and the GPU's name and memory.
+fn log_device(choice: &actor_infer::model::device::Choice) {
+    let Some(probe) = actor_infer::model::device::Probe::get() else {
+        return;
+    };
+    tracing::info!(
+        device = %actor_infer::model::device_name(choice.device),
+        reason = %choice.reason,
+        gpu = probe.gpu_line(choice.device).as_deref().unwrap_or("none"),
+        libraries = %probe.libraries(),
+        "device selected"
+    );
+    if let Some(w) = &choice.warning {
+        tracing::warn!("{w}");
+    }
+}
+
 fn main() {
     let cli = Cli::parse();
     if let Some(Command::Doctor { check }) = &cli.command {
@@ -199,9 +223,17 @@ fn main() {
         return;
     }
     init_logging(&config.logging);
-    if actor_infer::model::load_cuda_backend() {
-        tracing::info!("libtorch_cuda loaded: CUDA devices are available to libtorch");
-    }
+    // The device is settled before any port is bound: a device that cannot be used is a
+    // configuration error (exit 2), and nothing has started.
+    let device = match actor_infer::model::device::select(&config.model) {
+        Ok(choice) => choice,
+        Err(e) => {
+            tracing::error!("configuration error: {e}");
+            eprintln!("actor-infer: configuration error: {e}");
+            std::process::exit(EXIT_CONFIG);
+        }
+    };
+    log_device(&device);
     let listeners = match Listeners::bind(&config.server) {
         Ok(l) => l,
         Err(e) => {
@@ -219,7 +251,7 @@ fn main() {
     // A panic that escapes the actors (a bug) ends the System; the process then exits,
     // and with it every thread, socket and byte of device memory: there is no child process.
     let code = catch_unwind(AssertUnwindSafe(|| {
-        actix_rt::System::new().block_on(actor_infer::run(config, listeners))
+        actix_rt::System::new().block_on(actor_infer::run(config, device.device, listeners))
     }))
     .unwrap_or_else(|_| {
         eprintln!("actor-infer: internal error (a panic, logged above); exiting");

@@ -457,7 +457,7 @@ mod tests {
     fn spec(dir: &std::path::Path) -> ModelSpec {
         let cfg: config::Model =
             serde_yaml_like(&format!("path: {}\ndevice: cpu\n", dir.display()));
-        ModelSpec::load(&cfg).unwrap()
+        ModelSpec::load(&cfg, tch::Device::Cpu).unwrap()
     }
 
     fn serde_yaml_like(yaml: &str) -> config::Model {

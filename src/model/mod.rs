@@ -3,6 +3,7 @@
 //! pooling. Nothing here knows about actors; the actors in `crate::actors` own these values.
 
 pub mod bert;
+pub mod device;
 pub mod heads;
 mod tokenize;
 pub mod torchscript;
@@ -11,95 +12,10 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+pub use device::device_name;
 pub use tokenize::{Encoded, TextTokenizer, TokenizeError};
 
 use crate::config::{self, DType, ModelKind, Pooling};
-
-/// Where the model runs, as configured (`auto` is resolved at start-up by [`Device::resolve`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Device {
-    /// CUDA if present, then MPS, then CPU.
-    Auto,
-    /// The CPU.
-    Cpu,
-    /// NVIDIA GPU number N.
-    Cuda(usize),
-    /// Apple GPU.
-    Mps,
-}
-
-impl Device {
-    /// Parses `auto`, `cpu`, `cuda`, `cuda:N` or `mps`.
-    pub fn parse(s: &str) -> Result<Device, String> {
-        match s.trim() {
-            "auto" => Ok(Device::Auto),
-            "cpu" => Ok(Device::Cpu),
-            "cuda" => Ok(Device::Cuda(0)),
-            "mps" => Ok(Device::Mps),
-            other => match other.strip_prefix("cuda:").map(str::parse::<usize>) {
-                Some(Ok(n)) => Ok(Device::Cuda(n)),
-                _ => Err(format!(
-                    "`{other}` is not a device; expected auto, cpu, cuda, cuda:N or mps"
-                )),
-            },
-        }
-    }
-
-    /// Turns the configured device into a libtorch device, checking that it exists here.
-    pub fn resolve(self) -> Result<tch::Device, String> {
-        match self {
-            Device::Auto if tch::Cuda::is_available() => Ok(tch::Device::Cuda(0)),
-            Device::Auto if tch::utils::has_mps() => Ok(tch::Device::Mps),
-            Device::Auto | Device::Cpu => Ok(tch::Device::Cpu),
-            Device::Cuda(n) => {
-                let count = tch::Cuda::device_count();
-                if (n as i64) < count {
-                    Ok(tch::Device::Cuda(n))
-                } else if count == 0 {
-                    Err("cuda was asked for, but libtorch sees no CUDA device here".into())
-                } else {
-                    Err(format!(
-                        "cuda:{n} was asked for, but only {count} CUDA devices exist"
-                    ))
-                }
-            }
-            Device::Mps if tch::utils::has_mps() => Ok(tch::Device::Mps),
-            Device::Mps => Err("mps was asked for, but this libtorch has no MPS device".into()),
-        }
-    }
-}
-
-/// Makes CUDA available to a binary linked against CPU libtorch: loads `libtorch_cuda.so`
-/// (from the loader's search path, e.g. a PyTorch install's `torch/lib` on
-/// `LD_LIBRARY_PATH`) with global symbols before the first CUDA call, which registers the CUDA
-/// kernels. Returns whether it was loaded; without it the server runs on CPU (or MPS).
-/// Must run before any libtorch device query.
-pub fn load_cuda_backend() -> bool {
-    #[cfg(target_os = "linux")]
-    {
-        // SAFETY: dlopen with a valid C string; the handle is kept for the process's life.
-        let handle = unsafe {
-            libc::dlopen(
-                c"libtorch_cuda.so".as_ptr(),
-                libc::RTLD_NOW | libc::RTLD_GLOBAL,
-            )
-        };
-        if !handle.is_null() {
-            return true;
-        }
-    }
-    false
-}
-
-/// A libtorch device's name as users write it.
-pub fn device_name(d: tch::Device) -> String {
-    match d {
-        tch::Device::Cpu => "cpu".into(),
-        tch::Device::Cuda(n) => format!("cuda:{n}"),
-        tch::Device::Mps => "mps".into(),
-        tch::Device::Vulkan => "vulkan".into(),
-    }
-}
 
 /// The subset of Hugging Face's `config.json` a BERT-family encoder needs. DistilBERT's own
 /// names (`dim`, `n_layers`, `n_heads`, `hidden_dim`, `activation`) are read as aliases.
@@ -308,7 +224,7 @@ pub struct ModelSpec {
     pub pooling: Pooling,
     /// Whether embeddings are L2-normalised unless a request says otherwise.
     pub normalize: bool,
-    /// Requested device (resolved by each worker).
+    /// The device, resolved once at start (`device::select`).
     pub device: tch::Device,
     /// Weights' precision.
     pub dtype: DType,
@@ -391,8 +307,9 @@ struct StModule {
 
 impl ModelSpec {
     /// Reads the model folder's metadata (not the weights) and merges the configuration's
-    /// choices over the folder's own defaults.
-    pub fn load(cfg: &config::Model) -> Result<ModelSpec, ModelError> {
+    /// choices over the folder's own defaults. `device` is `model.device` as resolved at start
+    /// (`device::Probe::resolve`).
+    pub fn load(cfg: &config::Model, device: tch::Device) -> Result<ModelSpec, ModelError> {
         let dir = &cfg.path;
         let encoder: EncoderConfig = read_json(&dir.join("config.json"))?;
         if encoder.hidden_size % encoder.num_attention_heads != 0 {
@@ -568,14 +485,6 @@ impl ModelSpec {
                 "model.max_seq_length {max_seq_length} is more than the model's \
                  max_position_embeddings {positions}"
             )));
-        }
-        let device = Device::parse(&cfg.device)
-            .and_then(Device::resolve)
-            .map_err(|e| ModelError::Config(format!("model.device: {e}")))?;
-        if device == tch::Device::Cpu && cfg.dtype == DType::F16 {
-            return Err(ModelError::Config(
-                "model.dtype: f16 is for GPUs; use f32 (or bf16) on the CPU".into(),
-            ));
         }
         // The folder's own name (not the link target's: models/all-MiniLM-L6-v2 is a link
         // into the cache), unless the path ends in `.` or `..`.

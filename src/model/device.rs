@@ -1,0 +1,729 @@
+//! Where the model runs. At start, once, [`Probe::run`] finds out what this host offers — which
+//! libtorch libraries the process loaded and from where, libtorch's CUDA half (loaded here, since
+//! the binary links only the CPU half), the NVIDIA driver and its GPUs, Apple's MPS — and
+//! [`Probe::resolve`] turns `model.device` into a libtorch device with the reason for the choice,
+//! or an error that names the missing piece: no driver, no CUDA libraries, no GPU visible, a
+//! device index out of range, no MPS.
+//!
+//! Where libtorch's CUDA half is looked for, first found wins:
+//! 1. `ACTOR_INFER_CUDA_LIBS`: a folder holding `libtorch_cuda.so` (`none` turns CUDA off);
+//! 2. beside the loaded `libtorch_cpu.so` (a packaged layout, or a full libtorch);
+//! 3. `libtorch-2.11.0-cuda/torch/lib` beside the folder of the CPU half: where
+//!    `scripts/setup.sh` puts it in the cache (`ACTOR_INFER_DEVICE=cuda make setup`);
+//! 4. the loader's own search path (`LD_LIBRARY_PATH`, e.g. a PyTorch 2.11.0 install's
+//!    `torch/lib`).
+//!
+//! Loading `libtorch_cuda.so` with global symbols before the first CUDA call registers libtorch's
+//! CUDA kernels; its own CUDA dependencies (cuBLAS, cuDNN, ...) resolve through its rpath
+//! (`$ORIGIN/../../nvidia/*/lib`), so no `LD_LIBRARY_PATH` is needed. GPU names, memory and the
+//! memory each process holds come from NVML ([`Nvml`]), which is part of the driver.
+
+use std::{
+    fmt,
+    path::{Path, PathBuf},
+    sync::OnceLock,
+};
+
+pub use crate::config::Device;
+
+/// The libtorch version tch 0.24 is built for; `scripts/setup.sh` fetches the same.
+pub const LIBTORCH_VERSION: &str = "2.11.0";
+
+/// The environment variable that names the folder of `libtorch_cuda.so`, or `none`.
+pub const CUDA_LIBS_ENV: &str = "ACTOR_INFER_CUDA_LIBS";
+
+/// The command that fetches the CUDA half, for messages.
+const GET_CUDA: &str = "`ACTOR_INFER_DEVICE=cuda make setup` (or point ACTOR_INFER_CUDA_LIBS at \
+                        a PyTorch 2.11.0 install's torch/lib)";
+
+/// A libtorch device's name as users write it.
+pub fn device_name(d: tch::Device) -> String {
+    match d {
+        tch::Device::Cpu => "cpu".into(),
+        tch::Device::Cuda(n) => format!("cuda:{n}"),
+        tch::Device::Mps => "mps".into(),
+        tch::Device::Vulkan => "vulkan".into(),
+    }
+}
+
+/// What became of libtorch's CUDA half.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CudaLibs {
+    /// Loaded from this file.
+    Loaded(PathBuf),
+    /// Looked for in these places (and the loader's path), not found.
+    NotFound(Vec<PathBuf>),
+    /// Found here, but it would not load (a CUDA library it needs is missing, say).
+    Failed {
+        /// The file.
+        path: PathBuf,
+        /// The loader's message.
+        error: String,
+    },
+    /// `ACTOR_INFER_CUDA_LIBS=none`.
+    Disabled,
+    /// Not looked for: the configuration asks for no CUDA device (`device: cpu` or `mps`).
+    NotWanted,
+    /// Not a platform with CUDA builds of libtorch (macOS).
+    Unsupported,
+}
+
+impl fmt::Display for CudaLibs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CudaLibs::Loaded(p) => write!(f, "CUDA libraries loaded from {}", parent(p)),
+            CudaLibs::NotFound(searched) => write!(
+                f,
+                "libtorch's CUDA libraries are not installed (looked in {}{}and the loader's \
+                 path); get them with {GET_CUDA}",
+                searched
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                if searched.is_empty() { "" } else { ", " }
+            ),
+            CudaLibs::Failed { path, error } => write!(
+                f,
+                "libtorch's CUDA libraries at {} do not load: {error}; reinstall them with {GET_CUDA}",
+                parent(path)
+            ),
+            CudaLibs::Disabled => write!(f, "CUDA turned off ({CUDA_LIBS_ENV}=none)"),
+            CudaLibs::NotWanted => write!(f, "CUDA libraries not loaded (no model asks for CUDA)"),
+            CudaLibs::Unsupported => write!(f, "no CUDA build of libtorch exists for this OS"),
+        }
+    }
+}
+
+fn parent(p: &Path) -> String {
+    p.parent().unwrap_or(p).display().to_string()
+}
+
+/// The NVIDIA driver, as NVML or `/proc/driver/nvidia/version` reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Driver {
+    /// E.g. `580.95.05`.
+    pub version: String,
+    /// The newest CUDA the driver supports, e.g. `13.0`; `None` when NVML cannot say.
+    pub cuda: Option<String>,
+}
+
+/// One NVIDIA GPU, as NVML sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GpuInfo {
+    /// NVML's index (the CUDA index unless `CUDA_VISIBLE_DEVICES` reorders them).
+    pub index: u32,
+    /// E.g. `NVIDIA H200`.
+    pub name: String,
+    /// Memory in use on the whole device, bytes.
+    pub used: u64,
+    /// The device's memory, bytes.
+    pub total: u64,
+    /// Processes holding memory on it: (pid, bytes; `None` when the driver will not say).
+    pub processes: Vec<(u32, Option<u64>)>,
+}
+
+/// NVML, loaded at run time from the driver (`libnvidia-ml.so.1`); absent without one.
+pub struct Nvml(nvml_wrapper::Nvml);
+
+impl Nvml {
+    /// NVML, if the driver provides it.
+    pub fn open() -> Option<Nvml> {
+        nvml_wrapper::Nvml::init().ok().map(Nvml)
+    }
+
+    /// The driver's version.
+    pub fn driver(&self) -> Option<Driver> {
+        let version = self.0.sys_driver_version().ok()?;
+        let cuda = self
+            .0
+            .sys_cuda_driver_version()
+            .ok()
+            .map(|v| format!("{}.{}", v / 1000, (v % 1000) / 10));
+        Some(Driver { version, cuda })
+    }
+
+    /// Every GPU with its memory and the processes holding memory on it (compute and graphics).
+    pub fn gpus(&self) -> Vec<GpuInfo> {
+        let count = self.0.device_count().unwrap_or(0);
+        (0..count)
+            .filter_map(|index| {
+                let d = self.0.device_by_index(index).ok()?;
+                let mem = d.memory_info().ok()?;
+                let mut processes: Vec<(u32, Option<u64>)> = Vec::new();
+                let procs = d
+                    .running_compute_processes()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .chain(d.running_graphics_processes().unwrap_or_default());
+                for p in procs {
+                    let bytes = match p.used_gpu_memory {
+                        nvml_wrapper::enums::device::UsedGpuMemory::Used(b) => Some(b),
+                        nvml_wrapper::enums::device::UsedGpuMemory::Unavailable => None,
+                    };
+                    // A process doing both compute and graphics is listed twice.
+                    if !processes.iter().any(|(pid, _)| *pid == p.pid) {
+                        processes.push((p.pid, bytes));
+                    }
+                }
+                Some(GpuInfo {
+                    index,
+                    name: d.name().unwrap_or_else(|_| "unknown GPU".into()),
+                    used: mem.used,
+                    total: mem.total,
+                    processes,
+                })
+            })
+            .collect()
+    }
+}
+
+/// `/proc/driver/nvidia/version`'s driver version, when the kernel module is loaded.
+fn proc_driver_version() -> Option<String> {
+    let text = std::fs::read_to_string("/proc/driver/nvidia/version").ok()?;
+    // "NVRM version: NVIDIA UNIX x86_64 Kernel Module  580.95.05  Tue ..."
+    let line = text.lines().next()?;
+    let after = line.split("Kernel Module").nth(1).unwrap_or(line);
+    Some(
+        after
+            .split_whitespace()
+            .next()
+            .unwrap_or("unknown")
+            .to_string(),
+    )
+}
+
+/// What this host offers for running models; see the module's documentation.
+#[derive(Debug, Clone)]
+pub struct Probe {
+    /// The libtorch libraries this process loaded, with their paths.
+    pub libtorch: Vec<PathBuf>,
+    /// libtorch's CUDA half.
+    pub cuda_libs: CudaLibs,
+    /// The NVIDIA driver, if one is installed.
+    pub driver: Option<Driver>,
+    /// The GPUs NVML sees.
+    pub gpus: Vec<GpuInfo>,
+    /// CUDA devices libtorch sees (0 unless the CUDA half is loaded).
+    pub cuda_devices: usize,
+    /// Whether libtorch has an MPS device (Apple silicon).
+    pub mps: bool,
+}
+
+/// The loaded CUDA half, kept for the process's life (unloading libtorch_cuda is not possible).
+static CUDA_LIBRARY: OnceLock<libloading::Library> = OnceLock::new();
+/// The probe runs once per process: loading the CUDA half must precede any CUDA call.
+static PROBE: OnceLock<Probe> = OnceLock::new();
+
+impl Probe {
+    /// Probes this host (once per process; later calls return the first result), loading
+    /// libtorch's CUDA half when `want_cuda` (some model's device is `auto` or `cuda`). Must run
+    /// before anything else asks libtorch about devices.
+    pub fn run(want_cuda: bool) -> &'static Probe {
+        PROBE.get_or_init(|| {
+            let libtorch = loaded_libraries(&["libtorch_cpu", "libtorch.", "libc10."]);
+            let cuda_libs = if want_cuda {
+                load_cuda_libs(&libtorch)
+            } else {
+                CudaLibs::NotWanted
+            };
+            let nvml = Nvml::open();
+            let driver = nvml.as_ref().and_then(Nvml::driver).or_else(|| {
+                proc_driver_version().map(|version| Driver {
+                    version,
+                    cuda: None,
+                })
+            });
+            let gpus = nvml.as_ref().map(Nvml::gpus).unwrap_or_default();
+            let cuda_devices = if matches!(cuda_libs, CudaLibs::Loaded(_)) {
+                usize::try_from(tch::Cuda::device_count()).unwrap_or(0)
+            } else {
+                0
+            };
+            Probe {
+                libtorch,
+                cuda_libs,
+                driver,
+                gpus,
+                cuda_devices,
+                mps: tch::utils::has_mps(),
+            }
+        })
+    }
+
+    /// The probe's result, once [`Probe::run`] has run.
+    pub fn get() -> Option<&'static Probe> {
+        PROBE.get()
+    }
+
+    /// `model.device` as a libtorch device, with why it was chosen; or why it cannot be.
+    pub fn resolve(&self, wanted: Device) -> Result<Choice, DeviceError> {
+        match wanted {
+            Device::Cpu => Ok(Choice {
+                device: tch::Device::Cpu,
+                reason: "device: cpu".into(),
+                warning: None,
+            }),
+            Device::Auto if self.cuda_devices > 0 => Ok(Choice {
+                device: tch::Device::Cuda(0),
+                reason: format!(
+                    "device: auto, and CUDA sees {} GPU{}",
+                    self.cuda_devices,
+                    if self.cuda_devices == 1 { "" } else { "s" }
+                ),
+                warning: None,
+            }),
+            Device::Auto if self.mps => Ok(Choice {
+                device: tch::Device::Mps,
+                reason: "device: auto, no CUDA GPU, and libtorch has MPS".into(),
+                warning: None,
+            }),
+            Device::Auto => {
+                let why = self.why_no_cuda();
+                // A driver without the libraries is a set-up to finish, not a choice: say how.
+                let warning = (self.driver.is_some()
+                    && matches!(
+                        self.cuda_libs,
+                        CudaLibs::NotFound(_) | CudaLibs::Failed { .. }
+                    ))
+                .then(|| {
+                    format!(
+                        "an NVIDIA driver is installed but {}; serving on the CPU",
+                        self.cuda_libs
+                    )
+                });
+                Ok(Choice {
+                    device: tch::Device::Cpu,
+                    reason: format!(
+                        "device: auto, no usable GPU: {}",
+                        why.map_or_else(|| "no CUDA or MPS device".to_string(), |e| e.to_string())
+                    ),
+                    warning,
+                })
+            }
+            Device::Cuda(n) if n < self.cuda_devices => Ok(Choice {
+                device: tch::Device::Cuda(n),
+                reason: format!("device: cuda:{n}"),
+                warning: None,
+            }),
+            Device::Cuda(n) => {
+                Err(self
+                    .why_no_cuda()
+                    .unwrap_or_else(|| DeviceError::IndexOutOfRange {
+                        asked: n,
+                        count: self.cuda_devices,
+                        gpus: self
+                            .gpus
+                            .iter()
+                            .map(|g| format!("{}: {}", g.index, g.name))
+                            .collect(),
+                    }))
+            }
+            Device::Mps if self.mps => Ok(Choice {
+                device: tch::Device::Mps,
+                reason: "device: mps".into(),
+                warning: None,
+            }),
+            Device::Mps => Err(DeviceError::NoMps {
+                os: std::env::consts::OS,
+            }),
+        }
+    }
+
+    /// Why CUDA cannot be used at all, or `None` when it can (some device is visible).
+    fn why_no_cuda(&self) -> Option<DeviceError> {
+        if self.cuda_devices > 0 {
+            return None;
+        }
+        if self.cuda_libs == CudaLibs::Unsupported {
+            return Some(DeviceError::NoCudaLibs(self.cuda_libs.clone()));
+        }
+        if self.driver.is_none() {
+            return Some(DeviceError::NoDriver {
+                libs: self.cuda_libs.clone(),
+            });
+        }
+        if !matches!(self.cuda_libs, CudaLibs::Loaded(_)) {
+            return Some(DeviceError::NoCudaLibs(self.cuda_libs.clone()));
+        }
+        Some(DeviceError::NoGpuVisible {
+            driver: self.driver.clone().expect("checked above"),
+            gpus: self.gpus.len(),
+            visible: std::env::var("CUDA_VISIBLE_DEVICES").ok(),
+        })
+    }
+
+    /// One line on the libraries: which libtorch was loaded from where, and the CUDA half.
+    pub fn libraries(&self) -> String {
+        let dirs: Vec<String> = {
+            let mut d: Vec<String> = self.libtorch.iter().map(|p| parent(p)).collect();
+            d.dedup();
+            d
+        };
+        let names: Vec<String> = self
+            .libtorch
+            .iter()
+            .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .collect();
+        format!(
+            "libtorch {LIBTORCH_VERSION} ({}) from {}; {}",
+            if names.is_empty() {
+                "libraries not found in the process map".to_string()
+            } else {
+                names.join(", ")
+            },
+            if dirs.is_empty() {
+                "?".to_string()
+            } else {
+                dirs.join(", ")
+            },
+            match (&self.cuda_libs, self.cuda_devices) {
+                (CudaLibs::Loaded(_), 0) => format!("{}, no GPU visible", self.cuda_libs),
+                (other, _) => other.to_string(),
+            }
+        )
+    }
+
+    /// The GPU a CUDA device runs on, as `NVIDIA H200 (139.8 GiB, 0.6 GiB in use)`.
+    pub fn gpu_line(&self, device: tch::Device) -> Option<String> {
+        let tch::Device::Cuda(n) = device else {
+            return None;
+        };
+        let g = self.gpus.iter().find(|g| g.index as usize == n)?;
+        let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+        Some(format!(
+            "{} ({:.1} GiB, {:.1} GiB in use; driver {})",
+            g.name,
+            gib(g.total),
+            gib(g.used),
+            self.driver.as_ref().map_or("?", |d| d.version.as_str())
+        ))
+    }
+}
+
+/// Probes the host (once) and resolves `model.device` for `model`, checking that its
+/// `model.dtype` runs there. The error names the key and the missing piece; the caller exits
+/// with the configuration error code before binding any port.
+pub fn select(model: &crate::config::Model) -> Result<Choice, String> {
+    let want_cuda = matches!(model.device, Device::Auto | Device::Cuda(_));
+    let choice = Probe::run(want_cuda)
+        .resolve(model.device)
+        .map_err(|e| format!("model.device: {}: {e}", model.device))?;
+    if choice.device == tch::Device::Cpu && model.dtype == crate::config::DType::F16 {
+        return Err(format!(
+            "model.dtype: f16 is for GPUs; this model runs on the CPU ({}): use f32 or bf16",
+            choice.reason
+        ));
+    }
+    Ok(choice)
+}
+
+/// A resolved device and why.
+#[derive(Debug, Clone)]
+pub struct Choice {
+    /// The libtorch device.
+    pub device: tch::Device,
+    /// Why this one, in a few words.
+    pub reason: String,
+    /// Something the operator should fix even though the server runs.
+    pub warning: Option<String>,
+}
+
+/// Why the configured device cannot be used; each names the missing piece.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DeviceError {
+    /// No NVIDIA driver on this host.
+    #[error(
+        "no NVIDIA driver on this host (no /proc/driver/nvidia/version, NVML does not load); {libs}"
+    )]
+    NoDriver {
+        /// The state of the CUDA half, said too.
+        libs: CudaLibs,
+    },
+    /// The driver is there, libtorch's CUDA half is not (or does not load).
+    #[error("{0}")]
+    NoCudaLibs(CudaLibs),
+    /// Driver and libraries are there, yet CUDA sees no device.
+    #[error(
+        "CUDA libraries loaded, no GPU visible: NVML sees {gpus} GPU(s) with driver {} (CUDA {}){}; \
+         libtorch {LIBTORCH_VERSION}'s CUDA 13.0 libraries need driver 580 or newer",
+        driver.version,
+        driver.cuda.as_deref().unwrap_or("?"),
+        visible.as_ref().map(|v| format!(", CUDA_VISIBLE_DEVICES={v:?}")).unwrap_or_default()
+    )]
+    NoGpuVisible {
+        /// The driver.
+        driver: Driver,
+        /// GPUs NVML sees.
+        gpus: usize,
+        /// `CUDA_VISIBLE_DEVICES`, when set.
+        visible: Option<String>,
+    },
+    /// `cuda:N` past the last device.
+    #[error("cuda:{asked} was asked for, but CUDA sees {count} device(s): {}", gpus.join(", "))]
+    IndexOutOfRange {
+        /// N.
+        asked: usize,
+        /// Devices CUDA sees.
+        count: usize,
+        /// `index: name` of each GPU NVML sees.
+        gpus: Vec<String>,
+    },
+    /// MPS was asked for where there is none.
+    #[error(
+        "mps is Apple's GPU: it needs macOS on Apple silicon and libtorch's macOS arm64 build \
+         (this host is {os})"
+    )]
+    NoMps {
+        /// This OS.
+        os: &'static str,
+    },
+}
+
+/// Paths of the loaded shared objects whose file names start with one of `prefixes`
+/// (Linux: `/proc/self/maps`; elsewhere none).
+fn loaded_libraries(prefixes: &[&str]) -> Vec<PathBuf> {
+    let Ok(maps) = std::fs::read_to_string("/proc/self/maps") else {
+        return Vec::new();
+    };
+    let mut found: Vec<PathBuf> = Vec::new();
+    for line in maps.lines() {
+        let Some(path) = line.split_whitespace().nth(5).map(PathBuf::from) else {
+            continue;
+        };
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+        if name.is_some_and(|n| prefixes.iter().any(|p| n.starts_with(p)) && n.contains(".so"))
+            && !found.contains(&path)
+        {
+            found.push(path);
+        }
+    }
+    found
+}
+
+/// Where the CUDA half may be, in the order of the module's documentation (1 to 3); the loader's
+/// own path (4) is tried by name after these.
+fn cuda_candidates(libtorch: &[PathBuf]) -> Vec<PathBuf> {
+    let cpu_dir = libtorch
+        .iter()
+        .find(|p| p.file_name().is_some_and(|n| n == "libtorch_cpu.so"))
+        .and_then(|p| p.parent());
+    let mut out = Vec::new();
+    if let Some(dir) = cpu_dir {
+        out.push(dir.join("libtorch_cuda.so"));
+        if let Some(cache) = dir.parent().and_then(Path::parent) {
+            out.push(
+                cache
+                    .join(format!("libtorch-{LIBTORCH_VERSION}-cuda"))
+                    .join("torch/lib/libtorch_cuda.so"),
+            );
+        }
+    }
+    out
+}
+
+fn load_cuda_libs(libtorch: &[PathBuf]) -> CudaLibs {
+    if !cfg!(target_os = "linux") {
+        return CudaLibs::Unsupported;
+    }
+    let open = |path: &Path| -> Result<(), String> {
+        // SAFETY: loading libtorch_cuda runs its static initialisers, which register CUDA
+        // kernels with the libtorch this process already loaded (same version); that is the
+        // intended effect. The library is kept loaded for the process's life.
+        let lib = unsafe {
+            libloading::os::unix::Library::open(
+                Some(path),
+                libloading::os::unix::RTLD_NOW | libloading::os::unix::RTLD_GLOBAL,
+            )
+        }
+        .map_err(|e| e.to_string())?;
+        let _ = CUDA_LIBRARY.set(lib.into());
+        Ok(())
+    };
+    match std::env::var(CUDA_LIBS_ENV) {
+        Ok(v) if v.trim().eq_ignore_ascii_case("none") => return CudaLibs::Disabled,
+        Ok(v) if !v.trim().is_empty() => {
+            let path = Path::new(v.trim()).join("libtorch_cuda.so");
+            if !path.is_file() {
+                return CudaLibs::NotFound(vec![path]);
+            }
+            return match open(&path) {
+                Ok(()) => CudaLibs::Loaded(path),
+                Err(error) => CudaLibs::Failed { path, error },
+            };
+        }
+        _ => {}
+    }
+    let candidates = cuda_candidates(libtorch);
+    for path in &candidates {
+        if path.is_file() {
+            let path = path.canonicalize().unwrap_or_else(|_| path.clone());
+            return match open(&path) {
+                Ok(()) => CudaLibs::Loaded(path),
+                Err(error) => CudaLibs::Failed { path, error },
+            };
+        }
+    }
+    // 4. The loader's path.
+    match open(Path::new("libtorch_cuda.so")) {
+        Ok(()) => {
+            let path = loaded_libraries(&["libtorch_cuda.so"])
+                .into_iter()
+                .next()
+                .unwrap_or_else(|| PathBuf::from("libtorch_cuda.so"));
+            CudaLibs::Loaded(path)
+        }
+        Err(e) if e.contains("libtorch_cuda.so: cannot open shared object file") => {
+            CudaLibs::NotFound(candidates)
+        }
+        Err(error) => CudaLibs::Failed {
+            path: PathBuf::from("libtorch_cuda.so"),
+            error,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn probe(cuda_libs: CudaLibs, driver: bool, cuda_devices: usize) -> Probe {
+        Probe {
+            libtorch: vec![PathBuf::from(
+                "/cache/libtorch-2.11.0-cpu/lib/libtorch_cpu.so",
+            )],
+            cuda_libs,
+            driver: driver.then(|| Driver {
+                version: "580.95.05".into(),
+                cuda: Some("13.0".into()),
+            }),
+            gpus: (0..cuda_devices as u32)
+                .map(|index| GpuInfo {
+                    index,
+                    name: "NVIDIA H200".into(),
+                    used: 1 << 30,
+                    total: 141 << 30,
+                    processes: Vec::new(),
+                })
+                .collect(),
+            cuda_devices,
+            mps: false,
+        }
+    }
+
+    fn loaded() -> CudaLibs {
+        CudaLibs::Loaded(PathBuf::from(
+            "/cache/libtorch-2.11.0-cuda/torch/lib/libtorch_cuda.so",
+        ))
+    }
+
+    #[test]
+    fn devices_parse_as_written() {
+        assert_eq!(Device::parse("cuda"), Ok(Device::Cuda(0)));
+        assert_eq!(Device::parse("cuda:3"), Ok(Device::Cuda(3)));
+        assert_eq!(Device::parse(" auto "), Ok(Device::Auto));
+        assert!(
+            Device::parse("gpu")
+                .unwrap_err()
+                .contains("`gpu` is not a device")
+        );
+        assert!(Device::parse("cuda:x").is_err());
+    }
+
+    #[test]
+    fn auto_takes_the_gpu_when_cuda_sees_one() {
+        let c = probe(loaded(), true, 2).resolve(Device::Auto).unwrap();
+        assert_eq!(c.device, tch::Device::Cuda(0));
+        assert!(c.reason.contains("CUDA sees 2 GPUs"), "{}", c.reason);
+        assert!(c.warning.is_none());
+    }
+
+    #[test]
+    fn auto_serves_on_the_cpu_and_says_why() {
+        let c = probe(loaded(), false, 0).resolve(Device::Auto).unwrap();
+        assert_eq!(c.device, tch::Device::Cpu);
+        assert!(c.reason.contains("no NVIDIA driver"), "{}", c.reason);
+        assert!(c.warning.is_none(), "no driver: nothing to fix");
+        // A driver but no libraries: a warning that says how to get them.
+        let c = probe(CudaLibs::NotFound(vec![]), true, 0)
+            .resolve(Device::Auto)
+            .unwrap();
+        assert_eq!(c.device, tch::Device::Cpu);
+        let w = c.warning.expect("a warning");
+        assert!(w.contains("ACTOR_INFER_DEVICE=cuda make setup"), "{w}");
+    }
+
+    #[test]
+    fn cuda_refusals_name_the_missing_piece() {
+        let e = probe(loaded(), false, 0)
+            .resolve(Device::Cuda(0))
+            .unwrap_err();
+        assert!(e.to_string().starts_with("no NVIDIA driver"), "{e}");
+        assert!(e.to_string().contains("CUDA libraries loaded from"), "{e}");
+        let e = probe(CudaLibs::NotFound(vec![PathBuf::from("/x")]), true, 0)
+            .resolve(Device::Cuda(0))
+            .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("libtorch's CUDA libraries are not installed (looked in /x"),
+            "{e}"
+        );
+        let e = probe(
+            CudaLibs::Failed {
+                path: "/c/libtorch_cuda.so".into(),
+                error: "libcudnn.so.9: cannot open shared object file".into(),
+            },
+            true,
+            0,
+        )
+        .resolve(Device::Cuda(0))
+        .unwrap_err();
+        assert!(e.to_string().contains("libcudnn.so.9"), "{e}");
+        let e = probe(loaded(), true, 0)
+            .resolve(Device::Cuda(0))
+            .unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("CUDA libraries loaded, no GPU visible"),
+            "{e}"
+        );
+        let e = probe(loaded(), true, 1)
+            .resolve(Device::Cuda(3))
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "cuda:3 was asked for, but CUDA sees 1 device(s): 0: NVIDIA H200"
+        );
+        assert!(matches!(
+            probe(loaded(), true, 1).resolve(Device::Mps),
+            Err(DeviceError::NoMps { .. })
+        ));
+    }
+
+    #[test]
+    fn the_cuda_half_is_looked_for_beside_the_cpu_half() {
+        let c = cuda_candidates(&[PathBuf::from(
+            "/home/u/.cache/actor-infer/libtorch-2.11.0-cpu/lib/libtorch_cpu.so",
+        )]);
+        assert_eq!(
+            c,
+            vec![
+                PathBuf::from(
+                    "/home/u/.cache/actor-infer/libtorch-2.11.0-cpu/lib/libtorch_cuda.so"
+                ),
+                PathBuf::from(
+                    "/home/u/.cache/actor-infer/libtorch-2.11.0-cuda/torch/lib/libtorch_cuda.so"
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn the_version_is_the_one_setup_fetches() {
+        let setup = include_str!("../../scripts/setup.sh");
+        assert!(
+            setup.contains(&format!("\nTORCH_VERSION={LIBTORCH_VERSION}\n")),
+            "scripts/setup.sh fetches another libtorch than {LIBTORCH_VERSION}"
+        );
+    }
+}
