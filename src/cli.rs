@@ -75,6 +75,10 @@ pub enum DoctorCheck {
     Processes,
     /// The running server's metrics [check_metrics.sh]. Exit 1 if no server answers.
     Metrics,
+    /// GPU memory per process on every NVIDIA GPU (NVML), for any process, not only
+    /// actor-infer: is GPU memory still held after a stop, and by whom? Exit 1 if an orphan,
+    /// a zombie, the old Python server or a stuck actor-infer holds some.
+    Gpu,
     /// Count server processes and port listeners [count_processes.sh before|after];
     /// `after` compares with `before` and exits 1 if anything is left over.
     Count {

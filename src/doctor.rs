@@ -536,7 +536,17 @@ pub fn diagnose(t: &Target) -> Report {
         }
     }
 
-    let _ = writeln!(out, "\n== 4. CPU frequency and thermal state");
+    let _ = writeln!(
+        out,
+        "\n== 4. GPU memory per process (the original case A: memory held after a stop)"
+    );
+    let gpu = gpu_memory(&by_pid);
+    for l in &gpu.lines {
+        let _ = writeln!(out, "{l}");
+    }
+    orphan_evidence.extend(gpu.evidence);
+
+    let _ = writeln!(out, "\n== 5. CPU frequency and thermal state");
     let thermal = thermal();
     for l in &thermal.lines {
         let _ = writeln!(out, "{l}");
@@ -591,6 +601,82 @@ pub fn diagnose(t: &Target) -> Report {
         }
     }
     Report { text: out, verdict }
+}
+
+/// GPU memory per process, from NVML: what each GPU holds and who holds it.
+pub struct GpuReport {
+    /// Printable lines.
+    pub lines: Vec<String>,
+    /// Case A evidence: memory held by a process that should not hold any.
+    pub evidence: Vec<String>,
+}
+
+/// Every GPU's memory and the processes holding it (NVML's per-process query, for any
+/// process, not only actor-infer). A holder is evidence of case A when it is the old Python
+/// server or one of its workers, an orphan, a zombie, or an actor-infer that is not
+/// serving and holds no port (stuck starting or stopping).
+pub fn gpu_memory(by_pid: &BTreeMap<u32, &Proc>) -> GpuReport {
+    let listening = pids_listening();
+    let mut r = GpuReport {
+        lines: Vec::new(),
+        evidence: Vec::new(),
+    };
+    let Some(nvml) = crate::model::device::Nvml::open() else {
+        r.lines.push(if cfg!(target_os = "macos") {
+            "macOS exposes no per-process GPU memory (MPS shares the system's memory):              see the process list above; `vm_stat` shows the system's"
+                .into()
+        } else {
+            "no NVIDIA driver here (NVML does not load): no process holds GPU memory on this host"
+                .into()
+        });
+        return r;
+    };
+    let gpus = nvml.gpus();
+    if gpus.is_empty() {
+        r.lines
+            .push("NVML loads but sees no GPU on this host".into());
+    }
+    let mib = |b: u64| b as f64 / 1048576.0;
+    for g in &gpus {
+        r.lines.push(format!(
+            "GPU {} {}: {:.0} MiB of {:.0} MiB in use, {} process(es)",
+            g.index,
+            g.name,
+            mib(g.used),
+            mib(g.total),
+            g.processes.len()
+        ));
+        for (pid, bytes) in &g.processes {
+            let held = bytes.map_or("? MiB".to_string(), |b| format!("{:.0} MiB", mib(b)));
+            let Some(p) = by_pid.get(pid) else {
+                r.lines.push(format!(
+                    "  pid {pid}: {held} (not in this machine's process list: another                      container's PID namespace, or it is exiting)"
+                ));
+                continue;
+            };
+            r.lines.push(format!("  {held} :: {}", describe(p)));
+            let why = if is_orphan(p) {
+                Some("an orphaned worker (parent 1)")
+            } else if p.state == 'Z' {
+                Some("a zombie")
+            } else if p.cmdline.contains("python")
+                && (p.is_server() || p.cmdline.contains("multiprocessing"))
+            {
+                Some("the old Python server or one of its workers")
+            } else if p.is_actor_infer() && !listening.is_empty() && !listening.contains(&p.pid) {
+                Some("an actor-infer that holds no port (stuck starting or stopping?)")
+            } else {
+                None
+            };
+            if let Some(why) = why {
+                r.evidence.push(format!(
+                    "pid {} holds {held} of GPU {} memory and is {why}",
+                    p.pid, g.index
+                ));
+            }
+        }
+    }
+    r
 }
 
 /// Counts for `doctor count before|after` (the original count_processes.sh).

@@ -74,9 +74,10 @@ fn json_dashboard_answers_the_original_workflows_questions() {
     }
     assert!(stages["avg_inference_ms"].as_f64().unwrap() > 0.0);
     assert!(
-        d.get("gpu_memory_mb").is_none(),
-        "absent, not zero, without a GPU: {d}"
+        d.get("gpu_memory_mb").is_some_and(Value::is_null),
+        "present and null, not zero, without a GPU (the original server's field): {d}"
     );
+    assert_eq!(d["gpu_devices"], serde_json::json!([]), "{d}");
     assert_eq!(d["workers"][0]["name"], "model-worker-0");
     assert_eq!(d["restarts"]["model_worker"], 0);
     // An error counts as an error.

@@ -8,8 +8,8 @@
 //! The JSON dashboard keeps the original Python server's field names (`throughput_qps`,
 //! `avg_ms`, `stage_timings.avg_tokenize_ms`, `stage_timings.avg_inference_ms`,
 //! `stage_timings.avg_queue_wait_ms`, `stage_timings.mp_queue_receive_ms`, `gpu_memory_mb`,
-//! `cpu_percent`) so its diagnostic workflow keeps working; `gpu_memory_mb` is absent, not
-//! zero, where there is no GPU.
+//! `cpu_percent`) so its diagnostic workflow keeps working; `gpu_memory_mb` is the GPU memory
+//! this process holds (NVML's per-process figure), null, not zero, where there is no GPU.
 
 use std::{
     collections::VecDeque,
@@ -20,6 +20,16 @@ use std::{
 use serde_json::{Value, json};
 
 use super::{ActorState, ActorTable, Lifecycle, router::Timings};
+use crate::model::device::{GpuInfo, Nvml};
+
+/// The GPU memory process `pid` holds on `gpu` (0 if none).
+fn own_gpu_memory(gpu: &GpuInfo, pid: u32) -> u64 {
+    gpu.processes
+        .iter()
+        .filter(|(p, _)| *p == pid)
+        .filter_map(|(_, b)| *b)
+        .sum()
+}
 
 use actix::prelude::*;
 use prometheus::{
@@ -56,9 +66,13 @@ pub mod names {
     pub const TOKENS_TOTAL: &str = "tokens_total";
     /// Queued texts dropped before inference; label `reason` (client_gone, ...).
     pub const SKIPPED_TOTAL: &str = "skipped_texts_total";
-    /// Device memory in use on a GPU (whole device, as NVML reports it); label `device`.
-    /// Absent where there is no NVIDIA GPU.
-    pub const GPU_MEMORY_USED: &str = "gpu_memory_used_bytes";
+    /// GPU memory this process holds (NVML's per-process figure); label `device`. Absent where
+    /// there is no NVIDIA GPU.
+    pub const GPU_PROCESS_MEMORY: &str = "gpu_process_memory_bytes";
+    /// GPU memory in use on the whole device, by every process (NVML); label `device`.
+    pub const GPU_DEVICE_MEMORY_USED: &str = "gpu_device_memory_used_bytes";
+    /// The device's memory (NVML); label `device`.
+    pub const GPU_DEVICE_MEMORY_TOTAL: &str = "gpu_device_memory_total_bytes";
     /// Process CPU use over the last sampling interval, percent of one core.
     pub const CPU_PERCENT: &str = "process_cpu_percent";
 }
@@ -106,7 +120,9 @@ pub struct Recorder {
     restarts: IntCounterVec,
     tokens: IntCounter,
     skipped: IntCounterVec,
-    gpu_memory: IntGaugeVec,
+    gpu_process_memory: IntGaugeVec,
+    gpu_device_used: IntGaugeVec,
+    gpu_device_total: IntGaugeVec,
     cpu_percent: prometheus::Gauge,
     window: Arc<Mutex<Window>>,
 }
@@ -172,11 +188,22 @@ impl Recorder {
                 ),
                 &["reason"],
             )?,
-            gpu_memory: IntGaugeVec::new(
+            gpu_process_memory: IntGaugeVec::new(
                 opts(
-                    names::GPU_MEMORY_USED,
-                    "GPU memory in use on the device (NVML).",
+                    names::GPU_PROCESS_MEMORY,
+                    "GPU memory this process holds (NVML, per process).",
                 ),
+                &["device"],
+            )?,
+            gpu_device_used: IntGaugeVec::new(
+                opts(
+                    names::GPU_DEVICE_MEMORY_USED,
+                    "GPU memory in use on the device, all processes (NVML).",
+                ),
+                &["device"],
+            )?,
+            gpu_device_total: IntGaugeVec::new(
+                opts(names::GPU_DEVICE_MEMORY_TOTAL, "The GPU's memory (NVML)."),
                 &["device"],
             )?,
             cpu_percent: prometheus::Gauge::with_opts(opts(
@@ -197,7 +224,9 @@ impl Recorder {
         registry.register(Box::new(r.restarts.clone()))?;
         registry.register(Box::new(r.tokens.clone()))?;
         registry.register(Box::new(r.skipped.clone()))?;
-        registry.register(Box::new(r.gpu_memory.clone()))?;
+        registry.register(Box::new(r.gpu_process_memory.clone()))?;
+        registry.register(Box::new(r.gpu_device_used.clone()))?;
+        registry.register(Box::new(r.gpu_device_total.clone()))?;
         registry.register(Box::new(r.cpu_percent.clone()))?;
         Ok(r)
     }
@@ -350,30 +379,6 @@ fn rss_bytes() -> Option<u64> {
     Some(pages * page)
 }
 
-/// GPU memory through NVML (loaded at run time; absent without an NVIDIA driver).
-struct Gpu {
-    nvml: nvml_wrapper::Nvml,
-    devices: u32,
-}
-
-impl Gpu {
-    fn open() -> Option<Gpu> {
-        let nvml = nvml_wrapper::Nvml::init().ok()?;
-        let devices = nvml.device_count().ok()?;
-        (devices > 0).then_some(Gpu { nvml, devices })
-    }
-
-    /// Used bytes per device index.
-    fn used(&self) -> Vec<(u32, u64)> {
-        (0..self.devices)
-            .filter_map(|i| {
-                let d = self.nvml.device_by_index(i).ok()?;
-                Some((i, d.memory_info().ok()?.used))
-            })
-            .collect()
-    }
-}
-
 /// Facts the dashboard shows beside the numbers.
 pub struct Facts {
     /// Experiment name.
@@ -396,8 +401,10 @@ pub struct Metrics {
     started: Instant,
     process: ProcessSample,
     last_cpu: (Instant, Duration),
-    gpu: Option<Gpu>,
-    gpu_used: Vec<(u32, u64)>,
+    /// NVML, when there is an NVIDIA driver.
+    gpu: Option<Nvml>,
+    /// The last GPU sample: every device, with the processes holding memory on it.
+    gpus: Vec<GpuInfo>,
 }
 
 impl Metrics {
@@ -424,8 +431,8 @@ impl Metrics {
                 rss_bytes: rss_bytes(),
             },
             last_cpu: (Instant::now(), cpu_time()),
-            gpu: Gpu::open(),
-            gpu_used: Vec::new(),
+            gpu: Nvml::open(),
+            gpus: Vec::new(),
         };
         Ok((metrics, recorder))
     }
@@ -441,12 +448,20 @@ impl Metrics {
         self.last_cpu = (now, cpu);
         self.process.rss_bytes = rss_bytes();
         if let Some(gpu) = &self.gpu {
-            self.gpu_used = gpu.used();
-            for (i, used) in &self.gpu_used {
-                self.recorder
-                    .gpu_memory
-                    .with_label_values(&[&i.to_string()])
-                    .set(*used as i64);
+            self.gpus = gpu.gpus();
+            let me = std::process::id();
+            for g in &self.gpus {
+                let device = g.index.to_string();
+                let r = &self.recorder;
+                r.gpu_process_memory
+                    .with_label_values(&[&device])
+                    .set(own_gpu_memory(g, me) as i64);
+                r.gpu_device_used
+                    .with_label_values(&[&device])
+                    .set(g.used as i64);
+                r.gpu_device_total
+                    .with_label_values(&[&device])
+                    .set(g.total as i64);
             }
         }
     }
@@ -546,15 +561,28 @@ impl Metrics {
             "cpu_percent": self.process.cpu_percent.map(round3),
             "rss_mb": self.process.rss_bytes.map(|b| round3(b as f64 / 1048576.0)),
         });
-        if !self.gpu_used.is_empty() {
-            let total: u64 = self.gpu_used.iter().map(|(_, b)| b).sum();
-            v["gpu_memory_mb"] = json!(round3(total as f64 / 1048576.0));
-            v["gpu_devices"] = self
-                .gpu_used
-                .iter()
-                .map(|(i, b)| json!({"device": i, "used_mb": round3(*b as f64 / 1048576.0)}))
-                .collect();
-        }
+        // The original server's field, always present: this process's GPU memory (NVML's
+        // per-process figure, summed over devices); null where there is no NVIDIA GPU.
+        let mb = |b: u64| round3(b as f64 / 1048576.0);
+        let me = std::process::id();
+        v["gpu_memory_mb"] = if self.gpus.is_empty() {
+            Value::Null
+        } else {
+            json!(mb(self.gpus.iter().map(|g| own_gpu_memory(g, me)).sum()))
+        };
+        v["gpu_devices"] = self
+            .gpus
+            .iter()
+            .map(|g| {
+                json!({
+                    "device": g.index,
+                    "name": g.name,
+                    "process_mb": mb(own_gpu_memory(g, me)),
+                    "device_used_mb": mb(g.used),
+                    "device_total_mb": mb(g.total),
+                })
+            })
+            .collect();
         v
     }
 }
