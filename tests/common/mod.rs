@@ -367,7 +367,12 @@ pub fn wait_worker_busy(server: &Server) {
 /// Runs the binary with `args` until it exits (a start-up refusal, `--check`, ...) and returns
 /// its exit code and log; kills it and fails the test if it runs past 60 s.
 pub fn run_to_exit(args: &[&str]) -> (i32, String) {
-    let (mut child, log) = spawn(args, &[]);
+    run_to_exit_with(args, &[])
+}
+
+/// [`run_to_exit`] with extra environment variables.
+pub fn run_to_exit_with(args: &[&str], envs: &[(&str, &str)]) -> (i32, String) {
+    let (mut child, log) = spawn(args, envs);
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         if let Some(status) = child.try_wait().unwrap() {
