@@ -66,7 +66,44 @@ pub struct Config {
     pub metrics: MetricsConfig,
     /// What `actor-infer bench` and `scripts/run_experiment.sh` send by default.
     #[serde(default)]
-    pub workload: crate::bench::Workload,
+    pub workload: Workload,
+}
+
+/// An experiment's `workload:` section (read by `bench` and `scripts/run_experiment.sh`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Workload {
+    /// gRPC or HTTP.
+    #[serde(default)]
+    pub transport: Option<Transport>,
+    /// Requests in flight.
+    #[serde(default)]
+    pub concurrency: Option<usize>,
+    /// Seconds to run.
+    #[serde(default)]
+    pub duration_seconds: Option<f64>,
+    /// Requests to send (instead of a duration).
+    #[serde(default)]
+    pub requests: Option<u64>,
+    /// Texts per request.
+    #[serde(default)]
+    pub texts_per_request: Option<usize>,
+    /// Token length: `N` or `MIN-MAX`.
+    #[serde(default)]
+    pub tokens: Option<String>,
+    /// A file of texts, one per line (relative to the YAML's folder).
+    #[serde(default)]
+    pub texts_file: Option<PathBuf>,
+}
+
+/// Transport `actor-infer bench` speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    /// `actor_infer.v1.InferenceService/Infer`.
+    Grpc,
+    /// `POST /v1/embeddings`.
+    Http,
 }
 
 /// `experiment:` section.
@@ -294,9 +331,14 @@ pub enum Device {
     Mps,
 }
 
+/// A `model.device` that is not one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{0}` is not a device; expected auto, cpu, cuda, cuda:N or mps")]
+pub struct DeviceParseError(String);
+
 impl Device {
     /// Parses `auto`, `cpu`, `cuda`, `cuda:N` or `mps`.
-    pub fn parse(s: &str) -> Result<Device, String> {
+    pub fn parse(s: &str) -> Result<Device, DeviceParseError> {
         match s.trim() {
             "auto" => Ok(Device::Auto),
             "cpu" => Ok(Device::Cpu),
@@ -304,17 +346,15 @@ impl Device {
             "mps" => Ok(Device::Mps),
             other => match other.strip_prefix("cuda:").map(str::parse::<usize>) {
                 Some(Ok(n)) => Ok(Device::Cuda(n)),
-                _ => Err(format!(
-                    "`{other}` is not a device; expected auto, cpu, cuda, cuda:N or mps"
-                )),
+                _ => Err(DeviceParseError(other.to_string())),
             },
         }
     }
 }
 
 impl TryFrom<String> for Device {
-    type Error = String;
-    fn try_from(s: String) -> Result<Device, String> {
+    type Error = DeviceParseError;
+    fn try_from(s: String) -> Result<Device, DeviceParseError> {
         Device::parse(&s)
     }
 }

@@ -6,19 +6,20 @@
 //! tree within one budget and escalates to a hard abort, so nothing outlives the process: no
 //! worker processes exist to be orphaned, and ports and device memory go with the process.
 //!
-//! [`run`] is the whole server; `main.rs` only parses the command line.
+//! Layers, each importing only those below it (`tests/layers.rs` checks it): [`config`] and
+//! [`fault`] at the bottom, then [`model`], [`actors`], [`api`] (the front ends), [`tools`]
+//! (the `bench` and `doctor` clients and the command line), and this crate root, which wires
+//! them: [`serve`] is the server's command, [`run`] the server itself. `main.rs` only parses
+//! and dispatches.
 
 #![warn(missing_docs)]
 
 pub mod actors;
 pub mod api;
-pub mod bench;
-pub mod cli;
 pub mod config;
-pub mod doctor;
-pub mod error;
 pub mod fault;
 pub mod model;
+pub mod tools;
 
 use std::{
     net::{SocketAddr, TcpListener},
@@ -26,14 +27,16 @@ use std::{
 };
 
 use actix::prelude::*;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 
 use actors::{
-    ActorTable, Lifecycle,
-    metrics::Metrics,
-    supervisor::{Boot, EXIT_FAILURE, FrontEnds, Shutdown, StopReason, Supervisor},
+    ActorTable, Admission, Lifecycle,
+    metrics::{Facts, Metrics, Recorder},
+    supervisor::{
+        Boot, EXIT_CONFIG, EXIT_FAILURE, FrontEnds, Parts, Shutdown, StopReason, Supervisor,
+    },
 };
-use config::Config;
+use config::{Config, LogFormat, Logging};
 use model::{ModelSpec, TextTokenizer};
 
 /// The two bound sockets. Bound before anything else starts, so a port in use fails the start
@@ -45,32 +48,65 @@ pub struct Listeners {
     pub grpc: TcpListener,
 }
 
+/// A port that could not be bound.
+#[derive(Debug, thiserror::Error)]
+pub enum BindError {
+    /// Someone else listens there.
+    #[error(
+        "the {what} port {port} on {host} is already in use (is another server running? \
+         `actor-infer doctor` shows who holds it); pick another with --{flag}-port"
+    )]
+    InUse {
+        /// `HTTP` or `gRPC`.
+        what: &'static str,
+        /// The port.
+        port: u32,
+        /// The address.
+        host: String,
+        /// `http` or `grpc`.
+        flag: &'static str,
+    },
+    /// Any other failure to listen.
+    #[error("cannot listen for {what} on {addr}: {source}")]
+    Other {
+        /// `HTTP` or `gRPC`.
+        what: &'static str,
+        /// `host:port`.
+        addr: String,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+}
+
 impl Listeners {
     /// Binds `server.host` on the HTTP and gRPC ports (0 picks a free port).
-    pub fn bind(server: &config::Server) -> Result<Listeners, String> {
-        let bind = |what: &str, port: u32| -> Result<TcpListener, String> {
+    pub fn bind(server: &config::Server) -> Result<Listeners, BindError> {
+        let bind = |what: &'static str, flag: &'static str, port: u32| {
             let addr = format!("{}:{port}", server.host);
-            let listener = TcpListener::bind(&addr).map_err(|e| {
-                if e.kind() == std::io::ErrorKind::AddrInUse {
-                    format!(
-                        "the {what} port {port} on {} is already in use (is another server \
-                         running? `actor-infer doctor` shows who holds it); pick another with \
-                         --{}-port",
-                        server.host,
-                        what.to_lowercase()
-                    )
+            let listener = TcpListener::bind(&addr).map_err(|source| {
+                if source.kind() == std::io::ErrorKind::AddrInUse {
+                    BindError::InUse {
+                        what,
+                        port,
+                        host: server.host.clone(),
+                        flag,
+                    }
                 } else {
-                    format!("cannot listen for {what} on {addr}: {e}")
+                    BindError::Other {
+                        what,
+                        addr: addr.clone(),
+                        source,
+                    }
                 }
             })?;
             listener
                 .set_nonblocking(true)
-                .map_err(|e| format!("{what} listener: {e}"))?;
+                .map_err(|source| BindError::Other { what, addr, source })?;
             Ok(listener)
         };
         Ok(Listeners {
-            http: bind("HTTP", server.http_port)?,
-            grpc: bind("gRPC", server.grpc_port)?,
+            http: bind("HTTP", "http", server.http_port)?,
+            grpc: bind("gRPC", "grpc", server.grpc_port)?,
         })
     }
 
@@ -83,6 +119,92 @@ impl Listeners {
     pub fn grpc_addr(&self) -> std::io::Result<SocketAddr> {
         self.grpc.local_addr()
     }
+}
+
+fn init_logging(logging: &Logging) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&logging.level))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    match logging.format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().with_current_span(true).init(),
+    }
+}
+
+/// Says once, at start, which device serves and why, which libraries were loaded from where,
+/// and the GPU's name and memory.
+fn log_device(choice: &model::device::Choice) {
+    let Some(probe) = model::device::Probe::get() else {
+        return;
+    };
+    tracing::info!(
+        device = %model::device_name(choice.device),
+        reason = %choice.reason,
+        gpu = probe.gpu_line(choice.device).as_deref().unwrap_or("none"),
+        libraries = %probe.libraries(),
+        "device selected"
+    );
+    if let Some(w) = &choice.warning {
+        tracing::warn!("{w}");
+    }
+}
+
+/// `actor-infer --experiment exp.yaml`: loads and checks the configuration (exit 2 if it is
+/// refused), settles the device (exit 2 if it cannot be used) before binding the ports (exit 1
+/// if one is taken), then runs the server in an actix System and returns its exit code.
+pub fn serve(experiment: &std::path::Path, overrides: &config::Overrides, check: bool) -> i32 {
+    let config = match Config::load(experiment, overrides) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("actor-infer: configuration error: {e}");
+            return EXIT_CONFIG;
+        }
+    };
+    if check {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&config).expect("the configuration serialises")
+        );
+        return 0;
+    }
+    init_logging(&config.logging);
+    let device = match model::device::select(&config.model) {
+        Ok(choice) => choice,
+        Err(e) => {
+            tracing::error!("configuration error: {e}");
+            eprintln!("actor-infer: configuration error: {e}");
+            return EXIT_CONFIG;
+        }
+    };
+    log_device(&device);
+    let listeners = match Listeners::bind(&config.server) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("actor-infer: {e}");
+            return EXIT_FAILURE;
+        }
+    };
+    tracing::info!(
+        experiment = %config.experiment.name,
+        http = %listeners.http_addr().map(|a| a.to_string()).unwrap_or_default(),
+        grpc = %listeners.grpc_addr().map(|a| a.to_string()).unwrap_or_default(),
+        "listening"
+    );
+    // Every actor's panic is caught where it happens (the Supervisor's table in README
+    // "Stopping"); one that escapes anyway ends the System, and the process then exits, and
+    // with it every thread, socket and byte of device memory: there is no child process.
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        actix_rt::System::new().block_on(run(config, device.device, listeners))
+    }))
+    .unwrap_or_else(|_| {
+        eprintln!("actor-infer: internal error (a panic, logged above); exiting");
+        EXIT_FAILURE
+    })
 }
 
 /// Runs the server on `device` (resolved by `model::device::select`) until it stops; returns
@@ -106,90 +228,93 @@ pub async fn run(config: Config, device: tch::Device, listeners: Listeners) -> i
             return EXIT_FAILURE;
         }
     };
+    let registry = prometheus::Registry::new();
+    let outcomes: Vec<&'static str> = std::iter::once("ok")
+        .chain(api::error::ErrorKind::ALL.iter().map(|k| k.as_str()))
+        .collect();
+    let recorder = Recorder::new(&registry, &outcomes, config.model.instances)
+        .expect("metric names are unique and valid");
     let lifecycle = Arc::new(Lifecycle::default());
     let table = Arc::new(ActorTable::default());
-    let facts = actors::metrics::Facts {
-        experiment: config.experiment.name.clone(),
-        model: spec.name.clone(),
-        device: model::device_name(spec.device),
-        window: std::time::Duration::from_secs_f64(config.metrics.window_seconds),
-    };
-    let (metrics, recorder) = Metrics::new(facts, lifecycle.clone(), table.clone())
-        .expect("metric names are unique and valid");
-    let metrics = metrics.start();
+    let admission = Admission::new(
+        config.server.max_concurrent_requests,
+        recorder.admitted.clone(),
+        recorder.in_flight.clone(),
+    );
     let router_cell = Arc::new(OnceLock::new());
+    let (exit_tx, exit_rx) = oneshot::channel();
+
+    // The Metrics actor on a thread of its own; it reports its panics to the Supervisor.
+    let metrics_arbiter = Arbiter::new();
+    let mut metrics_addr = None;
+    let supervisor = Supervisor::create(|ctx| {
+        let metrics = Metrics::new(
+            registry,
+            recorder.clone(),
+            Facts {
+                experiment: config.experiment.name.clone(),
+                model: spec.name.clone(),
+                device: model::device_name(spec.device),
+                window: std::time::Duration::from_secs_f64(config.metrics.window_seconds),
+            },
+            lifecycle.clone(),
+            admission.clone(),
+            table.clone(),
+            ctx.address().recipient(),
+        )
+        .expect("the process collector registers once");
+        let metrics = Metrics::start_in_arbiter(&metrics_arbiter.handle(), move |_| metrics);
+        metrics_addr = Some(metrics.clone());
+        Supervisor::new(Parts {
+            config: config.clone(),
+            spec: spec.clone(),
+            tokenizer,
+            lifecycle: lifecycle.clone(),
+            table: table.clone(),
+            admission: admission.clone(),
+            recorder: recorder.clone(),
+            metrics,
+            router_cell: router_cell.clone(),
+            exit: exit_tx,
+        })
+    });
     let shared = Arc::new(api::Shared {
         config: config.clone(),
-        spec: spec.clone(),
+        spec,
         lifecycle: lifecycle.clone(),
-        router: router_cell.clone(),
-        metrics,
-        admission: actors::Admission::new(
-            config.server.max_concurrent_requests,
-            recorder.admitted.clone(),
-        ),
-        recorder: recorder.clone(),
+        router: router_cell,
+        metrics: metrics_addr.expect("set by Supervisor::create"),
+        admission,
+        recorder,
     });
 
     // Front ends first, so /health answers and /ready says 503 while the model loads.
-    let http = match api::http::serve(listeners.http, shared.clone()) {
-        Ok(server) => server,
+    let (readiness, ready_rx) = watch::channel(false);
+    let servers = match api::Servers::start(
+        listeners.http,
+        listeners.grpc,
+        shared,
+        ready_rx,
+        supervisor.clone(),
+    ) {
+        Ok(s) => s,
         Err(e) => {
-            tracing::error!("cannot start the HTTP server: {e}");
-            return EXIT_FAILURE;
+            tracing::error!("cannot start the front ends: {e}");
+            supervisor.do_send(Shutdown(StopReason::Fatal(format!(
+                "cannot start the front ends: {e}"
+            ))));
+            let code = exit_rx.await.unwrap_or(EXIT_FAILURE);
+            metrics_arbiter.stop();
+            return code;
         }
     };
-    let (health, health_service) = api::grpc::health();
-    let (grpc_stop, grpc_stop_rx) = oneshot::channel();
-    let (grpc_done_tx, grpc_done) = oneshot::channel();
-    let (exit_tx, exit_rx) = oneshot::channel();
-    let grpc_arbiter = Arbiter::new();
-    let supervisor = Supervisor::new(
-        config.clone(),
-        spec,
-        tokenizer,
-        lifecycle.clone(),
-        table,
-        recorder,
-        FrontEnds {
-            http: http.handle(),
-            grpc_stop,
-            grpc_done,
-            grpc_arbiter: grpc_arbiter.handle(),
-            health,
-        },
-        router_cell,
-        exit_tx,
-    )
-    .start();
-
-    // A front end that ends while the server is not stopping is a failure: stop everything.
-    let sup = supervisor.clone();
-    let life = lifecycle.clone();
-    actix_rt::spawn(async move {
-        let result = http.await;
-        if !life.is_stopping() {
-            sup.do_send(Shutdown(StopReason::Fatal(format!(
-                "the HTTP server ended unexpectedly: {result:?}"
-            ))));
-        }
-    });
-    let sup = supervisor.clone();
-    let grpc_listener = listeners.grpc;
-    grpc_arbiter.spawn(async move {
-        let result = api::grpc::serve(grpc_listener, shared, health_service, grpc_stop_rx).await;
-        if let Err(e) = result {
-            sup.do_send(Shutdown(StopReason::Fatal(e)));
-        } else if !lifecycle.is_stopping() {
-            sup.do_send(Shutdown(StopReason::Fatal(
-                "the gRPC server ended unexpectedly".into(),
-            )));
-        }
-        let _ = grpc_done_tx.send(());
-    });
-
-    supervisor.do_send(Boot);
+    let grpc_arbiter = servers.grpc_arbiter();
+    supervisor.do_send(Boot(FrontEnds {
+        stop: Box::new(move |deadline| Box::pin(servers.stop(deadline))),
+        readiness,
+    }));
     let code = exit_rx.await.unwrap_or(EXIT_FAILURE);
     grpc_arbiter.stop();
+    metrics_arbiter.stop();
     code
 }

@@ -14,7 +14,7 @@ use common::{Server, TOLERANCE, experiment, floats, max_abs_diff, reference, scr
 use serde_json::{Value, json};
 
 /// A text whose forward takes 2 s longer (fault injection), to hold the only worker.
-const SLOW: &str = actor_infer::fault::SLOW_TEXT;
+const SLOW: &str = actor_infer::fault::Fault::WorkerSlow.text();
 /// Fault injection on, for the servers that get [`SLOW`].
 const FAULTS: &[(&str, &str)] = &[(actor_infer::fault::ENV, "1")];
 

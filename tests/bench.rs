@@ -86,11 +86,11 @@ fn bench_raw_measures_each_batch_size() {
 
 #[test]
 fn generated_texts_have_the_asked_token_lengths() {
-    let texts = actor_infer::bench::generate_texts("12", 50).unwrap();
+    let texts = actor_infer::tools::bench::generate_texts("12", 50).unwrap();
     let dir = common::default_model();
     let tok = actor_infer::model::TextTokenizer::load(&dir, 256).unwrap();
     for t in &texts {
         assert_eq!(tok.encode(0, t, true).unwrap().len(), 12, "{t}");
     }
-    assert!(actor_infer::bench::generate_texts("2", 1).is_err());
+    assert!(actor_infer::tools::bench::generate_texts("2", 1).is_err());
 }

@@ -52,7 +52,7 @@ fn the_image_healthcheck_follows_readiness() {
     // Draining: a worker holds a request, so the server stays up with /ready at 503.
     let addr = server.http_addr.clone();
     std::thread::spawn(move || {
-        let body = serde_json::json!({ "inputs": fault::HANG_TEXT }).to_string();
+        let body = serde_json::json!({ "inputs": fault::Fault::WorkerHang.text() }).to_string();
         http_request(
             &addr,
             "POST",

@@ -25,7 +25,7 @@ fn a_worker_stuck_in_a_forward_is_aborted_within_the_budget() {
     let server = Server::start_with(experiment("shutdown:\n  timeout_seconds: 2\n"), FAULTS);
     let addr = server.http_addr.clone();
     // This request never comes back: its worker hangs as if inside a libtorch call.
-    std::thread::spawn(move || embed(&addr, fault::HANG_TEXT));
+    std::thread::spawn(move || embed(&addr, fault::Fault::WorkerHang.text()));
     common::wait_worker_busy(&server);
     let log = server.log.clone();
     let start = Instant::now();
@@ -48,7 +48,7 @@ fn a_worker_stuck_in_a_forward_is_aborted_within_the_budget() {
 fn a_second_signal_aborts_at_once() {
     let server = Server::start_with(experiment("shutdown:\n  timeout_seconds: 30\n"), FAULTS);
     let addr = server.http_addr.clone();
-    std::thread::spawn(move || embed(&addr, fault::HANG_TEXT));
+    std::thread::spawn(move || embed(&addr, fault::Fault::WorkerHang.text()));
     common::wait_worker_busy(&server);
     server.signal(libc::SIGTERM);
     // The first signal has been taken once readiness is off; only then is SIGINT a second one.
@@ -194,7 +194,7 @@ fn a_stop_under_load_completes_or_refuses_every_request() {
 #[test]
 fn a_panicking_worker_or_tokenizer_is_restarted_and_serving_goes_on() {
     let server = Server::start_with(experiment("experiment:\n  name: panics\n"), FAULTS);
-    let (status, body) = embed(&server.http_addr, fault::PANIC_TEXT).unwrap();
+    let (status, body) = embed(&server.http_addr, fault::Fault::WorkerPanic.text()).unwrap();
     assert_eq!(status, 500, "{body}");
     assert!(
         body.contains("\"error_type\":\"internal\"") && body.contains("restarted"),
@@ -203,7 +203,7 @@ fn a_panicking_worker_or_tokenizer_is_restarted_and_serving_goes_on() {
     let (status, body) = embed(&server.http_addr, "after the panic").unwrap();
     assert_eq!(status, 200, "{body}");
 
-    let (status, body) = embed(&server.http_addr, fault::TOKENIZER_PANIC_TEXT).unwrap();
+    let (status, body) = embed(&server.http_addr, fault::Fault::TokenizerPanic.text()).unwrap();
     assert_eq!(status, 500, "{body}");
     let (status, body) = embed(&server.http_addr, "after the tokenizer panic").unwrap();
     assert_eq!(status, 200, "{body}");
@@ -234,8 +234,11 @@ fn past_the_restart_cap_the_server_stops_with_exit_1() {
         FAULTS,
     );
     let http = server.http_addr.clone();
-    assert_eq!(embed(&http, fault::PANIC_TEXT).unwrap().0, 500);
-    let _ = embed(&http, fault::PANIC_TEXT);
+    assert_eq!(
+        embed(&http, fault::Fault::WorkerPanic.text()).unwrap().0,
+        500
+    );
+    let _ = embed(&http, fault::Fault::WorkerPanic.text());
     let status = server
         .wait(Duration::from_secs(15))
         .unwrap_or_else(|| panic!("still running:\n{}", server.log()));

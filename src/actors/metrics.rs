@@ -1,40 +1,46 @@
 //! Metrics: every metric name in one place ([`names`]), the handles the hot path records
-//! through ([`Recorder`], plain atomics, no message per observation), and the Metrics actor
-//! that owns the registry and renders it for `GET /metrics`.
+//! through ([`Recorder`]: atomics only, no lock and no message per observation), and the
+//! Metrics actor that owns the registry and renders it for `GET /metrics`.
 //!
 //! Owns: the Prometheus registry, the rolling window behind the JSON dashboard, and the
-//! process/GPU samplers. Sent to by: the HTTP front end ([`Render`], [`Snapshot`]).
+//! process/GPU samplers. Sent to by: the HTTP front end ([`Render`], [`Snapshot`]), the
+//! Supervisor ([`InjectFault`], tests only). Runs on an arbiter (thread) of its own, at a lower
+//! scheduling priority, so a flood of `GET /metrics` competes with inference as little as it
+//! can. A panic in it restarts it with its window rebuilt (the counters live on in the
+//! [`Recorder`]), counted by the Supervisor.
 //!
 //! The JSON dashboard keeps the original Python server's field names (`throughput_qps`,
 //! `avg_ms`, `stage_timings.avg_tokenize_ms`, `stage_timings.avg_inference_ms`,
 //! `stage_timings.avg_queue_wait_ms`, `stage_timings.mp_queue_receive_ms`, `gpu_memory_mb`,
 //! `cpu_percent`) so its diagnostic workflow keeps working; `gpu_memory_mb` is the GPU memory
-//! this process holds (NVML's per-process figure), null, not zero, where there is no GPU.
+//! this process holds (NVML's per-process figure), null, not zero, where there is no GPU. Its
+//! window is the difference of cumulative counters sampled once a second, and its percentiles
+//! come from a fine latency histogram: reading it sorts nothing and locks nothing the requests
+//! touch.
 
 use std::{
     collections::VecDeque,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
     time::{Duration, Instant},
 };
-
-use serde_json::{Value, json};
-
-use super::{ActorState, ActorTable, Lifecycle, router::Timings};
-use crate::model::device::{GpuInfo, Nvml};
-
-/// The GPU memory process `pid` holds on `gpu` (0 if none).
-fn own_gpu_memory(gpu: &GpuInfo, pid: u32) -> u64 {
-    gpu.processes
-        .iter()
-        .filter(|(p, _)| *p == pid)
-        .filter_map(|(_, b)| *b)
-        .sum()
-}
 
 use actix::prelude::*;
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
+};
+use serde_json::{Value, json};
+
+use super::{
+    ActorId, ActorKind, ActorTable, Admission, Lifecycle, router::Timings,
+    supervisor::ChildPanicked,
+};
+use crate::{
+    fault::Fault,
+    model::device::{GpuInfo, Nvml},
 };
 
 /// Metric names, Prometheus style: one namespace, `_total` counters, `_seconds` durations.
@@ -43,7 +49,7 @@ pub mod names {
     pub const NAMESPACE: &str = "actor_infer";
     /// Requests answered, by transport and outcome (`ok` or an `error_type`).
     pub const REQUESTS_TOTAL: &str = "requests_total";
-    /// Per-stage latency; label `stage`: tokenize, queue, inference, total.
+    /// Per-stage latency; label `stage`: tokenize, queue, inference, handoff, total.
     pub const STAGE_SECONDS: &str = "stage_duration_seconds";
     /// Texts per forward.
     pub const BATCH_SIZE: &str = "batch_size";
@@ -51,7 +57,7 @@ pub mod names {
     pub const BATCH_TOKENS: &str = "batch_tokens";
     /// Texts waiting for a worker.
     pub const QUEUE_DEPTH: &str = "queue_depth";
-    /// Requests accepted and not yet answered.
+    /// Requests admitted and not yet done.
     pub const IN_FLIGHT: &str = "in_flight_requests";
     /// Texts admitted and still held (tokenizing, queued or running), counted against
     /// `server.max_concurrent_requests`.
@@ -60,11 +66,12 @@ pub mod names {
     pub const READY: &str = "ready";
     /// 1 while a worker is inside a forward; label `worker`.
     pub const WORKER_BUSY: &str = "worker_busy";
-    /// Actor restarts after a panic; label `actor` (tokenizer or model_worker).
+    /// Actor restarts after a panic; label `actor` (tokenizer, model_worker, metrics, router,
+    /// supervisor; the last two stop the server).
     pub const RESTARTS_TOTAL: &str = "actor_restarts_total";
     /// Tokens run through the model (unpadded).
     pub const TOKENS_TOTAL: &str = "tokens_total";
-    /// Queued texts dropped before inference; label `reason` (client_gone, ...).
+    /// Queued texts dropped before inference; label `reason` (client_gone, deadline).
     pub const SKIPPED_TOTAL: &str = "skipped_texts_total";
     /// GPU memory this process holds (NVML's per-process figure); label `device`. Absent where
     /// there is no NVIDIA GPU.
@@ -84,7 +91,7 @@ pub enum Stage {
     Tokenize,
     /// Tokenized, waiting for a worker.
     Queue,
-    /// Inside the forward.
+    /// Inside the forward (one observation per batch).
     Inference,
     /// From acceptance to answer.
     Total,
@@ -93,6 +100,14 @@ pub enum Stage {
 }
 
 impl Stage {
+    const ALL: [Stage; 5] = [
+        Stage::Tokenize,
+        Stage::Queue,
+        Stage::Inference,
+        Stage::Total,
+        Stage::Handoff,
+    ];
+
     fn label(self) -> &'static str {
         match self {
             Stage::Tokenize => "tokenize",
@@ -104,19 +119,130 @@ impl Stage {
     }
 }
 
-/// Cheap, cloneable handles to every metric; shared by all actors and threads.
+/// The transports requests come over, the `transport` label's values.
+pub const TRANSPORTS: [&str; 2] = ["http", "grpc"];
+
+/// Buckets of the dashboard's latency histogram: 10 µs × 1.1^i, i < [`FINE_BUCKETS`] (up to
+/// half an hour), so a percentile read from it is within 5 % of the true one.
+const FINE_BUCKETS: usize = 200;
+const FINE_BASE_US: f64 = 10.0;
+const FINE_RATIO: f64 = 1.1;
+
+fn fine_bucket(d: Duration) -> usize {
+    let us = d.as_secs_f64() * 1e6;
+    if us <= FINE_BASE_US {
+        return 0;
+    }
+    ((us / FINE_BASE_US).ln() / FINE_RATIO.ln())
+        .floor()
+        .min((FINE_BUCKETS - 1) as f64) as usize
+}
+
+/// Cumulative per-request figures for the dashboard: plain atomics, added to by every answered
+/// request and sampled by the Metrics actor once a second.
+#[derive(Debug)]
+struct Totals {
+    requests: AtomicU64,
+    errors: AtomicU64,
+    texts: AtomicU64,
+    /// Sums over successful requests, microseconds: tokenize, queue, inference, handoff, total.
+    sums_us: [AtomicU64; 5],
+    latency: Vec<AtomicU64>,
+}
+
+/// One sample of [`Totals`].
+#[derive(Debug, Clone, Default)]
+struct Sampled {
+    requests: u64,
+    errors: u64,
+    texts: u64,
+    sums_us: [u64; 5],
+    latency: Vec<u64>,
+}
+
+impl Totals {
+    fn new() -> Totals {
+        Totals {
+            requests: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            texts: AtomicU64::new(0),
+            sums_us: Default::default(),
+            latency: (0..FINE_BUCKETS).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+
+    fn sample(&self) -> Sampled {
+        let r = Ordering::Relaxed;
+        Sampled {
+            requests: self.requests.load(r),
+            errors: self.errors.load(r),
+            texts: self.texts.load(r),
+            sums_us: std::array::from_fn(|i| self.sums_us[i].load(r)),
+            latency: self.latency.iter().map(|b| b.load(r)).collect(),
+        }
+    }
+}
+
+impl Sampled {
+    /// `self − earlier`, counter by counter.
+    fn since(&self, earlier: &Sampled) -> Sampled {
+        Sampled {
+            requests: self.requests - earlier.requests,
+            errors: self.errors - earlier.errors,
+            texts: self.texts - earlier.texts,
+            sums_us: std::array::from_fn(|i| self.sums_us[i] - earlier.sums_us[i]),
+            latency: self
+                .latency
+                .iter()
+                .zip(earlier.latency.iter().chain(std::iter::repeat(&0)))
+                .map(|(a, b)| a - b)
+                .collect(),
+        }
+    }
+
+    /// The `q` quantile of the latency histogram, milliseconds (the bucket's geometric
+    /// middle), or `None` with no samples.
+    fn quantile_ms(&self, q: f64) -> Option<f64> {
+        let n: u64 = self.latency.iter().sum();
+        if n == 0 {
+            return None;
+        }
+        let rank = ((n as f64 * q).ceil() as u64).clamp(1, n);
+        let mut seen = 0;
+        for (i, c) in self.latency.iter().enumerate() {
+            seen += c;
+            if seen >= rank {
+                let lo = FINE_BASE_US * FINE_RATIO.powi(i as i32);
+                let mid = if i == 0 {
+                    lo / 2.0
+                } else {
+                    lo * FINE_RATIO.sqrt()
+                };
+                return Some(mid / 1e3);
+            }
+        }
+        None
+    }
+}
+
+/// Cheap, cloneable handles to every metric; shared by all actors and threads. Every method
+/// is a few atomic operations on pre-resolved series: no lock, no allocation.
 #[derive(Clone)]
 pub struct Recorder {
-    requests: IntCounterVec,
-    stages: HistogramVec,
+    /// `requests_total` by transport, then outcome (pre-resolved for every known outcome).
+    requests: Arc<Vec<Vec<(&'static str, IntCounter)>>>,
+    requests_vec: IntCounterVec,
+    stages: Arc<Vec<Histogram>>,
     batch_size: Histogram,
     batch_tokens: Histogram,
     queue_depth: IntGauge,
-    in_flight: IntGauge,
-    /// Texts admitted (the admission counter moves it).
+    /// Requests admitted (the admission count moves it).
+    pub in_flight: IntGauge,
+    /// Texts admitted (the admission count moves it).
     pub admitted: IntGauge,
     ready: IntGauge,
-    worker_busy: IntGaugeVec,
+    worker_busy: Arc<Vec<IntGauge>>,
+    worker_busy_vec: IntGaugeVec,
     restarts: IntCounterVec,
     tokens: IntCounter,
     skipped: IntCounterVec,
@@ -124,7 +250,7 @@ pub struct Recorder {
     gpu_device_used: IntGaugeVec,
     gpu_device_total: IntGaugeVec,
     cpu_percent: prometheus::Gauge,
-    window: Arc<Mutex<Window>>,
+    totals: Arc<Totals>,
 }
 
 fn opts(name: &str, help: &str) -> Opts {
@@ -132,22 +258,56 @@ fn opts(name: &str, help: &str) -> Opts {
 }
 
 impl Recorder {
-    /// Creates every metric and registers it in `registry`.
-    pub fn new(registry: &Registry) -> prometheus::Result<Recorder> {
+    /// Creates every metric and registers it in `registry`, resolving the series the hot path
+    /// touches: `outcomes` (every `error_type` and `ok`) per transport, and `workers` model
+    /// workers.
+    pub fn new(
+        registry: &Registry,
+        outcomes: &[&'static str],
+        workers: usize,
+    ) -> prometheus::Result<Recorder> {
         let latency_buckets = prometheus::exponential_buckets(0.0001, 2.0, 18)?;
+        let requests_vec = IntCounterVec::new(
+            opts(
+                names::REQUESTS_TOTAL,
+                "Requests answered, by transport and outcome.",
+            ),
+            &["transport", "outcome"],
+        )?;
+        let stages_vec = HistogramVec::new(
+            HistogramOpts::from(opts(names::STAGE_SECONDS, "Time per pipeline stage."))
+                .buckets(latency_buckets),
+            &["stage"],
+        )?;
+        let worker_busy_vec = IntGaugeVec::new(
+            opts(names::WORKER_BUSY, "1 while the worker runs a forward."),
+            &["worker"],
+        )?;
         let r = Recorder {
-            requests: IntCounterVec::new(
-                opts(
-                    names::REQUESTS_TOTAL,
-                    "Requests answered, by transport and outcome.",
-                ),
-                &["transport", "outcome"],
-            )?,
-            stages: HistogramVec::new(
-                HistogramOpts::from(opts(names::STAGE_SECONDS, "Time per pipeline stage."))
-                    .buckets(latency_buckets),
-                &["stage"],
-            )?,
+            requests: Arc::new(
+                TRANSPORTS
+                    .iter()
+                    .map(|t| {
+                        outcomes
+                            .iter()
+                            .map(|o| (*o, requests_vec.with_label_values(&[t, o])))
+                            .collect()
+                    })
+                    .collect(),
+            ),
+            stages: Arc::new(
+                Stage::ALL
+                    .iter()
+                    .map(|s| stages_vec.with_label_values(&[s.label()]))
+                    .collect(),
+            ),
+            worker_busy: Arc::new(
+                (0..workers)
+                    .map(|w| worker_busy_vec.with_label_values(&[&w.to_string()]))
+                    .collect(),
+            ),
+            requests_vec,
+            worker_busy_vec,
             batch_size: Histogram::with_opts(
                 HistogramOpts::from(opts(names::BATCH_SIZE, "Texts per forward."))
                     .buckets(prometheus::exponential_buckets(1.0, 2.0, 10)?),
@@ -162,17 +322,13 @@ impl Recorder {
             ))?,
             in_flight: IntGauge::with_opts(opts(
                 names::IN_FLIGHT,
-                "Requests accepted, not yet answered.",
+                "Requests admitted, not yet done.",
             ))?,
             admitted: IntGauge::with_opts(opts(
                 names::ADMITTED_TEXTS,
                 "Texts admitted and still held, against server.max_concurrent_requests.",
             ))?,
             ready: IntGauge::with_opts(opts(names::READY, "1 when ready to serve."))?,
-            worker_busy: IntGaugeVec::new(
-                opts(names::WORKER_BUSY, "1 while the worker runs a forward."),
-                &["worker"],
-            )?,
             restarts: IntCounterVec::new(
                 opts(names::RESTARTS_TOTAL, "Actor restarts after a panic."),
                 &["actor"],
@@ -210,17 +366,17 @@ impl Recorder {
                 names::CPU_PERCENT,
                 "Process CPU use over the last 2 s, percent of one core.",
             ))?,
-            window: Arc::new(Mutex::new(Window::default())),
+            totals: Arc::new(Totals::new()),
         };
-        registry.register(Box::new(r.requests.clone()))?;
-        registry.register(Box::new(r.stages.clone()))?;
+        registry.register(Box::new(r.requests_vec.clone()))?;
+        registry.register(Box::new(stages_vec))?;
         registry.register(Box::new(r.batch_size.clone()))?;
         registry.register(Box::new(r.batch_tokens.clone()))?;
         registry.register(Box::new(r.queue_depth.clone()))?;
         registry.register(Box::new(r.in_flight.clone()))?;
         registry.register(Box::new(r.admitted.clone()))?;
         registry.register(Box::new(r.ready.clone()))?;
-        registry.register(Box::new(r.worker_busy.clone()))?;
+        registry.register(Box::new(r.worker_busy_vec.clone()))?;
         registry.register(Box::new(r.restarts.clone()))?;
         registry.register(Box::new(r.tokens.clone()))?;
         registry.register(Box::new(r.skipped.clone()))?;
@@ -231,36 +387,54 @@ impl Recorder {
         Ok(r)
     }
 
-    /// One request answered over `transport`: `Ok` with its texts and timings, or the
-    /// error type it failed with. Feeds the counter and the dashboard's rolling window.
+    /// One request answered over `transport` (`http` or `grpc`): `Ok` with its texts and
+    /// timings, or the error type it failed with. Feeds the counter and the dashboard.
     pub fn request(&self, transport: &str, outcome: Result<(usize, &Timings), &str>) {
         let label = match outcome {
             Ok(_) => "ok",
             Err(kind) => kind,
         };
-        self.requests.with_label_values(&[transport, label]).inc();
-        let sample = Sample {
-            at: Instant::now(),
-            texts: outcome.map(|(n, _)| n as u32).unwrap_or(0),
-            timings: outcome.ok().map(|(_, t)| *t),
-        };
-        let mut w = self.window.lock().unwrap_or_else(|p| p.into_inner());
-        w.total_requests += 1;
-        if sample.timings.is_none() {
-            w.total_errors += 1;
+        let known = TRANSPORTS
+            .iter()
+            .position(|t| *t == transport)
+            .and_then(|t| self.requests[t].iter().find(|(o, _)| *o == label));
+        match known {
+            Some((_, counter)) => counter.inc(),
+            None => self
+                .requests_vec
+                .with_label_values(&[transport, label])
+                .inc(),
         }
-        w.total_texts += u64::from(sample.texts);
-        if w.samples.len() >= MAX_SAMPLES {
-            w.samples.pop_front();
+        let t = &self.totals;
+        let r = Ordering::Relaxed;
+        t.requests.fetch_add(1, r);
+        match outcome {
+            Ok((texts, timings)) => {
+                t.texts.fetch_add(texts as u64, r);
+                let us = |d: Duration| d.as_micros() as u64;
+                for (i, d) in [
+                    timings.tokenize,
+                    timings.queue,
+                    timings.inference,
+                    timings.handoff,
+                    timings.total,
+                ]
+                .into_iter()
+                .enumerate()
+                {
+                    t.sums_us[i].fetch_add(us(d), r);
+                }
+                t.latency[fine_bucket(timings.total)].fetch_add(1, r);
+            }
+            Err(_) => {
+                t.errors.fetch_add(1, r);
+            }
         }
-        w.samples.push_back(sample);
     }
 
     /// Time spent in `stage`.
     pub fn stage(&self, stage: Stage, d: Duration) {
-        self.stages
-            .with_label_values(&[stage.label()])
-            .observe(d.as_secs_f64());
+        self.stages[stage as usize].observe(d.as_secs_f64());
     }
 
     /// One forward of `texts` texts, `padded` padded tokens and `tokens` real tokens.
@@ -275,108 +449,32 @@ impl Recorder {
         self.queue_depth.set(n as i64);
     }
 
-    /// Requests now in flight.
-    pub fn in_flight(&self, n: usize) {
-        self.in_flight.set(n as i64);
-    }
-
     /// Readiness changed.
     pub fn ready(&self, ready: bool) {
         self.ready.set(i64::from(ready));
     }
 
-    /// Worker `id` entered or left a forward.
-    pub fn worker_busy(&self, id: usize, busy: bool) {
-        self.worker_busy
-            .with_label_values(&[&id.to_string()])
-            .set(i64::from(busy));
+    /// Worker `index` entered or left a forward.
+    pub fn worker_busy(&self, index: usize, busy: bool) {
+        match self.worker_busy.get(index) {
+            Some(g) => g.set(i64::from(busy)),
+            None => self
+                .worker_busy_vec
+                .with_label_values(&[&index.to_string()])
+                .set(i64::from(busy)),
+        }
     }
 
-    /// An actor of `kind` was restarted.
-    pub fn restart(&self, kind: &str) {
-        self.restarts.with_label_values(&[kind]).inc();
+    /// An actor of `kind` was restarted after a panic (or, for the Router and the Supervisor,
+    /// panicked and stopped the server).
+    pub fn restart(&self, kind: ActorKind) {
+        self.restarts.with_label_values(&[kind.as_str()]).inc();
     }
 
     /// Queued texts dropped before inference for `reason`.
     pub fn skipped(&self, reason: &str, n: usize) {
         self.skipped.with_label_values(&[reason]).inc_by(n as u64);
     }
-}
-
-impl Actor for Metrics {
-    type Context = Context<Self>;
-
-    fn started(&mut self, ctx: &mut Self::Context) {
-        self.sample();
-        ctx.run_interval(SAMPLE_EVERY, |act, _| act.sample());
-    }
-}
-
-/// Render every metric in the Prometheus text format.
-#[derive(Message)]
-#[rtype(result = "String")]
-pub struct Render;
-
-impl Handler<Render> for Metrics {
-    type Result = String;
-
-    fn handle(&mut self, _msg: Render, _ctx: &mut Self::Context) -> String {
-        self.recorder.in_flight(self.lifecycle.in_flight());
-        let mut buf = Vec::new();
-        TextEncoder::new()
-            .encode(&self.registry.gather(), &mut buf)
-            .expect("encoding gathered metrics into a Vec cannot fail");
-        String::from_utf8(buf).expect("the Prometheus text format is UTF-8")
-    }
-}
-
-/// Most requests the rolling window remembers (bounds its memory whatever the load).
-const MAX_SAMPLES: usize = 200_000;
-
-/// One answered request, for the dashboard's rolling window.
-#[derive(Debug, Clone, Copy)]
-struct Sample {
-    at: Instant,
-    texts: u32,
-    /// `None` for a failed request.
-    timings: Option<Timings>,
-}
-
-/// Recent requests (the rolling window) and totals since start.
-#[derive(Debug, Default)]
-struct Window {
-    samples: VecDeque<Sample>,
-    total_requests: u64,
-    total_errors: u64,
-    total_texts: u64,
-}
-
-/// Process CPU and memory, sampled every [`SAMPLE_EVERY`].
-#[derive(Debug, Default, Clone, Copy)]
-struct ProcessSample {
-    cpu_percent: Option<f64>,
-    rss_bytes: Option<u64>,
-}
-
-/// How often the Metrics actor samples CPU, memory and GPU memory.
-const SAMPLE_EVERY: Duration = Duration::from_secs(2);
-
-/// CPU time (user + system) this process has used.
-fn cpu_time() -> Duration {
-    // SAFETY: getrusage writes into the struct we pass.
-    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
-    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };
-    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
-    tv(u.ru_utime) + tv(u.ru_stime)
-}
-
-/// Resident memory now (Linux: /proc/self/statm; elsewhere: none).
-fn rss_bytes() -> Option<u64> {
-    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
-    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
-    // SAFETY: sysconf has no preconditions.
-    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as u64;
-    Some(pages * page)
 }
 
 /// Facts the dashboard shows beside the numbers.
@@ -391,66 +489,140 @@ pub struct Facts {
     pub window: Duration,
 }
 
+/// How often the Metrics actor samples CPU, memory and GPU memory.
+const SAMPLE_EVERY: Duration = Duration::from_secs(2);
+/// How often it samples the request totals for the window.
+const WINDOW_TICK: Duration = Duration::from_secs(1);
+
+/// This process's CPU time and resident memory (Linux: procfs, the prometheus process
+/// collector's source; elsewhere none).
+fn process_figures() -> Option<(Duration, u64)> {
+    #[cfg(target_os = "linux")]
+    {
+        let stat = procfs::process::Process::myself().ok()?.stat().ok()?;
+        let ticks = procfs::ticks_per_second() as f64;
+        let cpu = Duration::from_secs_f64((stat.utime + stat.stime) as f64 / ticks);
+        Some((cpu, stat.rss * procfs::page_size()))
+    }
+    #[cfg(not(target_os = "linux"))]
+    None
+}
+
+/// What the Metrics actor rebuilds when it restarts.
+struct State {
+    /// Samples of the totals, oldest first, one per [`WINDOW_TICK`], spanning the window.
+    ring: VecDeque<(Instant, Sampled)>,
+    cpu_percent: Option<f64>,
+    rss_bytes: Option<u64>,
+    last_cpu: Option<(Instant, Duration)>,
+    gpu: Option<Nvml>,
+    gpus: Vec<GpuInfo>,
+}
+
+impl State {
+    fn new(totals: &Totals) -> State {
+        let mut ring = VecDeque::new();
+        ring.push_back((Instant::now(), totals.sample()));
+        State {
+            ring,
+            cpu_percent: None,
+            rss_bytes: None,
+            last_cpu: None,
+            gpu: Nvml::open(),
+            gpus: Vec::new(),
+        }
+    }
+}
+
 /// Owns the registry (with the process collector: CPU seconds, resident memory, open fds).
 pub struct Metrics {
     registry: Registry,
     recorder: Recorder,
     facts: Facts,
     lifecycle: Arc<Lifecycle>,
+    admission: Arc<Admission>,
     table: Arc<ActorTable>,
+    supervisor: Recipient<ChildPanicked>,
     started: Instant,
-    process: ProcessSample,
-    last_cpu: (Instant, Duration),
-    /// NVML, when there is an NVIDIA driver.
-    gpu: Option<Nvml>,
-    /// The last GPU sample: every device, with the processes holding memory on it.
-    gpus: Vec<GpuInfo>,
+    state: State,
 }
 
 impl Metrics {
-    /// A registry holding every metric of [`Recorder`] and the process collector.
+    /// The Metrics actor over `registry` (which holds `recorder`'s metrics); it adds the
+    /// process collector.
     pub fn new(
+        registry: Registry,
+        recorder: Recorder,
         facts: Facts,
         lifecycle: Arc<Lifecycle>,
+        admission: Arc<Admission>,
         table: Arc<ActorTable>,
-    ) -> prometheus::Result<(Metrics, Recorder)> {
-        let registry = Registry::new();
-        let recorder = Recorder::new(&registry)?;
+        supervisor: Recipient<ChildPanicked>,
+    ) -> prometheus::Result<Metrics> {
         registry.register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
         ))?;
-        let metrics = Metrics {
+        let state = State::new(&recorder.totals);
+        Ok(Metrics {
             registry,
-            recorder: recorder.clone(),
+            recorder,
             facts,
             lifecycle,
+            admission,
             table,
+            supervisor,
             started: Instant::now(),
-            process: ProcessSample {
-                cpu_percent: None,
-                rss_bytes: rss_bytes(),
-            },
-            last_cpu: (Instant::now(), cpu_time()),
-            gpu: Nvml::open(),
-            gpus: Vec::new(),
-        };
-        Ok((metrics, recorder))
+            state,
+        })
+    }
+
+    /// Runs one of its steps; a panic restarts the actor in place: the window and samplers
+    /// are rebuilt, the Supervisor counts the restart.
+    fn guarded<T>(&mut self, what: &str, step: impl FnOnce(&mut Metrics) -> T) -> Option<T> {
+        match super::catch(|| step(self)) {
+            Ok(v) => Some(v),
+            Err(message) => {
+                tracing::error!(actor = "metrics", %message, "metrics panicked while {what}; restarting it");
+                self.state = State::new(&self.recorder.totals);
+                self.table.set(ActorId::Metrics, super::ActorState::Idle);
+                self.supervisor.do_send(ChildPanicked {
+                    actor: ActorId::Metrics,
+                    message,
+                });
+                None
+            }
+        }
+    }
+
+    fn tick(&mut self) {
+        let now = Instant::now();
+        let s = &mut self.state;
+        s.ring.push_back((now, self.recorder.totals.sample()));
+        // Keep the newest sample that is at least a window old, and everything after it.
+        while s.ring.len() > 2 && now.duration_since(s.ring[1].0) >= self.facts.window {
+            s.ring.pop_front();
+        }
     }
 
     fn sample(&mut self) {
-        let (now, cpu) = (Instant::now(), cpu_time());
-        let wall = now.duration_since(self.last_cpu.0).as_secs_f64();
-        if wall > 0.0 {
-            let pct = (cpu.saturating_sub(self.last_cpu.1)).as_secs_f64() / wall * 100.0;
-            self.process.cpu_percent = Some(pct);
-            self.recorder.cpu_percent.set(pct);
+        let s = &mut self.state;
+        if let Some((cpu, rss)) = process_figures() {
+            let now = Instant::now();
+            if let Some((then, before)) = s.last_cpu {
+                let wall = now.duration_since(then).as_secs_f64();
+                if wall > 0.0 {
+                    let pct = cpu.saturating_sub(before).as_secs_f64() / wall * 100.0;
+                    s.cpu_percent = Some(pct);
+                    self.recorder.cpu_percent.set(pct);
+                }
+            }
+            s.last_cpu = Some((now, cpu));
+            s.rss_bytes = Some(rss);
         }
-        self.last_cpu = (now, cpu);
-        self.process.rss_bytes = rss_bytes();
-        if let Some(gpu) = &self.gpu {
-            self.gpus = gpu.gpus();
+        if let Some(gpu) = &s.gpu {
+            s.gpus = gpu.gpus();
             let me = std::process::id();
-            for g in &self.gpus {
+            for g in &s.gpus {
                 let device = g.index.to_string();
                 let r = &self.recorder;
                 r.gpu_process_memory
@@ -468,139 +640,241 @@ impl Metrics {
 
     /// The JSON dashboard.
     fn snapshot(&self) -> Value {
-        let horizon = self.facts.window;
+        let s = &self.state;
         let now = Instant::now();
-        let mut w = self
-            .recorder
-            .window
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        while w
-            .samples
-            .front()
-            .is_some_and(|s| now.duration_since(s.at) > horizon)
-        {
-            w.samples.pop_front();
-        }
-        let uptime = self.started.elapsed();
-        let span = horizon.min(uptime).as_secs_f64().max(1e-3);
-        let ok: Vec<&Timings> = w
-            .samples
+        let totals = self.recorder.totals.sample();
+        let (since, base) = s
+            .ring
             .iter()
-            .filter_map(|s| s.timings.as_ref())
-            .collect();
-        let texts: u64 = w.samples.iter().map(|s| u64::from(s.texts)).sum();
-        let avg = |f: &dyn Fn(&Timings) -> Duration| -> Value {
-            if ok.is_empty() {
+            .find(|(at, _)| now.duration_since(*at) <= self.facts.window)
+            .or(s.ring.front())
+            .map(|(at, v)| (*at, v.clone()))
+            .unwrap_or((self.started, Sampled::default()));
+        let w = totals.since(&base);
+        let span = now.duration_since(since).as_secs_f64().max(1e-3);
+        let ok = w.requests - w.errors;
+        let avg = |i: usize| -> Value {
+            if ok == 0 {
                 Value::Null
             } else {
-                let sum: f64 = ok.iter().map(|t| f(t).as_secs_f64()).sum();
-                json!(round3(sum / ok.len() as f64 * 1e3))
+                json!(round3(w.sums_us[i] as f64 / ok as f64 / 1e3))
             }
         };
-        let mut totals: Vec<f64> = ok.iter().map(|t| t.total.as_secs_f64() * 1e3).collect();
-        totals.sort_by(f64::total_cmp);
-        let pct = |q: f64| -> Value {
-            if totals.is_empty() {
-                Value::Null
-            } else {
-                let i = ((totals.len() as f64 - 1.0) * q).round() as usize;
-                json!(round3(totals[i]))
-            }
-        };
-        let states = |prefix: &str| -> Value {
+        let pct = |q: f64| w.quantile_ms(q).map_or(Value::Null, |v| json!(round3(v)));
+        let states = |kind: ActorKind| -> Value {
             self.table
-                .snapshot()
+                .of(kind)
                 .into_iter()
-                .filter(|(n, _)| n.starts_with(prefix))
-                .map(|(name, s)| {
-                    let state = match s {
-                        ActorState::Starting => "starting",
-                        ActorState::Idle => "idle",
-                        ActorState::Busy(_) => "busy",
-                        ActorState::Stopped => "stopped",
-                    };
-                    json!({"name": name, "state": state})
-                })
+                .map(|(id, st)| json!({"name": id.to_string(), "state": st.as_str()}))
                 .collect()
         };
-        let restarts = |kind: &str| self.recorder.restarts.with_label_values(&[kind]).get();
-        let mut v = json!({
+        let restarts = |kind: ActorKind| {
+            self.recorder
+                .restarts
+                .with_label_values(&[kind.as_str()])
+                .get()
+        };
+        let mb = |b: u64| round3(b as f64 / 1048576.0);
+        let me = std::process::id();
+        json!({
             "experiment": self.facts.experiment,
             "model": self.facts.model,
             "device": self.facts.device,
             "version": env!("CARGO_PKG_VERSION"),
-            "pid": std::process::id(),
-            "uptime_s": round3(uptime.as_secs_f64()),
+            "pid": me,
+            "uptime_s": round3(self.started.elapsed().as_secs_f64()),
             "ready": self.lifecycle.is_ready(),
             "stopping": self.lifecycle.is_stopping(),
-            "window_s": horizon.as_secs_f64(),
-            "requests": w.total_requests,
-            "errors": w.total_errors,
-            "texts": w.total_texts,
-            "window_requests": w.samples.len(),
-            "window_errors": w.samples.len() - ok.len(),
-            "throughput_qps": round3(w.samples.len() as f64 / span),
-            "texts_per_s": round3(texts as f64 / span),
-            "avg_ms": avg(&|t| t.total),
+            "window_s": self.facts.window.as_secs_f64(),
+            "requests": totals.requests,
+            "errors": totals.errors,
+            "texts": totals.texts,
+            "window_requests": w.requests,
+            "window_errors": w.errors,
+            "throughput_qps": round3(w.requests as f64 / span),
+            "texts_per_s": round3(w.texts as f64 / span),
+            "avg_ms": avg(4),
             "p50_ms": pct(0.50),
             "p95_ms": pct(0.95),
             "p99_ms": pct(0.99),
             "stage_timings": {
-                "avg_tokenize_ms": avg(&|t| t.tokenize),
-                "avg_queue_wait_ms": avg(&|t| t.queue),
-                "avg_inference_ms": avg(&|t| t.inference),
-                "mp_queue_receive_ms": avg(&|t| t.handoff),
-                "avg_total_ms": avg(&|t| t.total),
+                "avg_tokenize_ms": avg(0),
+                "avg_queue_wait_ms": avg(1),
+                "avg_inference_ms": avg(2),
+                "mp_queue_receive_ms": avg(3),
+                "avg_total_ms": avg(4),
             },
             "queue_depth": self.recorder.queue_depth.get(),
-            "in_flight": self.lifecycle.in_flight(),
-            "workers": states("model-worker-"),
-            "tokenizers": states("tokenizer-"),
-            "restarts": {"model_worker": restarts("model_worker"), "tokenizer": restarts("tokenizer")},
-            "cpu_percent": self.process.cpu_percent.map(round3),
-            "rss_mb": self.process.rss_bytes.map(|b| round3(b as f64 / 1048576.0)),
-        });
-        // The original server's field, always present: this process's GPU memory (NVML's
-        // per-process figure, summed over devices); null where there is no NVIDIA GPU.
-        let mb = |b: u64| round3(b as f64 / 1048576.0);
-        let me = std::process::id();
-        v["gpu_memory_mb"] = if self.gpus.is_empty() {
-            Value::Null
-        } else {
-            json!(mb(self.gpus.iter().map(|g| own_gpu_memory(g, me)).sum()))
-        };
-        v["gpu_devices"] = self
-            .gpus
-            .iter()
-            .map(|g| {
-                json!({
-                    "device": g.index,
-                    "name": g.name,
-                    "process_mb": mb(own_gpu_memory(g, me)),
-                    "device_used_mb": mb(g.used),
-                    "device_total_mb": mb(g.total),
-                })
-            })
-            .collect();
-        v
+            "in_flight": self.admission.requests(),
+            "admitted_texts": self.admission.texts(),
+            "workers": states(ActorKind::ModelWorker),
+            "tokenizers": states(ActorKind::Tokenizer),
+            "restarts": {
+                "model_worker": restarts(ActorKind::ModelWorker),
+                "tokenizer": restarts(ActorKind::Tokenizer),
+                "metrics": restarts(ActorKind::Metrics),
+            },
+            "cpu_percent": s.cpu_percent.map(round3),
+            "rss_mb": s.rss_bytes.map(mb),
+            // The original server's field, always present: this process's GPU memory (NVML's
+            // per-process figure, summed over devices); null where there is no NVIDIA GPU.
+            "gpu_memory_mb": if s.gpus.is_empty() {
+                Value::Null
+            } else {
+                json!(mb(s.gpus.iter().map(|g| own_gpu_memory(g, me)).sum()))
+            },
+            "gpu_devices": s.gpus.iter().map(|g| json!({
+                "device": g.index,
+                "name": g.name,
+                "process_mb": mb(own_gpu_memory(g, me)),
+                "device_used_mb": mb(g.used),
+                "device_total_mb": mb(g.total),
+            })).collect::<Vec<_>>(),
+        })
     }
+
+    fn render(&self) -> String {
+        let mut buf = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buf)
+            .expect("encoding gathered metrics into a Vec cannot fail");
+        String::from_utf8(buf).expect("the Prometheus text format is UTF-8")
+    }
+}
+
+/// The GPU memory process `pid` holds on `gpu` (0 if none).
+fn own_gpu_memory(gpu: &GpuInfo, pid: u32) -> u64 {
+    gpu.processes
+        .iter()
+        .filter(|(p, _)| *p == pid)
+        .filter_map(|(_, b)| *b)
+        .sum()
 }
 
 fn round3(x: f64) -> f64 {
     (x * 1000.0).round() / 1000.0
 }
 
+/// Lowers the calling thread's scheduling priority (Linux: a thread's own nice value), so the
+/// metrics thread yields to inference under load.
+fn lower_priority() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: gettid has no preconditions; setpriority on our own thread id.
+    unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        libc::setpriority(libc::PRIO_PROCESS, tid, 10);
+    }
+}
+
+impl Actor for Metrics {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        lower_priority();
+        self.table.set(ActorId::Metrics, super::ActorState::Idle);
+        self.sample();
+        ctx.run_interval(WINDOW_TICK, |act, _| {
+            act.guarded("sampling the window", Metrics::tick);
+        });
+        ctx.run_interval(SAMPLE_EVERY, |act, _| {
+            act.guarded("sampling the process", Metrics::sample);
+        });
+    }
+
+    fn stopped(&mut self, _ctx: &mut Self::Context) {
+        self.table.set(ActorId::Metrics, super::ActorState::Stopped);
+    }
+}
+
+/// Render every metric in the Prometheus text format.
+#[derive(Message)]
+#[rtype(result = "Option<String>")]
+pub struct Render;
+
+impl Handler<Render> for Metrics {
+    type Result = Option<String>;
+
+    fn handle(&mut self, _msg: Render, _ctx: &mut Self::Context) -> Option<String> {
+        self.guarded("rendering", |m| m.render())
+    }
+}
+
 /// The JSON dashboard (what `GET /metrics` answers unless Prometheus's format is asked for).
 #[derive(Message)]
-#[rtype(result = "Value")]
+#[rtype(result = "Option<Value>")]
 pub struct Snapshot;
 
 impl Handler<Snapshot> for Metrics {
     type Result = MessageResult<Snapshot>;
 
     fn handle(&mut self, _msg: Snapshot, _ctx: &mut Self::Context) -> Self::Result {
-        self.recorder.in_flight(self.lifecycle.in_flight());
-        MessageResult(self.snapshot())
+        MessageResult(self.guarded("rendering the dashboard", |m| m.snapshot()))
+    }
+}
+
+/// A test's fault for the Metrics actor (see `crate::fault`).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct InjectFault(pub Fault);
+
+impl Handler<InjectFault> for Metrics {
+    type Result = ();
+
+    fn handle(&mut self, InjectFault(fault): InjectFault, _ctx: &mut Self::Context) {
+        if fault == Fault::MetricsPanic {
+            self.guarded("handling a test's fault", |_| {
+                panic!("injected metrics fault")
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn window_percentiles_come_from_the_fine_histogram_within_5_percent() {
+        let t = Totals::new();
+        for ms in 1..=100u64 {
+            t.latency[fine_bucket(Duration::from_millis(ms))].fetch_add(1, Ordering::Relaxed);
+        }
+        let s = t.sample();
+        for (q, want) in [(0.5, 50.0), (0.95, 95.0), (0.99, 99.0)] {
+            let got = s.quantile_ms(q).unwrap();
+            assert!((got - want).abs() / want < 0.05, "p{q}: {got} for {want}");
+        }
+        assert_eq!(Sampled::default().quantile_ms(0.5), None);
+        assert_eq!(fine_bucket(Duration::from_secs(100_000)), FINE_BUCKETS - 1);
+    }
+
+    #[test]
+    fn the_window_is_a_difference_of_samples() {
+        let registry = Registry::new();
+        let r = Recorder::new(&registry, &["ok", "validation"], 1).unwrap();
+        let timings = Timings {
+            total: Duration::from_millis(4),
+            ..Default::default()
+        };
+        r.request("http", Ok((3, &timings)));
+        let before = r.totals.sample();
+        r.request("grpc", Ok((2, &timings)));
+        r.request("grpc", Err("validation"));
+        let w = r.totals.sample().since(&before);
+        assert_eq!((w.requests, w.errors, w.texts), (2, 1, 2));
+        assert_eq!(w.sums_us[4], 4000);
+        let text = {
+            let mut buf = Vec::new();
+            TextEncoder::new()
+                .encode(&registry.gather(), &mut buf)
+                .unwrap();
+            String::from_utf8(buf).unwrap()
+        };
+        assert!(
+            text.contains(
+                "actor_infer_requests_total{outcome=\"validation\",transport=\"grpc\"} 1"
+            ),
+            "{text}"
+        );
     }
 }

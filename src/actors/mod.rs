@@ -3,7 +3,12 @@
 //! Start order (the Supervisor's): Metrics → ModelWorkers → Tokenizers → Router; the HTTP and
 //! gRPC front ends send typed requests to the Router. Stop order is the reverse: front ends
 //! stop taking work, the Router drains, then Tokenizers, then ModelWorkers (OTP-style).
+//!
+//! This layer knows the model (`crate::model`) and the configuration, never the front ends: it
+//! answers with its own [`InferError`], which the API layer maps to what clients see.
 
+pub mod batcher;
+mod error;
 pub mod metrics;
 pub mod model_worker;
 pub mod router;
@@ -12,6 +17,7 @@ pub mod tokenizer;
 
 use std::{
     collections::BTreeMap,
+    fmt,
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, AtomicUsize, Ordering},
@@ -19,12 +25,13 @@ use std::{
     time::Instant,
 };
 
-/// Lifecycle flags read by the front ends and the Router on every request.
+pub use error::InferError;
+
+/// Readiness and the stop flag, read by the front ends and the Router on every request.
 #[derive(Debug, Default)]
 pub struct Lifecycle {
     ready: AtomicBool,
     stopping: AtomicBool,
-    in_flight: AtomicUsize,
 }
 
 impl Lifecycle {
@@ -49,75 +56,70 @@ impl Lifecycle {
         self.ready.store(false, Ordering::Release);
         !self.stopping.swap(true, Ordering::AcqRel)
     }
-
-    /// Requests accepted and not yet answered.
-    pub fn in_flight(&self) -> usize {
-        self.in_flight.load(Ordering::Acquire)
-    }
-
-    /// Counts one accepted request until the returned guard is dropped.
-    pub fn track(self: &Arc<Self>) -> InFlight {
-        self.in_flight.fetch_add(1, Ordering::AcqRel);
-        InFlight(self.clone())
-    }
 }
 
-/// One accepted request; dropping it (answered, failed or abandoned) uncounts it.
-#[derive(Debug)]
-pub struct InFlight(Arc<Lifecycle>);
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-/// Admission control: texts in flight (tokenizing, queued or running) counted against
-/// `server.max_concurrent_requests`. The front ends admit a request before it reaches any
-/// queue; its [`Permit`] travels with its work and is released when the work is answered,
-/// failed or dropped, so the count is what the server really holds.
+/// The one count of work in flight: requests and their texts from the moment a front end
+/// admits them (before any queue) until their last text is answered, failed or dropped. It is
+/// admission control (`server.max_concurrent_requests` counts texts), what the stop's drain
+/// waits on, and the `admitted_texts` / `in_flight_requests` gauges.
 #[derive(Debug)]
 pub struct Admission {
-    in_flight: AtomicUsize,
+    texts: AtomicUsize,
+    requests: AtomicUsize,
     limit: usize,
-    gauge: prometheus::IntGauge,
+    texts_gauge: prometheus::IntGauge,
+    requests_gauge: prometheus::IntGauge,
 }
 
 impl Admission {
-    /// An admission counter with room for `limit` texts, reporting to `gauge`.
-    pub fn new(limit: usize, gauge: prometheus::IntGauge) -> Arc<Admission> {
+    /// Room for `limit` texts, reporting to the two gauges.
+    pub fn new(
+        limit: usize,
+        texts_gauge: prometheus::IntGauge,
+        requests_gauge: prometheus::IntGauge,
+    ) -> Arc<Admission> {
         Arc::new(Admission {
-            in_flight: AtomicUsize::new(0),
+            texts: AtomicUsize::new(0),
+            requests: AtomicUsize::new(0),
             limit,
-            gauge,
+            texts_gauge,
+            requests_gauge,
         })
     }
 
-    /// The configured limit.
+    /// The configured limit, in texts.
     pub fn limit(&self) -> usize {
         self.limit
     }
 
-    /// Texts now admitted.
-    pub fn in_flight(&self) -> usize {
-        self.in_flight.load(Ordering::Acquire)
+    /// Texts admitted and not yet done.
+    pub fn texts(&self) -> usize {
+        self.texts.load(Ordering::Acquire)
     }
 
-    /// Admits `texts` texts if they fit, else returns how many are in flight now.
+    /// Requests admitted and not yet done.
+    pub fn requests(&self) -> usize {
+        self.requests.load(Ordering::Acquire)
+    }
+
+    /// Admits one request of `texts` texts if they fit, else returns how many texts are in
+    /// flight now.
     pub fn try_admit(self: &Arc<Self>, texts: usize) -> Result<Permit, usize> {
-        let mut current = self.in_flight.load(Ordering::Acquire);
+        let mut current = self.texts.load(Ordering::Acquire);
         loop {
             if current + texts > self.limit {
                 return Err(current);
             }
-            match self.in_flight.compare_exchange_weak(
+            match self.texts.compare_exchange_weak(
                 current,
                 current + texts,
                 Ordering::AcqRel,
                 Ordering::Acquire,
             ) {
                 Ok(_) => {
-                    self.gauge.add(texts as i64);
+                    self.requests.fetch_add(1, Ordering::AcqRel);
+                    self.texts_gauge.add(texts as i64);
+                    self.requests_gauge.inc();
                     return Ok(Permit {
                         admission: self.clone(),
                         texts,
@@ -129,19 +131,97 @@ impl Admission {
     }
 }
 
-/// Texts admitted by [`Admission`]; dropping it gives their room back.
+/// One admitted request and its texts; dropping it (answered, failed or abandoned) gives their
+/// room back. It travels with the request's work through the Router.
 #[derive(Debug)]
 pub struct Permit {
     admission: Arc<Admission>,
     texts: usize,
 }
 
+impl Permit {
+    /// Texts this request holds.
+    pub fn texts(&self) -> usize {
+        self.texts
+    }
+}
+
 impl Drop for Permit {
     fn drop(&mut self) {
-        self.admission
-            .in_flight
-            .fetch_sub(self.texts, Ordering::AcqRel);
-        self.admission.gauge.sub(self.texts as i64);
+        let a = &self.admission;
+        a.texts.fetch_sub(self.texts, Ordering::AcqRel);
+        a.requests.fetch_sub(1, Ordering::AcqRel);
+        a.texts_gauge.sub(self.texts as i64);
+        a.requests_gauge.dec();
+    }
+}
+
+/// Which kind of actor (a metric label, a restart count).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ActorKind {
+    /// The Supervisor.
+    Supervisor,
+    /// The Metrics actor.
+    Metrics,
+    /// A model worker.
+    ModelWorker,
+    /// A tokenizer thread.
+    Tokenizer,
+    /// The Router.
+    Router,
+}
+
+impl ActorKind {
+    /// The `actor` label of `actor_restarts_total`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ActorKind::Supervisor => "supervisor",
+            ActorKind::Metrics => "metrics",
+            ActorKind::ModelWorker => "model_worker",
+            ActorKind::Tokenizer => "tokenizer",
+            ActorKind::Router => "router",
+        }
+    }
+}
+
+/// One actor of the process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ActorId {
+    /// The Supervisor.
+    Supervisor,
+    /// The Metrics actor.
+    Metrics,
+    /// Model worker N.
+    ModelWorker(usize),
+    /// Tokenizer thread N.
+    Tokenizer(usize),
+    /// The Router.
+    Router,
+}
+
+impl ActorId {
+    /// Its kind.
+    pub fn kind(self) -> ActorKind {
+        match self {
+            ActorId::Supervisor => ActorKind::Supervisor,
+            ActorId::Metrics => ActorKind::Metrics,
+            ActorId::ModelWorker(_) => ActorKind::ModelWorker,
+            ActorId::Tokenizer(_) => ActorKind::Tokenizer,
+            ActorId::Router => ActorKind::Router,
+        }
+    }
+}
+
+impl fmt::Display for ActorId {
+    /// As logs and the dashboard name it: `model-worker-0`, `tokenizer-1`, `router`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ActorId::Supervisor => f.write_str("supervisor"),
+            ActorId::Metrics => f.write_str("metrics"),
+            ActorId::ModelWorker(n) => write!(f, "model-worker-{n}"),
+            ActorId::Tokenizer(n) => write!(f, "tokenizer-{n}"),
+            ActorId::Router => f.write_str("router"),
+        }
     }
 }
 
@@ -158,51 +238,67 @@ pub enum ActorState {
     Stopped,
 }
 
-/// Every actor's name and state. Written by the actors themselves (cheap: one uncontended
-/// mutex per state change), read by the Supervisor's stop sequence and by the abort watchdog,
-/// which must work even when the actix runtime does not.
+impl ActorState {
+    /// `starting`, `idle`, `busy` or `stopped`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ActorState::Starting => "starting",
+            ActorState::Idle => "idle",
+            ActorState::Busy(_) => "busy",
+            ActorState::Stopped => "stopped",
+        }
+    }
+}
+
+/// Every actor's state. Written by the actors themselves on state changes (an uncontended
+/// mutex, never on the per-request path of the front ends), read by the Supervisor's stop
+/// sequence and by the abort watchdog, which must work even when the actix runtime does not.
 #[derive(Debug, Default)]
 pub struct ActorTable {
-    states: Mutex<BTreeMap<String, ActorState>>,
+    states: Mutex<BTreeMap<ActorId, ActorState>>,
 }
 
 impl ActorTable {
-    /// Records `name`'s state.
-    pub fn set(&self, name: &str, state: ActorState) {
+    /// Records `actor`'s state.
+    pub fn set(&self, actor: ActorId, state: ActorState) {
         let mut states = self.states.lock().unwrap_or_else(|p| p.into_inner());
-        states.insert(name.to_string(), state);
+        states.insert(actor, state);
     }
 
-    /// Names of actors that have not stopped, with what they are doing, e.g.
+    /// Actors that have not stopped, with what they are doing, e.g.
     /// `model-worker-0 (busy for 12.3 s)`.
     pub fn running(&self) -> Vec<String> {
         let states = self.states.lock().unwrap_or_else(|p| p.into_inner());
         states
             .iter()
             .filter(|(_, s)| **s != ActorState::Stopped)
-            .map(|(name, s)| match s {
+            .map(|(id, s)| match s {
                 ActorState::Busy(since) => {
-                    format!("{name} (busy for {:.1} s)", since.elapsed().as_secs_f64())
+                    format!("{id} (busy for {:.1} s)", since.elapsed().as_secs_f64())
                 }
-                ActorState::Starting => format!("{name} (starting)"),
-                _ => name.clone(),
+                ActorState::Starting => format!("{id} (starting)"),
+                _ => id.to_string(),
             })
             .collect()
     }
 
-    /// How many actors whose name starts with `prefix` have not stopped.
-    pub fn running_with_prefix(&self, prefix: &str) -> usize {
+    /// How many actors of `kind` have not stopped.
+    pub fn running_of(&self, kind: ActorKind) -> usize {
         let states = self.states.lock().unwrap_or_else(|p| p.into_inner());
         states
             .iter()
-            .filter(|(n, s)| n.starts_with(prefix) && **s != ActorState::Stopped)
+            .filter(|(id, s)| id.kind() == kind && **s != ActorState::Stopped)
             .count()
     }
 
-    /// Snapshot of every actor's state.
-    pub fn snapshot(&self) -> Vec<(String, ActorState)> {
+    /// Every actor of `kind` with its state.
+    pub fn of(&self, kind: ActorKind) -> Vec<(ActorId, ActorState)> {
         let states = self.states.lock().unwrap_or_else(|p| p.into_inner());
-        states.iter().map(|(n, s)| (n.clone(), *s)).collect()
+        states
+            .iter()
+            .filter(|(id, _)| id.kind() == kind)
+            .map(|(id, s)| (*id, *s))
+            .collect()
     }
 }
 
@@ -214,5 +310,52 @@ pub(crate) fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
         s.clone()
     } else {
         "panic with a non-string payload".to_string()
+    }
+}
+
+/// Runs `f`, turning a panic into its message: how the actors whose state lives on an actix
+/// arbiter (the Supervisor, the Router, Metrics) notice their own panics, which the runtime
+/// would otherwise swallow, leaving a dead actor behind a live address.
+pub(crate) fn catch<T>(f: impl FnOnce() -> T) -> Result<T, String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|p| panic_message(&p))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_permit_counts_a_request_and_its_texts_until_dropped() {
+        let texts = prometheus::IntGauge::new("t", "t").unwrap();
+        let requests = prometheus::IntGauge::new("r", "r").unwrap();
+        let a = Admission::new(10, texts.clone(), requests.clone());
+        let p = a.try_admit(6).unwrap();
+        assert_eq!(
+            (a.texts(), a.requests(), texts.get(), requests.get()),
+            (6, 1, 6, 1)
+        );
+        assert_eq!(a.try_admit(5).unwrap_err(), 6, "over the limit: refused");
+        let q = a.try_admit(4).unwrap();
+        assert_eq!((a.texts(), a.requests()), (10, 2));
+        drop(p);
+        drop(q);
+        assert_eq!(
+            (a.texts(), a.requests(), texts.get(), requests.get()),
+            (0, 0, 0, 0)
+        );
+    }
+
+    #[test]
+    fn actors_are_named_and_counted_by_kind() {
+        let t = ActorTable::default();
+        t.set(ActorId::ModelWorker(0), ActorState::Idle);
+        t.set(ActorId::ModelWorker(1), ActorState::Stopped);
+        t.set(ActorId::Tokenizer(0), ActorState::Starting);
+        assert_eq!(t.running_of(ActorKind::ModelWorker), 1);
+        assert_eq!(
+            t.running(),
+            vec!["model-worker-0", "tokenizer-0 (starting)"]
+        );
+        assert_eq!(ActorId::Tokenizer(3).kind().as_str(), "tokenizer");
     }
 }

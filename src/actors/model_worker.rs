@@ -2,23 +2,27 @@
 //! and runs forwards on it. `model.instances` of them run side by side, each with its share of
 //! the cores (`model.intra_op_threads`).
 //!
-//! Owns: the [`Model`] (weights or TorchScript module) on its device. Sent to by: the Supervisor ([`Load`] at start,
-//! [`Release`] at stop) and the Router ([`Forward`], one batch at a time: the Router only sends
-//! to an idle worker). A panic inside a forward (a libtorch error surfaces as one) fails that
-//! batch only; the Supervisor is told, the SyncArbiter builds a fresh actor, and the fresh
-//! actor reloads the weights before its next forward.
+//! Owns: the [`Model`] (weights or TorchScript module) on its device. Sent to by: the
+//! Supervisor ([`Load`] at start, [`Release`] at stop) and the Router ([`Forward`], one batch at
+//! a time: the Router only sends to an idle worker).
+//!
+//! Failures: an error libtorch returns (out of memory, a TorchScript module refusing its
+//! input) fails that batch only, and the worker goes on: it is not a restart. A panic (a bug)
+//! fails the batch, the Supervisor is told and counts it against `supervision.max_restarts`,
+//! the SyncArbiter builds a fresh actor, and the fresh actor reloads the weights before its
+//! next forward.
 
 use std::{
-    panic::{AssertUnwindSafe, catch_unwind},
     sync::Arc,
     time::{Duration, Instant},
 };
 
 use actix::prelude::*;
 
-use super::{ActorState, ActorTable, metrics::Recorder, supervisor::ChildPanicked};
+use super::{
+    ActorId, ActorState, ActorTable, InferError, metrics::Recorder, supervisor::ChildPanicked,
+};
 use crate::{
-    error::ApiError,
     fault::Fault,
     model::{Encoded, Model, ModelError, ModelSpec, bert::Padded},
 };
@@ -39,7 +43,7 @@ pub struct LoadReport {
 
 /// Run one batch.
 #[derive(Message)]
-#[rtype(result = "Result<ForwardOutput, ApiError>")]
+#[rtype(result = "Result<ForwardOutput, InferError>")]
 pub struct Forward {
     /// The batch, padded by the Router.
     pub batch: Padded,
@@ -71,22 +75,20 @@ pub struct Release;
 
 /// One model instance.
 pub struct ModelWorker {
-    id: usize,
-    name: String,
+    id: ActorId,
+    index: usize,
     spec: Arc<ModelSpec>,
     model: Option<Model>,
-    pad_id: i64,
     table: Arc<ActorTable>,
     metrics: Recorder,
     supervisor: Recipient<ChildPanicked>,
 }
 
 impl ModelWorker {
-    /// Starts worker `id` on its own thread with `threads` libtorch intra-op threads. The
+    /// Starts worker `index` on its own thread with `threads` libtorch intra-op threads. The
     /// weights are loaded by [`Load`], so a failure reaches the Supervisor as an error.
-    #[allow(clippy::too_many_arguments)]
     pub fn start(
-        id: usize,
+        index: usize,
         spec: Arc<ModelSpec>,
         threads: usize,
         pin: Option<Vec<usize>>,
@@ -98,17 +100,16 @@ impl ModelWorker {
             // Runs on the worker's own thread: libtorch's intra-op setting is per thread, and
             // its OpenMP threads, created later from this one, inherit the pinning.
             if let Some(cores) = &pin {
-                pin_current_thread(id, cores);
+                pin_current_thread(index, cores);
             }
             tch::set_num_threads(threads as i32);
-            let name = format!("model-worker-{id}");
-            table.set(&name, ActorState::Starting);
+            let id = ActorId::ModelWorker(index);
+            table.set(id, ActorState::Starting);
             ModelWorker {
                 id,
-                name,
+                index,
                 spec: spec.clone(),
                 model: None,
-                pad_id: spec.encoder.pad_token_id,
                 table: table.clone(),
                 metrics: metrics.clone(),
                 supervisor: supervisor.clone(),
@@ -122,24 +123,58 @@ impl ModelWorker {
         let load = t0.elapsed();
         let t1 = Instant::now();
         // Warm-up: forwards of typical shapes, so the first real request is not the slow one.
+        let pad = self.spec.encoder.pad_token_id;
         let max = self.spec.max_seq_length;
         for (rows, cols) in [(1, 8), (4, 32.min(max)), (8, 128.min(max)), (1, max)] {
             let text = Encoded {
-                ids: vec![self.pad_id; cols],
+                ids: vec![pad; cols],
                 type_ids: vec![0; cols],
             };
-            let batch = Padded::new(std::iter::repeat_n(&text, rows), self.pad_id);
-            let _ = model.run(&batch, self.spec.pooling);
+            let batch = Padded::new(std::iter::repeat_n(&text, rows), pad);
+            model.run(&batch, self.spec.pooling)?;
         }
         let warmup = t1.elapsed();
         self.model = Some(model);
-        self.table.set(&self.name, ActorState::Idle);
+        self.table.set(self.id, ActorState::Idle);
         Ok(LoadReport { load, warmup })
+    }
+
+    /// [`ModelWorker::load`] with a panic turned into an error, for the first load and for the
+    /// reload after a restart alike.
+    fn try_load(&mut self) -> Result<LoadReport, ModelError> {
+        super::catch(|| self.load()).unwrap_or_else(|message| {
+            Err(ModelError::Config(format!(
+                "loading the model panicked: {message}"
+            )))
+        })
+    }
+
+    /// The forward of one batch, with the faults a test may ask for.
+    fn run(&self, batch: &Padded, fault: Option<Fault>) -> Result<Vec<Vec<f32>>, ModelError> {
+        match fault {
+            // Like a forward stuck inside libtorch: nothing can cancel it.
+            Some(Fault::WorkerHang) => loop {
+                std::thread::sleep(Duration::from_secs(3600));
+            },
+            Some(Fault::WorkerPanic) => panic!("injected model worker fault"),
+            Some(Fault::WorkerSlow) => std::thread::sleep(crate::fault::SLOW_FOR),
+            Some(Fault::TorchError) => {
+                // A real libtorch error: reshaping 2 elements into 3.
+                let _ =
+                    tch::Tensor::zeros([2], (tch::Kind::Float, tch::Device::Cpu)).f_reshape([3])?;
+            }
+            _ => {}
+        }
+        let model = self
+            .model
+            .as_ref()
+            .expect("the handler reloads the model before running");
+        model.run(batch, self.spec.pooling)
     }
 }
 
 /// Pins the calling thread to `cores` (Linux; logged and ignored elsewhere or on failure).
-fn pin_current_thread(id: usize, cores: &[usize]) {
+fn pin_current_thread(index: usize, cores: &[usize]) {
     #[cfg(target_os = "linux")]
     {
         // SAFETY: a zeroed cpu_set_t filled with CPU_SET, passed with its size.
@@ -151,14 +186,14 @@ fn pin_current_thread(id: usize, cores: &[usize]) {
             libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) == 0
         };
         if ok {
-            tracing::info!(worker = id, ?cores, "model worker pinned");
+            tracing::info!(worker = index, ?cores, "model worker pinned");
         } else {
-            tracing::warn!(worker = id, ?cores, "could not pin the model worker");
+            tracing::warn!(worker = index, ?cores, "could not pin the model worker");
         }
     }
     #[cfg(not(target_os = "linux"))]
     tracing::warn!(
-        worker = id,
+        worker = index,
         ?cores,
         "model.pin_cores is only supported on Linux"
     );
@@ -169,22 +204,8 @@ impl Actor for ModelWorker {
 
     fn stopped(&mut self, _ctx: &mut Self::Context) {
         self.model = None;
-        self.table.set(&self.name, ActorState::Stopped);
-        tracing::debug!(actor = %self.name, "stopped");
-    }
-}
-
-impl ModelWorker {
-    /// [`ModelWorker::load`] with a libtorch panic (out of memory, say) turned into an error,
-    /// for the first load and for the reload after a restart alike.
-    fn try_load(&mut self) -> Result<LoadReport, ModelError> {
-        match catch_unwind(AssertUnwindSafe(|| self.load())) {
-            Ok(result) => result,
-            Err(panic) => Err(ModelError::Config(format!(
-                "loading the model panicked: {}",
-                super::panic_message(&panic)
-            ))),
-        }
+        self.table.set(self.id, ActorState::Stopped);
+        tracing::debug!(actor = %self.id, "stopped");
     }
 }
 
@@ -197,58 +218,53 @@ impl Handler<Load> for ModelWorker {
 }
 
 impl Handler<Forward> for ModelWorker {
-    type Result = Result<ForwardOutput, ApiError>;
+    type Result = Result<ForwardOutput, InferError>;
 
     fn handle(&mut self, msg: Forward, ctx: &mut Self::Context) -> Self::Result {
         let _enter = msg.span.enter();
         if self.model.is_none() {
             // A restarted worker: reload before serving.
-            tracing::warn!(actor = %self.name, "reloading the model after a restart");
-            self.try_load()
-                .map_err(|e| ApiError::internal(format!("{} cannot reload: {e}", self.name)))?;
+            tracing::warn!(actor = %self.id, "reloading the model after a restart");
+            self.try_load().map_err(|e| InferError::Forward {
+                worker: self.id,
+                message: format!("cannot reload the model: {e}"),
+            })?;
         }
         let started = Instant::now();
-        tracing::debug!(actor = %self.name, texts = msg.batch.rows, "forward");
-        self.table.set(&self.name, ActorState::Busy(started));
-        self.metrics.worker_busy(self.id, true);
-        let batch = msg.batch;
-        let (model, pooling) = (self.model.as_ref(), self.spec.pooling);
-        let fault = msg.fault;
-        let result = catch_unwind(AssertUnwindSafe(|| {
-            match fault {
-                // Like a forward stuck inside libtorch: nothing can cancel it.
-                Some(Fault::WorkerHang) => loop {
-                    std::thread::sleep(Duration::from_secs(3600));
-                },
-                Some(Fault::WorkerPanic) => panic!("injected model worker fault"),
-                Some(Fault::WorkerSlow) => std::thread::sleep(crate::fault::SLOW_FOR),
-                _ => {}
-            }
-            let model = model.expect("the model was loaded just above");
-            model.run(&batch, pooling)
-        }));
+        tracing::debug!(actor = %self.id, texts = msg.batch.rows, "forward");
+        self.table.set(self.id, ActorState::Busy(started));
+        self.metrics.worker_busy(self.index, true);
+        let result = super::catch(|| self.run(&msg.batch, msg.fault));
         let elapsed = started.elapsed();
-        self.metrics.worker_busy(self.id, false);
-        self.table.set(&self.name, ActorState::Idle);
+        self.metrics.worker_busy(self.index, false);
+        self.table.set(self.id, ActorState::Idle);
         match result {
-            Ok(embeddings) => Ok(ForwardOutput {
+            Ok(Ok(embeddings)) => Ok(ForwardOutput {
                 embeddings,
                 started,
                 elapsed,
                 handoff: started.saturating_duration_since(msg.sent),
             }),
-            Err(panic) => {
-                let message = super::panic_message(&panic);
-                tracing::error!(actor = %self.name, %message, "forward panicked; restarting the worker");
+            Ok(Err(e)) => {
+                tracing::error!(actor = %self.id, error = %e, "the forward failed; the batch is failed, the worker goes on");
+                Err(InferError::Forward {
+                    worker: self.id,
+                    message: e.to_string(),
+                })
+            }
+            Err(message) => {
+                tracing::error!(actor = %self.id, %message, "forward panicked; restarting the worker");
                 self.supervisor.do_send(ChildPanicked {
-                    actor: self.name.clone(),
+                    actor: self.id,
                     message: message.clone(),
                 });
                 self.model = None;
+                // In a SyncContext, stopping means the SyncArbiter builds a fresh actor.
                 ctx.stop();
-                Err(ApiError::internal(format!(
-                    "the model worker failed on this batch ({message}); it has been restarted"
-                )))
+                Err(InferError::Panicked {
+                    actor: self.id,
+                    message: format!("{message}; the worker has been restarted"),
+                })
             }
         }
     }
@@ -259,6 +275,6 @@ impl Handler<Release> for ModelWorker {
 
     fn handle(&mut self, _msg: Release, _ctx: &mut Self::Context) {
         self.model = None;
-        self.table.set(&self.name, ActorState::Stopped);
+        self.table.set(self.id, ActorState::Stopped);
     }
 }

@@ -1,37 +1,48 @@
 //! Supervisor: starts every other actor, owns SIGTERM and SIGINT, and runs the stop sequence.
 //!
 //! Owns: the handles to the Metrics actor, the ModelWorkers, the Tokenizer pool, the Router,
-//! and the two front ends' stop handles. Sent to by: the signal thread and the front ends
-//! ([`Shutdown`]), the pools ([`ChildPanicked`]), `lib::run` ([`Boot`]).
+//! and the front ends' stop handle and readiness switch (given by `lib::run`: this layer does
+//! not know the front ends). Sent to by: the signal thread and the front ends ([`Shutdown`]),
+//! the pools and Metrics ([`ChildPanicked`]), the Router ([`InjectFault`], tests only),
+//! `lib::run` ([`Boot`]).
 //!
 //! The stop sequence spends one budget (`shutdown.timeout_seconds`) stage by stage, each stage
 //! getting what the one before left: readiness off and new work refused at once → drain
-//! in-flight requests → stop the HTTP and gRPC servers → Router → Tokenizers → ModelWorkers
-//! (reverse start order). If the budget runs out, the process aborts with [`EXIT_ABORT`]
-//! after naming the actors that did not stop; a watchdog thread guarantees that even if the
-//! actix runtime is wedged (a worker stuck inside libtorch cannot be cancelled). A second
-//! signal aborts at once with [`EXIT_FORCED`].
+//! in-flight requests → stop the front ends → Router → Tokenizers → ModelWorkers (reverse start
+//! order). If the budget runs out, the process aborts with [`EXIT_ABORT`] after naming the
+//! actors that did not stop; a watchdog thread guarantees that even if the actix runtime is
+//! wedged (a worker stuck inside libtorch cannot be cancelled). A second signal aborts at once
+//! with [`EXIT_FORCED`].
+//!
+//! Supervision (README "Stopping"): tokenizers, model workers and Metrics are restarted after a
+//! panic, counted against `supervision.max_restarts` per `window_seconds` (past it: a clean
+//! stop, exit 1); a panic in the Router or in the Supervisor's own handlers is a clean stop
+//! with exit 1; a panic inside the stop sequence itself aborts at once with exit 1.
 
 use std::{
+    future::Future,
+    pin::Pin,
     sync::{Arc, OnceLock},
     time::{Duration, Instant},
 };
 
 use actix::prelude::*;
-use tokio::sync::oneshot;
+use futures::FutureExt as _;
+use tokio::sync::{oneshot, watch};
 
 use super::{
-    ActorTable, Lifecycle,
-    metrics::Recorder,
+    ActorId, ActorKind, ActorTable, Admission, Lifecycle,
+    metrics::{Metrics, Recorder},
     model_worker::{Load, ModelWorker, Release},
     router::{self, Router},
     tokenizer::TokenizerActor,
 };
-use crate::{config::Config, model::ModelSpec, model::TextTokenizer};
+use crate::{config::Config, fault::Fault, model::ModelSpec, model::TextTokenizer};
 
 /// Clean stop.
 pub const EXIT_OK: i32 = 0;
-/// Start-up or run-time failure (bind, model load, a front end died); the stop sequence ran.
+/// Start-up or run-time failure (bind, model load, a front end died, a panic); the stop
+/// sequence ran.
 pub const EXIT_FAILURE: i32 = 1;
 /// The configuration was refused; nothing was started.
 pub const EXIT_CONFIG: i32 = 2;
@@ -58,30 +69,35 @@ pub struct Shutdown(pub StopReason);
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct ChildPanicked {
-    /// Which actor (`model-worker-0`, `tokenizer-1`).
-    pub actor: String,
+    /// Which actor.
+    pub actor: ActorId,
     /// The panic's message.
     pub message: String,
+}
+
+/// A fault a test asked for that the Supervisor acts on (its own panic, or Metrics').
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct InjectFault(pub Fault);
+
+/// Stops the front ends: they stop accepting, finish what they hold and close their
+/// connections. Resolves to false if they could not stop by the deadline.
+pub type StopFrontEnds =
+    Box<dyn FnOnce(Instant) -> Pin<Box<dyn Future<Output = bool> + Send>> + Send>;
+
+/// What the Supervisor needs of the front ends, given at [`Boot`].
+pub struct FrontEnds {
+    /// Their stop.
+    pub stop: StopFrontEnds,
+    /// Readiness as the front ends announce it (gRPC health): true once ready, false from the
+    /// first stop signal.
+    pub readiness: watch::Sender<bool>,
 }
 
 /// Load the model into every worker, warm up, start the Router and report ready.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct Boot;
-
-/// How the front ends are stopped; the Supervisor calls these in the stop sequence.
-pub struct FrontEnds {
-    /// actix-web's handle; `stop(true)` finishes in-flight requests.
-    pub http: actix_web::dev::ServerHandle,
-    /// Firing it makes tonic stop accepting and finish in-flight calls.
-    pub grpc_stop: oneshot::Sender<()>,
-    /// Resolves when the gRPC server has ended.
-    pub grpc_done: oneshot::Receiver<()>,
-    /// The gRPC server's arbiter; stopping it closes connections that outlive the grace.
-    pub grpc_arbiter: actix_rt::ArbiterHandle,
-    /// Sets gRPC health (`grpc.health.v1`) as readiness changes.
-    pub health: crate::api::grpc::Health,
-}
+pub struct Boot(pub FrontEnds);
 
 /// The Supervisor actor.
 pub struct Supervisor {
@@ -90,7 +106,9 @@ pub struct Supervisor {
     tokenizer: TextTokenizer,
     lifecycle: Arc<Lifecycle>,
     table: Arc<ActorTable>,
-    metrics: Recorder,
+    admission: Arc<Admission>,
+    recorder: Recorder,
+    metrics: Addr<Metrics>,
     front: Option<FrontEnds>,
     tokenizers: Option<Addr<TokenizerActor>>,
     workers: Vec<Addr<ModelWorker>>,
@@ -103,33 +121,48 @@ pub struct Supervisor {
     restarts: Vec<Instant>,
 }
 
+/// What [`Supervisor::new`] takes.
+pub struct Parts {
+    /// The validated configuration.
+    pub config: Arc<Config>,
+    /// The model's facts.
+    pub spec: Arc<ModelSpec>,
+    /// The tokenizer each tokenizer thread clones.
+    pub tokenizer: TextTokenizer,
+    /// Readiness and the stop flag.
+    pub lifecycle: Arc<Lifecycle>,
+    /// Every actor's state.
+    pub table: Arc<ActorTable>,
+    /// Work in flight.
+    pub admission: Arc<Admission>,
+    /// Metric handles.
+    pub recorder: Recorder,
+    /// The Metrics actor.
+    pub metrics: Addr<Metrics>,
+    /// Where the Router's address goes once it runs.
+    pub router_cell: Arc<OnceLock<Addr<Router>>>,
+    /// Where the exit code goes.
+    pub exit: oneshot::Sender<i32>,
+}
+
 impl Supervisor {
-    /// A Supervisor for `config`; nothing starts until [`Boot`].
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        config: Arc<Config>,
-        spec: Arc<ModelSpec>,
-        tokenizer: TextTokenizer,
-        lifecycle: Arc<Lifecycle>,
-        table: Arc<ActorTable>,
-        metrics: Recorder,
-        front: FrontEnds,
-        router_cell: Arc<OnceLock<Addr<Router>>>,
-        exit: oneshot::Sender<i32>,
-    ) -> Supervisor {
+    /// A Supervisor; nothing starts until [`Boot`].
+    pub fn new(p: Parts) -> Supervisor {
         Supervisor {
-            config,
-            spec,
-            tokenizer,
-            lifecycle,
-            table,
-            metrics,
-            front: Some(front),
+            config: p.config,
+            spec: p.spec,
+            tokenizer: p.tokenizer,
+            lifecycle: p.lifecycle,
+            table: p.table,
+            admission: p.admission,
+            recorder: p.recorder,
+            metrics: p.metrics,
+            front: None,
             tokenizers: None,
             workers: Vec::new(),
             router: None,
-            router_cell,
-            exit: Some(exit),
+            router_cell: p.router_cell,
+            exit: Some(p.exit),
             stopping: false,
             restarts: Vec::new(),
         }
@@ -138,20 +171,34 @@ impl Supervisor {
     fn budget(&self) -> Duration {
         Duration::from_secs_f64(self.config.shutdown.timeout_seconds)
     }
-}
 
-impl Actor for Supervisor {
-    type Context = Context<Self>;
-
-    fn started(&mut self, ctx: &mut Self::Context) {
-        spawn_signal_thread(ctx.address(), self.table.clone());
+    /// Runs one of the Supervisor's handlers; a panic in it is a bug: a clean stop with exit 1
+    /// (or, during the stop, an abort with exit 1).
+    fn guarded(
+        &mut self,
+        what: &str,
+        ctx: &mut Context<Self>,
+        step: impl FnOnce(&mut Self, &mut Context<Self>),
+    ) {
+        if let Err(message) = super::catch(|| step(self, ctx)) {
+            tracing::error!(actor = "supervisor", %message, "the supervisor panicked while {what}");
+            self.recorder.restart(ActorKind::Supervisor);
+            if self.stopping {
+                abort_now(
+                    EXIT_FAILURE,
+                    &format!("the supervisor panicked during the stop ({message})"),
+                    &self.table,
+                );
+            }
+            self.stop(
+                StopReason::Fatal(format!("the supervisor panicked ({message})")),
+                ctx,
+            );
+        }
     }
-}
 
-impl Handler<Boot> for Supervisor {
-    type Result = ();
-
-    fn handle(&mut self, _msg: Boot, ctx: &mut Self::Context) {
+    fn boot(&mut self, front: FrontEnds, ctx: &mut Context<Self>) {
+        self.front = Some(front);
         let me = ctx.address().recipient::<ChildPanicked>();
         let threads = self.config.intra_op_threads();
         let instances = self.config.model.instances;
@@ -163,21 +210,21 @@ impl Handler<Boot> for Supervisor {
             intra_op_threads = threads,
             "starting model workers"
         );
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         self.workers = (0..instances)
-            .map(|id| {
-                let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+            .map(|index| {
                 let pin = self.config.model.pin_cores.then(|| {
-                    (id * threads..(id + 1) * threads)
+                    (index * threads..(index + 1) * threads)
                         .map(|c| c % cores)
                         .collect()
                 });
                 ModelWorker::start(
-                    id,
+                    index,
                     self.spec.clone(),
                     threads,
                     pin,
                     self.table.clone(),
-                    self.metrics.clone(),
+                    self.recorder.clone(),
                     me.clone(),
                 )
             })
@@ -185,73 +232,79 @@ impl Handler<Boot> for Supervisor {
         let loads = futures::future::join_all(self.workers.iter().map(|w| w.send(Load)));
         ctx.spawn(
             actix::fut::wrap_future(loads).map(|results, act: &mut Supervisor, ctx| {
-                for (id, r) in results.into_iter().enumerate() {
-                    match r {
-                        Ok(Ok(report)) => tracing::info!(
-                            worker = id,
-                            load_ms = report.load.as_millis() as u64,
-                            warmup_ms = report.warmup.as_millis() as u64,
-                            "model worker ready"
-                        ),
-                        Ok(Err(e)) => {
-                            ctx.notify(Shutdown(StopReason::Fatal(format!(
-                                "model worker {id} could not load the model: {e}"
-                            ))));
-                            return;
-                        }
-                        Err(e) => {
-                            ctx.notify(Shutdown(StopReason::Fatal(format!(
-                                "model worker {id} died while loading: {e}"
-                            ))));
-                            return;
-                        }
-                    }
-                }
-                if act.stopping {
-                    return;
-                }
-                let me = ctx.address().recipient::<ChildPanicked>();
-                let tokenizers = TokenizerActor::start_pool(
-                    act.config.tokenizer.workers,
-                    act.tokenizer.clone(),
-                    act.table.clone(),
-                    me,
-                );
-                let router = Router::new(
-                    tokenizers.clone(),
-                    act.workers.clone(),
-                    act.config.batching.clone(),
-                    act.spec.clone(),
-                    act.lifecycle.clone(),
-                    act.metrics.clone(),
-                    act.table.clone(),
-                )
-                .start();
-                act.tokenizers = Some(tokenizers);
-                act.router = Some(router.clone());
-                let _ = act.router_cell.set(router);
-                act.lifecycle.set_ready();
-                act.metrics.ready(true);
-                if let Some(front) = &act.front {
-                    let health = front.health.clone();
-                    actix_rt::spawn(async move { health.set(true).await });
-                }
-                tracing::info!(experiment = %act.config.experiment.name, "ready");
+                act.guarded("starting the router", ctx, |act, ctx| {
+                    act.loaded(results, ctx)
+                });
             }),
         );
     }
-}
 
-impl Handler<ChildPanicked> for Supervisor {
-    type Result = ();
+    fn loaded(
+        &mut self,
+        results: Vec<
+            Result<Result<super::model_worker::LoadReport, crate::model::ModelError>, MailboxError>,
+        >,
+        ctx: &mut Context<Self>,
+    ) {
+        for (index, r) in results.into_iter().enumerate() {
+            match r {
+                Ok(Ok(report)) => tracing::info!(
+                    worker = index,
+                    load_ms = report.load.as_millis() as u64,
+                    warmup_ms = report.warmup.as_millis() as u64,
+                    "model worker ready"
+                ),
+                Ok(Err(e)) => {
+                    return self.stop(
+                        StopReason::Fatal(format!(
+                            "model worker {index} could not load the model: {e}"
+                        )),
+                        ctx,
+                    );
+                }
+                Err(e) => {
+                    return self.stop(
+                        StopReason::Fatal(format!("model worker {index} died while loading: {e}")),
+                        ctx,
+                    );
+                }
+            }
+        }
+        if self.stopping {
+            return;
+        }
+        let me = ctx.address().recipient::<ChildPanicked>();
+        let tokenizers = TokenizerActor::start_pool(
+            self.config.tokenizer.workers,
+            self.tokenizer.clone(),
+            self.table.clone(),
+            me,
+        );
+        let router = Router::new(
+            tokenizers.clone(),
+            self.workers.clone(),
+            self.config.batching.clone(),
+            self.spec.clone(),
+            self.lifecycle.clone(),
+            self.admission.clone(),
+            self.recorder.clone(),
+            self.table.clone(),
+            ctx.address(),
+        )
+        .start();
+        self.tokenizers = Some(tokenizers);
+        self.router = Some(router.clone());
+        let _ = self.router_cell.set(router);
+        self.lifecycle.set_ready();
+        self.recorder.ready(true);
+        if let Some(front) = &self.front {
+            let _ = front.readiness.send(true);
+        }
+        tracing::info!(experiment = %self.config.experiment.name, "ready");
+    }
 
-    fn handle(&mut self, msg: ChildPanicked, ctx: &mut Self::Context) {
-        let kind = if msg.actor.starts_with("tokenizer") {
-            "tokenizer"
-        } else {
-            "model_worker"
-        };
-        self.metrics.restart(kind);
+    fn child_panicked(&mut self, msg: ChildPanicked, ctx: &mut Context<Self>) {
+        self.recorder.restart(msg.actor.kind());
         let now = Instant::now();
         let window = Duration::from_secs_f64(self.config.supervision.window_seconds);
         self.restarts.retain(|t| now.duration_since(*t) <= window);
@@ -265,29 +318,29 @@ impl Handler<ChildPanicked> for Supervisor {
             "actor restarted after a panic"
         );
         if self.restarts.len() > max {
-            ctx.notify(Shutdown(StopReason::Fatal(format!(
-                "{} restarts in {:.0} s exceed supervision.max_restarts = {max} \
-                 (last: {} panicked: {}); stopping instead of flapping",
-                self.restarts.len(),
-                window.as_secs_f64(),
-                msg.actor,
-                msg.message
-            ))));
+            self.stop(
+                StopReason::Fatal(format!(
+                    "{} restarts in {:.0} s exceed supervision.max_restarts = {max} \
+                     (last: {} panicked: {}); stopping instead of flapping",
+                    self.restarts.len(),
+                    window.as_secs_f64(),
+                    msg.actor,
+                    msg.message
+                )),
+                ctx,
+            );
         }
     }
-}
 
-impl Handler<Shutdown> for Supervisor {
-    type Result = ();
-
-    fn handle(&mut self, Shutdown(reason): Shutdown, ctx: &mut Self::Context) {
+    /// Begins the stop sequence (once).
+    fn stop(&mut self, reason: StopReason, ctx: &mut Context<Self>) {
         if self.stopping {
             tracing::debug!(?reason, "stop already under way");
             return;
         }
         self.stopping = true;
         self.lifecycle.begin_stop();
-        self.metrics.ready(false);
+        self.recorder.ready(false);
         let budget = self.budget();
         let deadline = Instant::now() + budget;
         let code = match &reason {
@@ -305,18 +358,34 @@ impl Handler<Shutdown> for Supervisor {
             }
         };
         spawn_watchdog(deadline, self.table.clone());
+        let front = self.front.take();
+        if let Some(front) = &front {
+            let _ = front.readiness.send(false);
+        }
         let plan = StopPlan {
-            lifecycle: self.lifecycle.clone(),
+            admission: self.admission.clone(),
             table: self.table.clone(),
-            front: self.front.take(),
+            front: front.map(|f| f.stop),
             router: self.router.take(),
             tokenizers: self.tokenizers.take(),
             workers: std::mem::take(&mut self.workers),
             deadline,
         };
         let exit = self.exit.take();
-        ctx.spawn(actix::fut::wrap_future(plan.run()).map(
-            move |(), _act: &mut Supervisor, _ctx| {
+        let table = self.table.clone();
+        let run = std::panic::AssertUnwindSafe(plan.run()).catch_unwind();
+        ctx.spawn(
+            actix::fut::wrap_future(run).map(move |result, _act: &mut Supervisor, _ctx| {
+                if let Err(panic) = result {
+                    abort_now(
+                        EXIT_FAILURE,
+                        &format!(
+                            "the stop sequence panicked ({})",
+                            super::panic_message(&panic)
+                        ),
+                        &table,
+                    );
+                }
                 if code == EXIT_OK {
                     tracing::info!("Shutdown complete");
                 } else {
@@ -325,64 +394,83 @@ impl Handler<Shutdown> for Supervisor {
                 if let Some(exit) = exit {
                     let _ = exit.send(code);
                 }
-            },
-        ));
+            }),
+        );
+    }
+}
+
+impl Actor for Supervisor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        spawn_signal_thread(ctx.address(), self.table.clone());
+    }
+}
+
+impl Handler<Boot> for Supervisor {
+    type Result = ();
+
+    fn handle(&mut self, Boot(front): Boot, ctx: &mut Self::Context) {
+        self.guarded("booting", ctx, |act, ctx| act.boot(front, ctx));
+    }
+}
+
+impl Handler<ChildPanicked> for Supervisor {
+    type Result = ();
+
+    fn handle(&mut self, msg: ChildPanicked, ctx: &mut Self::Context) {
+        self.guarded("counting a restart", ctx, |act, ctx| {
+            act.child_panicked(msg, ctx)
+        });
+    }
+}
+
+impl Handler<Shutdown> for Supervisor {
+    type Result = ();
+
+    fn handle(&mut self, Shutdown(reason): Shutdown, ctx: &mut Self::Context) {
+        self.guarded("stopping", ctx, |act, ctx| act.stop(reason, ctx));
+    }
+}
+
+impl Handler<InjectFault> for Supervisor {
+    type Result = ();
+
+    fn handle(&mut self, InjectFault(fault): InjectFault, ctx: &mut Self::Context) {
+        match fault {
+            Fault::SupervisorPanic => self.guarded("handling a test's fault", ctx, |_, _| {
+                panic!("injected supervisor fault")
+            }),
+            other => self.metrics.do_send(super::metrics::InjectFault(other)),
+        }
     }
 }
 
 /// Everything the stop sequence needs, moved out of the Supervisor.
 struct StopPlan {
-    lifecycle: Arc<Lifecycle>,
+    admission: Arc<Admission>,
     table: Arc<ActorTable>,
-    front: Option<FrontEnds>,
+    front: Option<StopFrontEnds>,
     router: Option<Addr<Router>>,
     tokenizers: Option<Addr<TokenizerActor>>,
     workers: Vec<Addr<ModelWorker>>,
     deadline: Instant,
 }
 
-/// How long the gRPC server may wait for clients to close idle connections.
-const FRONT_END_GRACE: Duration = Duration::from_millis(500);
-
 /// How often a waiting stage logs who is still running.
 const PROGRESS_EVERY: Duration = Duration::from_secs(2);
 
 impl StopPlan {
     async fn run(mut self) {
-        if let Some(front) = &self.front {
-            front.health.set(false).await;
-        }
-        // 1. Drain: requests already accepted finish; new ones are refused (Lifecycle).
-        self.stage("drain in-flight requests", |p| p.lifecycle.in_flight() == 0)
+        // 1. Drain: requests already admitted finish; new ones are refused (Lifecycle).
+        self.stage("drain in-flight requests", |p| p.admission.requests() == 0)
             .await;
 
         // 2. Front ends: stop listening, close connections.
-        if let Some(front) = self.front.take() {
+        if let Some(stop) = self.front.take() {
             let start = Instant::now();
             tracing::info!(stage = "front ends", "stage start");
-            let _ = front.grpc_stop.send(());
-            // Requests are drained; what is left are idle keep-alive connections. actix-web
-            // closes its own; tonic waits for clients to hang up, so after a short grace the
-            // gRPC arbiter is stopped, which drops its connections.
-            let grace = (Instant::now() + FRONT_END_GRACE).min(self.deadline);
-            let mut grpc_done = front.grpc_done;
-            let grpc_ended = tokio::time::timeout_at(grace.into(), &mut grpc_done)
-                .await
-                .is_ok();
-            if !grpc_ended {
-                tracing::info!("closing idle gRPC connections");
-                front.grpc_arbiter.stop();
-            }
-            let both = async {
-                front.http.stop(true).await;
-                if !grpc_ended {
-                    let _ = grpc_done.await;
-                }
-            };
-            if tokio::time::timeout_at(self.deadline.into(), both)
-                .await
-                .is_err()
-            {
+            if !stop(self.deadline).await {
                 abort_now(EXIT_ABORT, "front ends did not stop", &self.table);
             }
             tracing::info!(
@@ -399,7 +487,7 @@ impl StopPlan {
             let _ = tokio::time::timeout_at(self.deadline.into(), router.send(router::Stop)).await;
             drop(router);
             self.stage_wait("router", start, |p| {
-                p.table.running_with_prefix("router") == 0
+                p.table.running_of(ActorKind::Router) == 0
             })
             .await;
         }
@@ -409,7 +497,7 @@ impl StopPlan {
         tracing::info!(stage = "tokenizers", "stage start");
         drop(self.tokenizers.take());
         self.stage_wait("tokenizers", start, |p| {
-            p.table.running_with_prefix("tokenizer-") == 0
+            p.table.running_of(ActorKind::Tokenizer) == 0
         })
         .await;
 
@@ -421,7 +509,7 @@ impl StopPlan {
         let _ = tokio::time::timeout_at(self.deadline.into(), releases).await;
         drop(workers);
         self.stage_wait("model workers", start, |p| {
-            p.table.running_with_prefix("model-worker-") == 0
+            p.table.running_of(ActorKind::ModelWorker) == 0
         })
         .await;
     }
@@ -430,7 +518,7 @@ impl StopPlan {
         let start = Instant::now();
         tracing::info!(
             stage = name,
-            in_flight = self.lifecycle.in_flight(),
+            in_flight = self.admission.requests(),
             "stage start"
         );
         self.stage_wait(name, start, done).await;
@@ -451,7 +539,7 @@ impl StopPlan {
             if Instant::now() >= next_log {
                 tracing::info!(
                     stage = name,
-                    in_flight = self.lifecycle.in_flight(),
+                    in_flight = self.admission.requests(),
                     running = ?self.table.running(),
                     "still stopping"
                 );

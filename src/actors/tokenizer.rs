@@ -8,7 +8,6 @@
 
 use std::{
     cell::Cell,
-    panic::{AssertUnwindSafe, catch_unwind},
     sync::{
         Arc,
         atomic::{AtomicUsize, Ordering},
@@ -18,16 +17,15 @@ use std::{
 
 use actix::prelude::*;
 
-use super::{ActorState, ActorTable, supervisor::ChildPanicked};
+use super::{ActorId, ActorState, ActorTable, InferError, supervisor::ChildPanicked};
 use crate::{
-    error::ApiError,
     fault::Fault,
     model::{Encoded, TextTokenizer, TokenizeError},
 };
 
 /// Tokenize the texts of one request.
 #[derive(Message)]
-#[rtype(result = "Result<Tokenized, ApiError>")]
+#[rtype(result = "Result<Tokenized, InferError>")]
 pub struct Tokenize {
     /// The request's texts, in order.
     pub texts: Vec<String>,
@@ -47,13 +45,13 @@ pub struct Tokenized {
     pub encodings: Vec<Encoded>,
     /// Time spent tokenizing (not waiting for a thread).
     pub elapsed: Duration,
-    /// A fault a test asked the model worker to simulate (see `crate::fault`).
+    /// A fault a test asked for (see `crate::fault`), for the actors downstream.
     pub fault: Option<Fault>,
 }
 
 /// One tokenizer thread.
 pub struct TokenizerActor {
-    name: String,
+    id: ActorId,
     tokenizer: TextTokenizer,
     table: Arc<ActorTable>,
     supervisor: Recipient<ChildPanicked>,
@@ -83,10 +81,10 @@ impl TokenizerActor {
                     slot
                 }
             });
-            let name = format!("tokenizer-{slot}");
-            table.set(&name, ActorState::Idle);
+            let id = ActorId::Tokenizer(slot);
+            table.set(id, ActorState::Idle);
             TokenizerActor {
-                name,
+                id,
                 tokenizer: tokenizer.clone(),
                 table: table.clone(),
                 supervisor: supervisor.clone(),
@@ -99,20 +97,20 @@ impl Actor for TokenizerActor {
     type Context = SyncContext<Self>;
 
     fn stopped(&mut self, _ctx: &mut Self::Context) {
-        self.table.set(&self.name, ActorState::Stopped);
-        tracing::debug!(actor = %self.name, "stopped");
+        self.table.set(self.id, ActorState::Stopped);
+        tracing::debug!(actor = %self.id, "stopped");
     }
 }
 
 impl Handler<Tokenize> for TokenizerActor {
-    type Result = Result<Tokenized, ApiError>;
+    type Result = Result<Tokenized, InferError>;
 
     fn handle(&mut self, msg: Tokenize, ctx: &mut Self::Context) -> Self::Result {
         let _enter = msg.span.enter();
         let start = Instant::now();
         let tokenizer = &self.tokenizer;
         let fault = msg.texts.iter().find_map(|t| crate::fault::detect(t));
-        let result = catch_unwind(AssertUnwindSafe(|| {
+        let result = super::catch(|| {
             if fault == Some(Fault::TokenizerPanic) {
                 panic!("injected tokenizer fault");
             }
@@ -124,11 +122,11 @@ impl Handler<Tokenize> for TokenizerActor {
                     None => tokenizer.encode(i, text, msg.truncate),
                 })
                 .collect::<Result<Vec<_>, TokenizeError>>()
-        }));
+        });
         match result {
             Ok(Ok(encodings)) => {
                 tracing::debug!(
-                    actor = %self.name,
+                    actor = %self.id,
                     texts = encodings.len(),
                     elapsed_us = start.elapsed().as_micros() as u64,
                     "tokenized"
@@ -139,19 +137,19 @@ impl Handler<Tokenize> for TokenizerActor {
                     fault,
                 })
             }
-            Ok(Err(e)) => Err(ApiError::validation(e.to_string())),
-            Err(panic) => {
-                let message = super::panic_message(&panic);
-                tracing::error!(actor = %self.name, %message, "tokenizer panicked; restarting it");
+            Ok(Err(e)) => Err(InferError::Tokenize(e)),
+            Err(message) => {
+                tracing::error!(actor = %self.id, %message, "tokenizer panicked; restarting it");
                 self.supervisor.do_send(ChildPanicked {
-                    actor: self.name.clone(),
+                    actor: self.id,
                     message: message.clone(),
                 });
                 // In a SyncContext, stopping means the SyncArbiter builds a fresh actor.
                 ctx.stop();
-                Err(ApiError::internal(format!(
-                    "the tokenizer failed on this request ({message}); it has been restarted"
-                )))
+                Err(InferError::Panicked {
+                    actor: self.id,
+                    message: format!("{message}; the tokenizer has been restarted"),
+                })
             }
         }
     }

@@ -11,12 +11,12 @@ use tokio::sync::oneshot;
 use tonic::{Request, Response, Status, transport::server::TcpIncoming};
 use tonic_health::ServingStatus;
 
-use super::{Shared, predict};
-use crate::{
-    actors::router::{EmbedOutput, Timings},
-    error::ApiError,
-    model::Task,
+use super::{
+    Call, Shared,
+    error::{ApiError, ErrorKind},
+    predict,
 };
+use crate::{actors::router::Timings, model::Task};
 
 /// Code generated from `proto/actor_infer/v1/inference.proto`.
 pub mod pb {
@@ -75,7 +75,7 @@ impl Drop for ClientGoneGuard<'_> {
         if let Some(shared) = self.0 {
             shared
                 .recorder
-                .request("grpc", Err(crate::error::ErrorKind::ClientGone.as_str()));
+                .request("grpc", Err(ErrorKind::ClientGone.as_str()));
         }
     }
 }
@@ -96,47 +96,33 @@ impl InferenceService for GrpcApi {
         &self,
         request: Request<pb::InferRequest>,
     ) -> Result<Response<pb::InferResponse>, Status> {
-        let deadline = self.deadline(&request);
-        let mut req = request.into_inner();
-        let (request_id, span) = request_span("Infer", std::mem::take(&mut req.request_id));
-        let classifier = self.shared.spec.task != Task::Embedding;
-        let pairs = if req.text_pairs.is_empty() {
-            None
-        } else if !classifier {
-            return Err(Status::invalid_argument(
-                "text_pairs is for classifiers; this is an embedding model",
-            ));
-        } else if req.text_pairs.len() != req.texts.len() {
-            return Err(Status::invalid_argument(format!(
-                "text_pairs has {} entries and texts {}; give one pair per text",
-                req.text_pairs.len(),
-                req.texts.len()
-            )));
-        } else {
-            Some(req.text_pairs)
-        };
-        let out = self
-            .served(self.shared.infer(
-                req.texts,
-                pairs,
-                req.normalize,
-                req.truncate.unwrap_or(true),
-                span,
-                deadline,
-            ))
-            .await?;
-        Ok(Response::new(pb::InferResponse {
-            outputs: out
+        let shared = &self.shared;
+        self.inference(request, "Infer", |req: pb::InferRequest, call| async move {
+            let classifier = shared.spec.task != Task::Embedding;
+            let pairs = if req.text_pairs.is_empty() {
+                None
+            } else if !classifier {
+                return Err(ApiError::validation(
+                    "text_pairs is for classifiers; this is an embedding model",
+                ));
+            } else {
+                Some(req.text_pairs)
+            };
+            let truncate = req.truncate.unwrap_or(true);
+            let out = shared
+                .infer(req.texts, pairs, req.normalize, truncate, call)
+                .await?;
+            let raw = req.raw_scores.unwrap_or(false);
+            let outputs: Vec<pb::Output> = out
                 .embeddings
                 .into_iter()
                 .zip(out.token_counts)
                 .map(|(row, token_count)| {
                     if classifier {
-                        let raw = req.raw_scores.unwrap_or(false);
                         pb::Output {
                             embedding: Vec::new(),
                             token_count,
-                            predictions: predict::predictions(&row, &self.shared.spec, raw)
+                            predictions: predict::predictions(&row, &shared.spec, raw)
                                 .into_iter()
                                 .map(|p| pb::Prediction {
                                     label: p.label,
@@ -152,11 +138,24 @@ impl InferenceService for GrpcApi {
                         }
                     }
                 })
-                .collect(),
-            timings: Some(timings(&out.timings)),
-            model: self.shared.spec.name.clone(),
-            request_id,
-        }))
+                .collect();
+            let texts = outputs.len();
+            Ok((
+                pb::InferResponse {
+                    outputs,
+                    timings: Some(timings(&out.timings)),
+                    model: shared.spec.name.clone(),
+                    request_id: String::new(),
+                },
+                texts,
+                out.timings,
+            ))
+        })
+        .await
+        .map(|(mut r, id)| {
+            r.get_mut().request_id = id;
+            r
+        })
     }
 
     async fn model_info(
@@ -187,72 +186,95 @@ impl InferenceService for GrpcApi {
         &self,
         request: Request<pb::RerankRequest>,
     ) -> Result<Response<pb::RerankResponse>, Status> {
-        let deadline = self.deadline(&request);
-        let mut req = request.into_inner();
-        let (request_id, span) = request_span("Rerank", std::mem::take(&mut req.request_id));
-        let n = req.texts.len();
-        let keep = req.return_text.then(|| req.texts.clone());
-        let out = self
-            .served(async {
-                self.shared.require(&[Task::Reranker], "Rerank")?;
-                self.shared
-                    .infer(
-                        vec![req.query; n],
-                        Some(req.texts),
-                        None,
-                        req.truncate.unwrap_or(true),
-                        span,
-                        deadline,
-                    )
-                    .await
-            })
-            .await?;
-        Ok(Response::new(pb::RerankResponse {
-            results: predict::rerank_results(&out.embeddings, req.raw_scores, keep)
-                .into_iter()
-                .map(|r| pb::RankedText {
-                    index: r.index as u32,
-                    score: r.score,
-                    text: r.text,
-                })
-                .collect(),
-            timings: Some(timings(&out.timings)),
-            model: self.shared.spec.name.clone(),
-            request_id,
-        }))
+        let shared = &self.shared;
+        self.inference(
+            request,
+            "Rerank",
+            |req: pb::RerankRequest, call| async move {
+                shared.require(&[Task::Reranker], "Rerank")?;
+                let n = req.texts.len();
+                let keep = req.return_text.then(|| req.texts.clone());
+                let truncate = req.truncate.unwrap_or(true);
+                let out = shared
+                    .infer(vec![req.query; n], Some(req.texts), None, truncate, call)
+                    .await?;
+                Ok((
+                    pb::RerankResponse {
+                        results: predict::rerank_results(&out.embeddings, req.raw_scores, keep)
+                            .into_iter()
+                            .map(|r| pb::RankedText {
+                                index: r.index as u32,
+                                score: r.score,
+                                text: r.text,
+                            })
+                            .collect(),
+                        timings: Some(timings(&out.timings)),
+                        model: shared.spec.name.clone(),
+                        request_id: String::new(),
+                    },
+                    n,
+                    out.timings,
+                ))
+            },
+        )
+        .await
+        .map(|(mut r, id)| {
+            r.get_mut().request_id = id;
+            r
+        })
     }
 }
 
-/// The call's request id (the client's, or a new one) and its tracing span.
-fn request_span(route: &'static str, client_id: String) -> (String, tracing::Span) {
-    let id = if client_id.is_empty() {
-        super::new_request_id()
-    } else {
-        client_id
-    };
-    let span = tracing::info_span!("request", transport = "grpc", route, request_id = %id);
-    (id, span)
+/// A gRPC request that names its own request id (`request_id`; empty: the server makes one).
+pub trait WithRequestId {
+    /// Takes the client's id out of the request.
+    fn take_request_id(&mut self) -> String;
+}
+
+impl WithRequestId for pb::InferRequest {
+    fn take_request_id(&mut self) -> String {
+        std::mem::take(&mut self.request_id)
+    }
+}
+
+impl WithRequestId for pb::RerankRequest {
+    fn take_request_id(&mut self) -> String {
+        std::mem::take(&mut self.request_id)
+    }
 }
 
 impl GrpcApi {
-    /// Runs one inference call's work: records its outcome, including a call the client
-    /// cancels (hyper then drops this future mid-way; the guard records `client_gone`), and
-    /// turns its error into a status.
-    async fn served(
+    /// The opening and closing every gRPC inference method shares: the deadline (the
+    /// client's `grpc-timeout`), the request id and span, the outcome in the metrics,
+    /// including a call the client cancels (hyper then drops this future mid-way; the guard
+    /// records `client_gone`), and the error as a status from the table. Returns the response
+    /// and the request id it must carry.
+    async fn inference<Req, Resp, Fut>(
         &self,
-        work: impl std::future::Future<Output = Result<EmbedOutput, ApiError>>,
-    ) -> Result<EmbedOutput, Status> {
+        request: Request<Req>,
+        route: &'static str,
+        work: impl FnOnce(Req, Call) -> Fut,
+    ) -> Result<(Response<Resp>, String), Status>
+    where
+        Req: WithRequestId,
+        Fut: std::future::Future<Output = Result<(Resp, usize, Timings), ApiError>>,
+    {
+        let deadline = self.deadline(&request);
+        let mut req = request.into_inner();
+        let id = match req.take_request_id() {
+            id if id.is_empty() => super::new_request_id(),
+            id => id,
+        };
+        let call = Call {
+            span: tracing::info_span!("request", transport = "grpc", route, request_id = %id),
+            deadline,
+        };
         let mut gone = ClientGoneGuard(Some(&self.shared));
-        let result = work.await;
+        let result = work(req, call).await;
         gone.0 = None;
-        self.shared.recorder.request(
-            "grpc",
-            match &result {
-                Ok(out) => Ok((out.embeddings.len(), &out.timings)),
-                Err(e) => Err(e.kind.as_str()),
-            },
-        );
-        result.map_err(Status::from)
+        super::record(&self.shared.recorder, "grpc", &result);
+        let (resp, _, _) = result.map_err(Status::from)?;
+        Ok((Response::new(resp), id))
     }
 
     /// The call's deadline: the client's `grpc-timeout` (answered a little early) or
@@ -312,7 +334,7 @@ impl tonic::service::Interceptor for ApiKeyCheck {
         match super::check_api_key(&self.shared.config.server, header) {
             Ok(()) => Ok(request),
             Err(e) => {
-                self.shared.recorder.request("grpc", Err(e.kind.as_str()));
+                super::record::<()>(&self.shared.recorder, "grpc", &Err(e.clone()));
                 Err(Status::from(e))
             }
         }
@@ -330,17 +352,17 @@ fn client_fault_codes(
     let Some(status) = Status::from_header_map(res.headers()) else {
         return res;
     };
-    let code = match status.code() {
+    let kind = match status.code() {
         tonic::Code::OutOfRange if status.message().contains("message length too large") => {
-            tonic::Code::ResourceExhausted
+            ErrorKind::PayloadTooLarge
         }
         tonic::Code::Internal if status.message().starts_with("failed to decode") => {
-            tonic::Code::InvalidArgument
+            ErrorKind::Validation
         }
         _ => return res,
     };
     let message = format!("invalid request message: {}", status.message());
-    let _ = Status::new(code, message).add_header(res.headers_mut());
+    let _ = Status::from(ApiError::new(kind, message)).add_header(res.headers_mut());
     res
 }
 
@@ -353,14 +375,12 @@ pub async fn serve(
         impl tonic_health::pb::health_server::Health,
     >,
     stop: oneshot::Receiver<()>,
-) -> Result<(), String> {
+) -> Result<(), ServeError> {
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .map_err(|e| format!("gRPC reflection: {e}"))?;
-    let listener =
-        tokio::net::TcpListener::from_std(listener).map_err(|e| format!("gRPC listener: {e}"))?;
+        .build_v1()?;
+    let listener = tokio::net::TcpListener::from_std(listener)?;
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     let limit = shared.config.server.max_request_bytes;
     let service = InferenceServiceServer::new(GrpcApi {
@@ -377,14 +397,22 @@ pub async fn serve(
         .serve_with_incoming_shutdown(incoming, async {
             let _ = stop.await;
         })
-        .await
-        .map_err(|e| format!("gRPC server: {e}"))
+        .await?;
+    Ok(())
 }
 
-impl From<&ApiError> for Status {
-    fn from(e: &ApiError) -> Self {
-        Status::new(e.kind.grpc_code(), e.message.clone())
-    }
+/// Why the gRPC server could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The reflection service could not be built from the descriptor sets.
+    #[error("gRPC reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    /// The listener could not be handed to tokio.
+    #[error("gRPC listener: {0}")]
+    Listener(#[from] std::io::Error),
+    /// tonic's server failed.
+    #[error("gRPC server: {0}")]
+    Transport(#[from] tonic::transport::Error),
 }
 
 #[cfg(test)]

@@ -14,14 +14,11 @@ use actix_web::{
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 
-use super::Shared;
-use crate::{
-    actors::{
-        metrics::{Render, Snapshot},
-        router::Timings,
-    },
+use super::{
+    Call, Shared,
     error::{ApiError, ErrorKind},
 };
+use crate::actors::{metrics::Render, router::Timings};
 
 #[derive(Serialize)]
 struct ErrorBody<'a> {
@@ -213,7 +210,7 @@ async fn client_gone(req: &HttpRequest) {
 
 /// Runs `work` unless the client disconnects first; then `work` is dropped (so the Router
 /// skips the request's queued texts and counts them) and the outcome is `client_gone`.
-pub(super) async fn unless_client_gone<T>(
+async fn unless_client_gone<T>(
     req: &HttpRequest,
     work: impl std::future::Future<Output = Result<T, ApiError>>,
 ) -> Result<T, ApiError> {
@@ -223,33 +220,48 @@ pub(super) async fn unless_client_gone<T>(
     }
 }
 
-/// Records an inference request's outcome (counter and dashboard window) and returns its
-/// response.
-pub(super) fn outcome(
-    shared: &Shared,
-    result: Result<(HttpResponse, usize, Timings), ApiError>,
-) -> Result<HttpResponse, ApiError> {
-    match result {
-        Ok((res, texts, timings)) => {
-            shared.recorder.request("http", Ok((texts, &timings)));
-            Ok(res)
-        }
-        Err(e) => {
-            shared.recorder.request("http", Err(e.kind.as_str()));
-            Err(e)
-        }
-    }
+/// What an inference route's work answers: the JSON body, the texts it served, and where the
+/// time went.
+pub(super) struct Served<T> {
+    /// The response body.
+    pub body: T,
+    /// Texts answered (for the dashboard's throughput).
+    pub texts: usize,
+    /// Where the request's time went (the timing headers).
+    pub timings: Timings,
 }
 
-/// The span of one HTTP request (`request_id` from `X-Request-Id`, or a new one).
-pub(super) fn request_span(route: &'static str, req: &HttpRequest) -> tracing::Span {
+/// The opening and closing every HTTP inference route shares: the request's span (with its
+/// `X-Request-Id`), its deadline, dropping the work when the client leaves, TEI's timing
+/// headers, and the outcome in the metrics. `work` gets the request's [`Call`].
+pub(super) async fn inference<T, Fut>(
+    shared: &Shared,
+    req: &HttpRequest,
+    route: &'static str,
+    work: impl FnOnce(Call) -> Fut,
+) -> Result<HttpResponse, ApiError>
+where
+    T: Serialize,
+    Fut: std::future::Future<Output = Result<Served<T>, ApiError>>,
+{
     let id = req
         .headers()
         .get("x-request-id")
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned)
         .unwrap_or_else(super::new_request_id);
-    tracing::info_span!("request", transport = "http", route, request_id = %id)
+    let call = Call {
+        span: tracing::info_span!("request", transport = "http", route, request_id = %id),
+        deadline: shared.deadline(None),
+    };
+    let result = unless_client_gone(req, work(call))
+        .await
+        .map(|s| (s.body, s.texts, s.timings));
+    super::record(&shared.recorder, "http", &result);
+    let (body, _, timings) = result?;
+    let mut res = HttpResponse::Ok();
+    with_timings(&mut res, &timings);
+    Ok(res.json(body))
 }
 
 async fn openai_embeddings(
@@ -257,9 +269,7 @@ async fn openai_embeddings(
     req: HttpRequest,
     body: web::Json<serde_json::Value>,
 ) -> Result<HttpResponse, ApiError> {
-    let span = request_span("/v1/embeddings", &req);
-    let deadline = shared.deadline(None);
-    let result = unless_client_gone(&req, async {
+    inference(&shared, &req, "/v1/embeddings", |call| async {
         let body: OpenAiRequest = typed(body.into_inner())?;
         let base64 = match body.encoding_format.as_deref() {
             None | Some("float") => false,
@@ -279,10 +289,10 @@ async fn openai_embeddings(
             )));
         }
         let out = shared
-            .embed(body.input.into_vec(), None, true, span.clone(), deadline)
+            .embed(body.input.into_vec(), None, true, call)
             .await?;
         let tokens: u64 = out.token_counts.iter().map(|&n| u64::from(n)).sum();
-        let (texts, timings) = (out.embeddings.len(), out.timings);
+        let texts = out.embeddings.len();
         let data = out
             .embeddings
             .into_iter()
@@ -298,21 +308,21 @@ async fn openai_embeddings(
                 },
             })
             .collect();
-        let mut res = HttpResponse::Ok();
-        with_timings(&mut res, &out.timings);
-        let res = res.json(OpenAiResponse {
-            object: "list",
-            data,
-            model: shared.spec.name.clone(),
-            usage: OpenAiUsage {
-                prompt_tokens: tokens,
-                total_tokens: tokens,
+        Ok(Served {
+            body: OpenAiResponse {
+                object: "list",
+                data,
+                model: shared.spec.name.clone(),
+                usage: OpenAiUsage {
+                    prompt_tokens: tokens,
+                    total_tokens: tokens,
+                },
             },
-        });
-        Ok((res, texts, timings))
+            texts,
+            timings: out.timings,
+        })
     })
-    .await;
-    outcome(&shared, result)
+    .await
 }
 
 async fn tei_embed(
@@ -320,28 +330,23 @@ async fn tei_embed(
     req: HttpRequest,
     body: web::Json<serde_json::Value>,
 ) -> Result<HttpResponse, ApiError> {
-    let span = request_span("/embed", &req);
-    let deadline = shared.deadline(None);
-    let result = unless_client_gone(&req, async {
+    inference(&shared, &req, "/embed", |call| async {
         let body: TeiRequest = typed(body.into_inner())?;
-        shared
+        let out = shared
             .embed(
                 body.inputs.into_vec(),
                 body.normalize,
                 body.truncate.unwrap_or(true),
-                span,
-                deadline,
+                call,
             )
-            .await
+            .await?;
+        Ok(Served {
+            texts: out.embeddings.len(),
+            timings: out.timings,
+            body: out.embeddings,
+        })
     })
     .await
-    .map(|out| {
-        let mut res = HttpResponse::Ok();
-        with_timings(&mut res, &out.timings);
-        let texts = out.embeddings.len();
-        (res.json(out.embeddings), texts, out.timings)
-    });
-    outcome(&shared, result)
 }
 
 async fn health() -> HttpResponse {
@@ -382,15 +387,19 @@ async fn metrics(shared: web::Data<Shared>, req: HttpRequest) -> Result<HttpResp
         q if q.contains("format=json") => false,
         _ => wants_prometheus(&req),
     };
-    let gone = |_| ApiError::shutting_down();
     if prometheus {
-        let text = shared.metrics.send(Render).await.map_err(gone)?;
+        let text = shared
+            .metrics
+            .send(Render)
+            .await
+            .ok()
+            .flatten()
+            .ok_or_else(|| ApiError::internal("the metrics actor could not answer; retry"))?;
         Ok(HttpResponse::Ok()
             .content_type("text/plain; version=0.0.4; charset=utf-8")
             .body(text))
     } else {
-        let json = shared.metrics.send(Snapshot).await.map_err(gone)?;
-        Ok(HttpResponse::Ok().json(json))
+        Ok(HttpResponse::Ok().json(super::dashboard_json(&shared).await?))
     }
 }
 
@@ -464,7 +473,7 @@ async fn require_api_key(
             .get(actix_web::http::header::AUTHORIZATION)
             .map(|v| v.as_bytes());
         if let Err(e) = super::check_api_key(server, header) {
-            shared.recorder.request("http", Err(e.kind.as_str()));
+            super::record::<()>(&shared.recorder, "http", &Err(e.clone()));
             return Err(e.into());
         }
     }

@@ -1,30 +1,35 @@
 //! The front ends: HTTP (actix-web, [`http`]) and gRPC (tonic, [`grpc`]). Both turn requests
-//! into typed [`Embed`] messages for the Router through [`Shared::embed`], so validation and
-//! the refusal rules are the same on both.
+//! into typed [`Embed`] messages for the Router through [`Shared::infer`], so validation, the
+//! refusal rules and the errors ([`error`]) are the same on both.
 
+pub mod error;
 pub mod grpc;
 pub mod http;
 pub mod predict;
 pub mod unavailable;
 
 use std::{
+    net::TcpListener,
     sync::{Arc, OnceLock},
     time::{Duration, Instant},
 };
 
-use actix::Addr;
+use actix::{Addr, Arbiter};
+use actix_rt::ArbiterHandle;
 use serde::Serialize;
+use tokio::sync::{oneshot, watch};
 
 use crate::{
     actors::{
         Admission, Lifecycle,
-        metrics::{Metrics, Recorder},
-        router::{Embed, EmbedOutput, Router},
+        metrics::{Metrics, Recorder, Snapshot},
+        router::{Embed, EmbedOutput, Router, Timings},
+        supervisor::{Shutdown, StopReason, Supervisor},
     },
     config::Config,
-    error::{ApiError, ErrorKind},
     model::{ModelSpec, Task, device_name},
 };
+use error::{ApiError, ErrorKind};
 
 /// What both front ends share. The Router's address appears once the model is loaded;
 /// until then inference routes answer "not ready".
@@ -43,6 +48,118 @@ pub struct Shared {
     pub recorder: Recorder,
     /// Texts in flight against `server.max_concurrent_requests`.
     pub admission: Arc<Admission>,
+}
+
+/// The running front ends: actix-web on the System's arbiter, tonic on an arbiter of its own.
+pub struct Servers {
+    /// actix-web's handle; `stop(true)` finishes in-flight requests.
+    http: actix_web::dev::ServerHandle,
+    /// Firing it makes tonic stop accepting and finish in-flight calls.
+    grpc_stop: oneshot::Sender<()>,
+    /// Resolves when the gRPC server has ended.
+    grpc_done: oneshot::Receiver<()>,
+    /// The gRPC server's thread; stopping it closes connections that outlive the grace.
+    grpc_arbiter: Arbiter,
+}
+
+/// How long the gRPC server may wait for clients to close idle connections.
+const FRONT_END_GRACE: Duration = Duration::from_millis(500);
+
+impl Servers {
+    /// Starts both front ends on their listeners. gRPC health follows `readiness`; a front
+    /// end that ends while the server is not stopping stops the server (exit 1).
+    pub fn start(
+        http: TcpListener,
+        grpc: TcpListener,
+        shared: Arc<Shared>,
+        readiness: watch::Receiver<bool>,
+        supervisor: Addr<Supervisor>,
+    ) -> std::io::Result<Servers> {
+        let server = http::serve(http, shared.clone())?;
+        let handle = server.handle();
+        let (sup, life) = (supervisor.clone(), shared.lifecycle.clone());
+        actix_rt::spawn(async move {
+            let result = server.await;
+            if !life.is_stopping() {
+                sup.do_send(Shutdown(StopReason::Fatal(format!(
+                    "the HTTP server ended unexpectedly: {result:?}"
+                ))));
+            }
+        });
+        let (health, health_service) = grpc::health();
+        let (grpc_stop, grpc_stop_rx) = oneshot::channel();
+        let (grpc_done_tx, grpc_done) = oneshot::channel();
+        let grpc_arbiter = Arbiter::new();
+        // gRPC health follows readiness (the Supervisor's switch).
+        grpc_arbiter.spawn(async move {
+            let mut readiness = readiness;
+            loop {
+                let serving = *readiness.borrow_and_update();
+                health.set(serving).await;
+                if readiness.changed().await.is_err() {
+                    break;
+                }
+            }
+        });
+        let life = shared.lifecycle.clone();
+        grpc_arbiter.spawn(async move {
+            let result = grpc::serve(grpc, shared, health_service, grpc_stop_rx).await;
+            if let Err(e) = result {
+                supervisor.do_send(Shutdown(StopReason::Fatal(e.to_string())));
+            } else if !life.is_stopping() {
+                supervisor.do_send(Shutdown(StopReason::Fatal(
+                    "the gRPC server ended unexpectedly".into(),
+                )));
+            }
+            let _ = grpc_done_tx.send(());
+        });
+        Ok(Servers {
+            http: handle,
+            grpc_stop,
+            grpc_done,
+            grpc_arbiter,
+        })
+    }
+
+    /// The gRPC server's thread, to stop once everything else has.
+    pub fn grpc_arbiter(&self) -> ArbiterHandle {
+        self.grpc_arbiter.handle()
+    }
+
+    /// Stops both: they stop accepting, finish what they hold and close their connections.
+    /// False if that did not happen by `deadline`.
+    pub async fn stop(self, deadline: Instant) -> bool {
+        let _ = self.grpc_stop.send(());
+        // Requests are drained; what is left are idle keep-alive connections. actix-web closes
+        // its own; tonic waits for clients to hang up, so after a short grace the gRPC arbiter
+        // is stopped, which drops its connections.
+        let grace = (Instant::now() + FRONT_END_GRACE).min(deadline);
+        let mut grpc_done = self.grpc_done;
+        let grpc_ended = tokio::time::timeout_at(grace.into(), &mut grpc_done)
+            .await
+            .is_ok();
+        if !grpc_ended {
+            tracing::info!("closing idle gRPC connections");
+            self.grpc_arbiter.stop();
+        }
+        let http = self.http;
+        let both = async move {
+            http.stop(true).await;
+            if !grpc_ended {
+                let _ = grpc_done.await;
+            }
+        };
+        tokio::time::timeout_at(deadline.into(), both).await.is_ok()
+    }
+}
+
+/// One inference call as the front ends hand it down: its tracing span (which carries the
+/// request id across actors and threads) and its deadline.
+pub struct Call {
+    /// The request's span.
+    pub span: tracing::Span,
+    /// When it must be answered by.
+    pub deadline: Deadline,
 }
 
 /// When a request must be answered by, and why.
@@ -111,12 +228,10 @@ impl Shared {
         texts: Vec<String>,
         normalize: Option<bool>,
         truncate: bool,
-        span: tracing::Span,
-        deadline: Deadline,
+        call: Call,
     ) -> Result<EmbedOutput, ApiError> {
         self.require(&[Task::Embedding], "embeddings (/embed, /v1/embeddings)")?;
-        self.infer(texts, None, normalize, truncate, span, deadline)
-            .await
+        self.infer(texts, None, normalize, truncate, call).await
     }
 
     /// Refuses a route the loaded model does not serve.
@@ -144,9 +259,9 @@ impl Shared {
         pairs: Option<Vec<String>>,
         normalize: Option<bool>,
         truncate: bool,
-        span: tracing::Span,
-        deadline: Deadline,
+        call: Call,
     ) -> Result<EmbedOutput, ApiError> {
+        let Call { span, deadline } = call;
         if let Some(p) = &pairs {
             if p.len() != texts.len() {
                 return Err(ApiError::validation(format!(
@@ -187,8 +302,10 @@ impl Shared {
             .await
             .map_err(|_| ApiError::shutting_down())??;
         match tokio::time::timeout_at(deadline.at.into(), receiver).await {
-            Ok(answer) => answer
-                .map_err(|_| ApiError::internal("the request was dropped inside the server"))?,
+            Ok(Ok(answer)) => Ok(answer?),
+            Ok(Err(_)) => Err(ApiError::internal(
+                "the request was dropped inside the server",
+            )),
             // Dropping the receiver here makes the Router skip whatever is still queued.
             Err(_) => Err(deadline.exceeded()),
         }
@@ -302,6 +419,29 @@ pub fn check_api_key(
             "the Authorization header must be `Bearer <key>`",
         )),
     }
+}
+
+/// Records an inference request's outcome over `transport` (counter and dashboard window).
+pub fn record<T>(
+    recorder: &Recorder,
+    transport: &str,
+    result: &Result<(T, usize, Timings), ApiError>,
+) {
+    match result {
+        Ok((_, texts, timings)) => recorder.request(transport, Ok((*texts, timings))),
+        Err(e) => recorder.request(transport, Err(e.kind.as_str())),
+    }
+}
+
+/// The JSON dashboard, from the Metrics actor.
+pub async fn dashboard_json(shared: &Shared) -> Result<serde_json::Value, ApiError> {
+    shared
+        .metrics
+        .send(Snapshot)
+        .await
+        .ok()
+        .flatten()
+        .ok_or_else(|| ApiError::internal("the metrics actor could not answer; retry"))
 }
 
 /// A short id for requests whose client gave none.

@@ -12,9 +12,10 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     Shared,
-    http::{outcome, request_span, resource, typed, unless_client_gone, with_timings},
+    error::ApiError,
+    http::{Served, inference, resource, typed},
 };
-use crate::{error::ApiError, model::ProblemType, model::Task};
+use crate::model::{ProblemType, Task};
 
 /// The activation `problem_type` implies, as `/info` names it.
 pub fn activation(problem: ProblemType) -> &'static str {
@@ -194,14 +195,21 @@ pub fn rerank_results(logits: &[Vec<f32>], raw: bool, texts: Option<Vec<String>>
         .collect()
 }
 
+/// `/predict`'s answer: one list of labelled scores for a single input, one per input for a
+/// list.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum PredictResponse {
+    One(Vec<Prediction>),
+    Many(Vec<Vec<Prediction>>),
+}
+
 async fn predict(
     shared: web::Data<Shared>,
     req: HttpRequest,
     body: web::Json<serde_json::Value>,
 ) -> Result<HttpResponse, ApiError> {
-    let span = request_span("/predict", &req);
-    let deadline = shared.deadline(None);
-    let result = unless_client_gone(&req, async {
+    inference(&shared, &req, "/predict", |call| async {
         shared.require(&[Task::Classifier, Task::Reranker], "/predict")?;
         let body: PredictRequest = typed(body.into_inner())?;
         let input = predict_input(body.inputs)?;
@@ -229,15 +237,9 @@ async fn predict(
                 }
             }
         }
+        let truncate = body.truncate.unwrap_or(true);
         let out = shared
-            .infer(
-                texts,
-                any_pair.then_some(pairs),
-                None,
-                body.truncate.unwrap_or(true),
-                span,
-                deadline,
-            )
+            .infer(texts, any_pair.then_some(pairs), None, truncate, call)
             .await?;
         let spec = &shared.spec;
         let mut per_input: Vec<Vec<Prediction>> = out
@@ -245,18 +247,19 @@ async fn predict(
             .iter()
             .map(|logits| predictions(logits, spec, body.raw_scores))
             .collect();
-        let mut res = HttpResponse::Ok();
-        with_timings(&mut res, &out.timings);
-        let n = per_input.len();
-        let res = if one {
-            res.json(per_input.pop().expect("one input gives one row"))
+        let texts = per_input.len();
+        let body = if one {
+            PredictResponse::One(per_input.pop().expect("one input gives one row"))
         } else {
-            res.json(per_input)
+            PredictResponse::Many(per_input)
         };
-        Ok((res, n, out.timings))
+        Ok(Served {
+            body,
+            texts,
+            timings: out.timings,
+        })
     })
-    .await;
-    outcome(&shared, result)
+    .await
 }
 
 async fn rerank(
@@ -264,30 +267,22 @@ async fn rerank(
     req: HttpRequest,
     body: web::Json<serde_json::Value>,
 ) -> Result<HttpResponse, ApiError> {
-    let span = request_span("/rerank", &req);
-    let deadline = shared.deadline(None);
-    let result = unless_client_gone(&req, async {
+    inference(&shared, &req, "/rerank", |call| async {
         shared.require(&[Task::Reranker], "/rerank")?;
         let body: RerankRequest = typed(body.into_inner())?;
         let n = body.texts.len();
         let keep = body.return_text.then(|| body.texts.clone());
+        let truncate = body.truncate.unwrap_or(true);
         let out = shared
-            .infer(
-                vec![body.query; n],
-                Some(body.texts),
-                None,
-                body.truncate.unwrap_or(true),
-                span,
-                deadline,
-            )
+            .infer(vec![body.query; n], Some(body.texts), None, truncate, call)
             .await?;
-        let results = rerank_results(&out.embeddings, body.raw_scores, keep);
-        let mut res = HttpResponse::Ok();
-        with_timings(&mut res, &out.timings);
-        Ok((res.json(results), n, out.timings))
+        Ok(Served {
+            body: rerank_results(&out.embeddings, body.raw_scores, keep),
+            texts: n,
+            timings: out.timings,
+        })
     })
-    .await;
-    outcome(&shared, result)
+    .await
 }
 
 /// Registers `POST /predict` and `POST /rerank`.

@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 
-use tch::{Kind, Tensor};
+use tch::{Kind, TchError, Tensor};
 
 use super::{Encoded, EncoderConfig, Family, ModelError, ModelSpec, Task, heads::Head};
 use crate::config::{DType, Pooling};
@@ -168,7 +168,7 @@ impl Weights {
                 t.size()
             )));
         }
-        Ok(t.to_kind(self.kind).to_device(self.device))
+        Ok(t.f_to_kind(self.kind)?.f_to_device(self.device)?)
     }
 }
 
@@ -217,8 +217,8 @@ impl Bert {
             let k_b = w.take(&format!("{p}.attention.self.key.bias"), &[h])?;
             let v_b = w.take(&format!("{p}.attention.self.value.bias"), &[h])?;
             layers.push(Layer {
-                qkv_w: Tensor::cat(&[q_w, k_w, v_w], 0),
-                qkv_b: Tensor::cat(&[q_b, k_b, v_b], 0),
+                qkv_w: Tensor::f_cat(&[q_w, k_w, v_w], 0)?,
+                qkv_b: Tensor::f_cat(&[q_b, k_b, v_b], 0)?,
                 attn_out_w: w.take(&format!("{p}.attention.output.dense.weight"), &[h, h])?,
                 attn_out_b: w.take(&format!("{p}.attention.output.dense.bias"), &[h])?,
                 attn_ln_w: w.take(&format!("{p}.attention.output.LayerNorm.weight"), &[h])?,
@@ -262,55 +262,63 @@ impl Bert {
         })
     }
 
-    /// Token states `[rows, cols, hidden]` for a padded batch (in the weights' dtype).
-    /// Panics (as tch does) if libtorch fails; the worker catches that.
-    pub fn forward(&self, batch: &Padded) -> (Tensor, Tensor) {
+    /// Token states `[rows, cols, hidden]` for a padded batch (in the weights' dtype), and the
+    /// attention mask. Every libtorch call is the fallible one (`f_*`): an error (out of
+    /// memory, say) comes back as an error, never as a panic.
+    pub fn forward(&self, batch: &Padded) -> Result<(Tensor, Tensor), TchError> {
         let (b, l) = (batch.rows as i64, batch.cols as i64);
         let dev = self.device;
-        let ids = Tensor::from_slice(&batch.ids).view([b, l]).to_device(dev);
-        let types = Tensor::from_slice(&batch.type_ids)
-            .view([b, l])
-            .to_device(dev);
-        let mask = Tensor::from_slice(&batch.mask).view([b, l]).to_device(dev);
+        let ids = Tensor::f_from_slice(&batch.ids)?
+            .f_view([b, l])?
+            .f_to_device(dev)?;
+        let types = Tensor::f_from_slice(&batch.type_ids)?
+            .f_view([b, l])?
+            .f_to_device(dev)?;
+        let mask = Tensor::f_from_slice(&batch.mask)?
+            .f_view([b, l])?
+            .f_to_device(dev)?;
         let positions = match self.position_pad {
-            None => Tensor::arange(l, (Kind::Int64, dev)).unsqueeze(0),
+            None => Tensor::f_arange(l, (Kind::Int64, dev))?.f_unsqueeze(0)?,
             // transformers' create_position_ids_from_input_ids: real tokens count up from
             // pad + 1, padding tokens sit at pad.
             Some(pad) => {
-                let real = ids.ne(pad).to_kind(Kind::Int64);
-                real.cumsum(1, Kind::Int64) * &real + pad
+                let real = ids.f_ne(pad)?.f_to_kind(Kind::Int64)?;
+                real.f_cumsum(1, Kind::Int64)?
+                    .f_mul(&real)?
+                    .f_add_scalar(pad)?
             }
         };
         let h = self.hidden;
-        let mut x = Tensor::embedding(&self.word, &ids, -1, false, false)
-            + Tensor::embedding(&self.position, &positions, -1, false, false);
+        let mut x = Tensor::f_embedding(&self.word, &ids, -1, false, false)?.f_add(
+            &Tensor::f_embedding(&self.position, &positions, -1, false, false)?,
+        )?;
         if let Some(token_type) = &self.token_type {
             // RoBERTa has one segment type: its tokenizers give no segment ids, so use 0.
             let types = if self.position_pad.is_some() {
-                types.zeros_like()
+                types.f_zeros_like()?
             } else {
                 types
             };
-            x += Tensor::embedding(token_type, &types, -1, false, false);
+            x = x.f_add(&Tensor::f_embedding(token_type, &types, -1, false, false)?)?;
         }
-        let mut x = x.layer_norm(
+        let mut x = x.f_layer_norm(
             [h],
             Some(&self.emb_ln_w),
             Some(&self.emb_ln_b),
             self.eps,
             true,
-        );
+        )?;
         // Boolean mask, true where a key may be attended to: [b, 1, 1, l].
-        let attend = mask.to_kind(Kind::Bool).view([b, 1, 1, l]);
+        let attend = mask.f_to_kind(Kind::Bool)?.f_view([b, 1, 1, l])?;
         let heads = self.heads;
         let head_dim = h / heads;
         for layer in &self.layers {
             let qkv = x
-                .linear(&layer.qkv_w, Some(&layer.qkv_b))
-                .view([b, l, 3, heads, head_dim])
-                .permute([2, 0, 3, 1, 4]);
-            let (q, k, v) = (qkv.get(0), qkv.get(1), qkv.get(2));
-            let ctx = Tensor::scaled_dot_product_attention(
+                .f_linear(&layer.qkv_w, Some(&layer.qkv_b))?
+                .f_view([b, l, 3, heads, head_dim])?
+                .f_permute([2, 0, 3, 1, 4])?;
+            let (q, k, v) = (qkv.f_get(0)?, qkv.f_get(1)?, qkv.f_get(2)?);
+            let ctx = Tensor::f_scaled_dot_product_attention(
                 &q,
                 &k,
                 &v,
@@ -319,84 +327,95 @@ impl Bert {
                 false,
                 None,
                 false,
-            )
-            .transpose(1, 2)
-            .reshape([b, l, h]);
-            let attn = (ctx.linear(&layer.attn_out_w, Some(&layer.attn_out_b)) + &x).layer_norm(
-                [h],
-                Some(&layer.attn_ln_w),
-                Some(&layer.attn_ln_b),
-                self.eps,
-                true,
-            );
-            let inter = attn.linear(&layer.inter_w, Some(&layer.inter_b));
+            )?
+            .f_transpose(1, 2)?
+            .f_reshape([b, l, h])?;
+            let attn = ctx
+                .f_linear(&layer.attn_out_w, Some(&layer.attn_out_b))?
+                .f_add(&x)?
+                .f_layer_norm(
+                    [h],
+                    Some(&layer.attn_ln_w),
+                    Some(&layer.attn_ln_b),
+                    self.eps,
+                    true,
+                )?;
+            let inter = attn.f_linear(&layer.inter_w, Some(&layer.inter_b))?;
             let inter = match self.activation {
-                Activation::GeluErf => inter.gelu("none"),
-                Activation::GeluTanh => inter.gelu("tanh"),
-                Activation::Relu => inter.relu(),
+                Activation::GeluErf => inter.f_gelu("none")?,
+                Activation::GeluTanh => inter.f_gelu("tanh")?,
+                Activation::Relu => inter.f_relu()?,
             };
-            x = (inter.linear(&layer.out_w, Some(&layer.out_b)) + &attn).layer_norm(
-                [h],
-                Some(&layer.out_ln_w),
-                Some(&layer.out_ln_b),
-                self.eps,
-                true,
-            );
+            x = inter
+                .f_linear(&layer.out_w, Some(&layer.out_b))?
+                .f_add(&attn)?
+                .f_layer_norm(
+                    [h],
+                    Some(&layer.out_ln_w),
+                    Some(&layer.out_ln_b),
+                    self.eps,
+                    true,
+                )?;
         }
-        (x, mask)
+        Ok((x, mask))
     }
 
     /// Forward plus pooling: one f32 vector per text, on the CPU, not normalised. A
     /// classifier's rows are its logits (the head reads the first token's state).
-    pub fn embed(&self, batch: &Padded, pooling: Pooling) -> Vec<Vec<f32>> {
+    pub fn embed(&self, batch: &Padded, pooling: Pooling) -> Result<Vec<Vec<f32>>, TchError> {
         let _guard = tch::no_grad_guard();
-        let (states, mask) = self.forward(batch);
+        let (states, mask) = self.forward(batch)?;
         let rows = match &self.head {
-            None => pool(&states, &mask, pooling),
-            Some(head) => head.logits(&states),
+            None => pool(&states, &mask, pooling)?,
+            Some(head) => head.logits(&states)?,
         };
         rows_to_vecs(&rows)
     }
 }
 
 /// A `[rows, width]` tensor as one f32 vector per row, on the CPU.
-pub fn rows_to_vecs(rows: &Tensor) -> Vec<Vec<f32>> {
+pub fn rows_to_vecs(rows: &Tensor) -> Result<Vec<Vec<f32>>, TchError> {
     let rows = rows
-        .to_kind(Kind::Float)
-        .to_device(tch::Device::Cpu)
-        .contiguous();
+        .f_to_kind(Kind::Float)?
+        .f_to_device(tch::Device::Cpu)?
+        .f_contiguous()?;
     let dim = rows.size()[1] as usize;
-    let flat =
-        Vec::<f32>::try_from(rows.flatten(0, -1)).expect("a float tensor converts to Vec<f32>");
-    flat.chunks(dim.max(1)).map(<[f32]>::to_vec).collect()
+    let flat = Vec::<f32>::try_from(rows.f_flatten(0, -1)?)?;
+    Ok(flat.chunks(dim.max(1)).map(<[f32]>::to_vec).collect())
 }
 
 /// sentence-transformers' pooling of token states `[b, l, h]` under `mask` `[b, l]`, in f32.
-pub fn pool(states: &Tensor, mask: &Tensor, pooling: Pooling) -> Tensor {
-    let states = states.to_kind(Kind::Float);
-    let maskf = mask.to_kind(Kind::Float).unsqueeze(-1);
+pub fn pool(states: &Tensor, mask: &Tensor, pooling: Pooling) -> Result<Tensor, TchError> {
+    let states = states.f_to_kind(Kind::Float)?;
+    let maskf = mask.f_to_kind(Kind::Float)?.f_unsqueeze(-1)?;
+    let dim1 = [1i64];
     match pooling {
-        Pooling::Cls => states.select(1, 0),
+        Pooling::Cls => states.f_select(1, 0),
         Pooling::Mean | Pooling::MeanSqrtLen => {
-            let sum = (&states * &maskf).sum_dim_intlist([1i64].as_slice(), false, Kind::Float);
+            let sum =
+                states
+                    .f_mul(&maskf)?
+                    .f_sum_dim_intlist(dim1.as_slice(), false, Kind::Float)?;
             let count = maskf
-                .sum_dim_intlist([1i64].as_slice(), false, Kind::Float)
-                .clamp_min(1e-9);
+                .f_sum_dim_intlist(dim1.as_slice(), false, Kind::Float)?
+                .f_clamp_min(1e-9)?;
             if pooling == Pooling::Mean {
-                sum / count
+                sum.f_div(&count)
             } else {
-                sum / count.sqrt()
+                sum.f_div(&count.f_sqrt()?)
             }
         }
         Pooling::Max => states
-            .masked_fill(&maskf.eq(0.0), -1e9)
-            .amax([1i64].as_slice(), false),
+            .f_masked_fill(&maskf.f_eq(0.0)?, -1e9)?
+            .f_amax(dim1.as_slice(), false),
         Pooling::LastToken => {
-            let last = (mask.sum_dim_intlist([1i64].as_slice(), false, Kind::Int64) - 1)
-                .clamp_min(0)
-                .view([-1, 1, 1])
-                .expand([-1, 1, states.size()[2]], false);
-            states.gather(1, &last, false).squeeze_dim(1)
+            let last = mask
+                .f_sum_dim_intlist(dim1.as_slice(), false, Kind::Int64)?
+                .f_sub_scalar(1)?
+                .f_clamp_min(0)?
+                .f_view([-1, 1, 1])?
+                .f_expand([-1, 1, states.size()[2]], false)?;
+            states.f_gather(1, &last, false)?.f_squeeze_dim(1)
         }
     }
 }
@@ -498,8 +517,10 @@ mod tests {
             Pooling::MeanSqrtLen,
             Pooling::LastToken,
         ] {
-            let alone = model.embed(&Padded::new([&short], 0), pooling);
-            let batched = model.embed(&Padded::new([&long, &short], 0), pooling);
+            let alone = model.embed(&Padded::new([&short], 0), pooling).unwrap();
+            let batched = model
+                .embed(&Padded::new([&long, &short], 0), pooling)
+                .unwrap();
             assert_eq!(batched.len(), 2);
             assert_eq!(alone[0].len(), 32);
             let d = close(&alone[0], &batched[1]);
@@ -520,10 +541,12 @@ mod tests {
         let t = text(&[2, 5, 6, 3]);
         let a = Bert::load(&spec(plain.path()))
             .unwrap()
-            .embed(&Padded::new([&t], 0), Pooling::Mean);
+            .embed(&Padded::new([&t], 0), Pooling::Mean)
+            .unwrap();
         let b = Bert::load(&spec(prefixed.path()))
             .unwrap()
-            .embed(&Padded::new([&t], 0), Pooling::Mean);
+            .embed(&Padded::new([&t], 0), Pooling::Mean)
+            .unwrap();
         assert_eq!(a, b);
     }
 
@@ -544,7 +567,8 @@ mod tests {
         // states [1, 3, 2]; the third token is padding.
         let states = Tensor::from_slice(&[1.0f32, 10.0, 3.0, -2.0, 100.0, 100.0]).view([1, 3, 2]);
         let mask = Tensor::from_slice(&[1i64, 1, 0]).view([1, 2 + 1]);
-        let get = |p| Vec::<f32>::try_from(pool(&states, &mask, p).flatten(0, -1)).unwrap();
+        let get =
+            |p| Vec::<f32>::try_from(pool(&states, &mask, p).unwrap().flatten(0, -1)).unwrap();
         assert_eq!(get(Pooling::Mean), vec![2.0, 4.0]);
         assert_eq!(get(Pooling::Cls), vec![1.0, 10.0]);
         assert_eq!(get(Pooling::Max), vec![3.0, 10.0]);

@@ -404,18 +404,39 @@ impl Probe {
 /// Probes the host (once) and resolves `model.device` for `model`, checking that its
 /// `model.dtype` runs there. The error names the key and the missing piece; the caller exits
 /// with the configuration error code before binding any port.
-pub fn select(model: &crate::config::Model) -> Result<Choice, String> {
+pub fn select(model: &crate::config::Model) -> Result<Choice, SelectError> {
     let want_cuda = matches!(model.device, Device::Auto | Device::Cuda(_));
     let choice = Probe::run(want_cuda)
         .resolve(model.device)
-        .map_err(|e| format!("model.device: {}: {e}", model.device))?;
+        .map_err(|source| SelectError::Device {
+            device: model.device,
+            source,
+        })?;
     if choice.device == tch::Device::Cpu && model.dtype == crate::config::DType::F16 {
-        return Err(format!(
-            "model.dtype: f16 is for GPUs; this model runs on the CPU ({}): use f32 or bf16",
-            choice.reason
-        ));
+        return Err(SelectError::F16OnCpu {
+            reason: choice.reason,
+        });
     }
     Ok(choice)
+}
+
+/// Why `model.device` / `model.dtype` cannot be served here; the message names the key.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum SelectError {
+    /// The device is not usable.
+    #[error("model.device: {device}: {source}")]
+    Device {
+        /// As configured.
+        device: Device,
+        /// The missing piece.
+        source: DeviceError,
+    },
+    /// f16 where the model runs on the CPU.
+    #[error("model.dtype: f16 is for GPUs; this model runs on the CPU ({reason}): use f32 or bf16")]
+    F16OnCpu {
+        /// Why the CPU.
+        reason: String,
+    },
 }
 
 /// A resolved device and why.
@@ -625,6 +646,7 @@ mod tests {
         assert!(
             Device::parse("gpu")
                 .unwrap_err()
+                .to_string()
                 .contains("`gpu` is not a device")
         );
         assert!(Device::parse("cuda:x").is_err());

@@ -49,13 +49,13 @@ impl Head {
     }
 
     /// Logits `[rows, labels]` from token states `[rows, cols, hidden]`.
-    pub fn logits(&self, states: &Tensor) -> Tensor {
-        let first = states.select(1, 0);
-        let x = first.linear(&self.dense_w, Some(&self.dense_b));
+    pub fn logits(&self, states: &Tensor) -> Result<Tensor, tch::TchError> {
+        let first = states.f_select(1, 0)?;
+        let x = first.f_linear(&self.dense_w, Some(&self.dense_b))?;
         let x = match self.activation {
-            Activation::Tanh => x.tanh(),
-            Activation::Relu => x.relu(),
+            Activation::Tanh => x.f_tanh()?,
+            Activation::Relu => x.f_relu()?,
         };
-        x.linear(&self.out_w, Some(&self.out_b))
+        x.f_linear(&self.out_w, Some(&self.out_b))
     }
 }

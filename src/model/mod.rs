@@ -78,16 +78,16 @@ pub enum Family {
 }
 
 impl Family {
-    fn from_model_type(t: &str) -> Result<Family, String> {
+    fn from_model_type(t: &str) -> Result<Family, ModelError> {
         match t {
             "bert" | "" => Ok(Family::Bert),
             "roberta" | "camembert" => Ok(Family::Roberta),
             "xlm-roberta" => Ok(Family::XlmRoberta),
             "distilbert" => Ok(Family::DistilBert),
-            other => Err(format!(
+            other => Err(ModelError::Config(format!(
                 "config.json: model_type `{other}` is not supported \
                  (bert, roberta, xlm-roberta, camembert, distilbert)"
-            )),
+            ))),
         }
     }
 
@@ -174,17 +174,20 @@ pub enum ProblemType {
 impl ProblemType {
     /// transformers' rule: `problem_type` when set, else sigmoid for one label and softmax for
     /// several.
-    pub fn from_config(problem_type: Option<&str>, labels: usize) -> Result<ProblemType, String> {
+    pub fn from_config(
+        problem_type: Option<&str>,
+        labels: usize,
+    ) -> Result<ProblemType, ModelError> {
         match problem_type {
             Some("single_label_classification") => Ok(ProblemType::SingleLabel),
             Some("multi_label_classification") => Ok(ProblemType::MultiLabel),
             Some("regression") => Ok(ProblemType::Regression),
             None if labels == 1 => Ok(ProblemType::MultiLabel),
             None => Ok(ProblemType::SingleLabel),
-            Some(other) => Err(format!(
+            Some(other) => Err(ModelError::Config(format!(
                 "config.json: problem_type `{other}` is not one of single_label_classification, \
                  multi_label_classification, regression"
-            )),
+            ))),
         }
     }
 
@@ -386,9 +389,7 @@ impl ModelSpec {
                 inputs: cfg.torchscript_inputs,
             }
         } else {
-            Format::Safetensors(
-                Family::from_model_type(&encoder.model_type).map_err(ModelError::Config)?,
-            )
+            Format::Safetensors(Family::from_model_type(&encoder.model_type)?)
         };
         if matches!(format, Format::TorchScript { .. }) && cfg.dtype != DType::F32 {
             return Err(ModelError::Config(format!(
@@ -462,8 +463,7 @@ impl ModelSpec {
                 labels.len()
             )));
         }
-        let problem_type = ProblemType::from_config(encoder.problem_type.as_deref(), labels.len())
-            .map_err(ModelError::Config)?;
+        let problem_type = ProblemType::from_config(encoder.problem_type.as_deref(), labels.len())?;
         let positions = (encoder.max_position_embeddings - family_offset).max(1) as usize;
         // sentence-transformers 6 keeps the maximum in the tokenizer's `model_max_length`
         // (transformers writes a huge number there when there is none).
@@ -547,10 +547,11 @@ impl Model {
     }
 
     /// One f32 row per text of a padded batch: a pooled embedding (not normalised) or a
-    /// classifier's logits. Panics (as tch does) if libtorch fails; the worker catches that.
-    pub fn run(&self, batch: &bert::Padded, pooling: Pooling) -> Vec<Vec<f32>> {
+    /// classifier's logits. libtorch's errors (out of memory, a module refusing the input)
+    /// are errors, not panics.
+    pub fn run(&self, batch: &bert::Padded, pooling: Pooling) -> Result<Vec<Vec<f32>>, ModelError> {
         match self {
-            Model::Encoder(m) => m.embed(batch, pooling),
+            Model::Encoder(m) => Ok(m.embed(batch, pooling)?),
             Model::TorchScript(m) => m.run(batch, pooling),
         }
     }

@@ -62,10 +62,14 @@ pub struct TextTokenizer {
 
 impl TextTokenizer {
     /// Loads `tokenizer.json` from `dir`, overriding its truncation and padding.
-    pub fn load(dir: &Path, max_seq_length: usize) -> Result<TextTokenizer, String> {
+    pub fn load(dir: &Path, max_seq_length: usize) -> Result<TextTokenizer, super::ModelError> {
         let file = dir.join("tokenizer.json");
+        let refused = |message: String| super::ModelError::File {
+            path: file.clone(),
+            message,
+        };
         let mut inner = Tokenizer::from_file(&file)
-            .map_err(|e| format!("{}: cannot load tokenizer: {e}", file.display()))?;
+            .map_err(|e| refused(format!("cannot load tokenizer: {e}")))?;
         inner
             .with_truncation(Some(TruncationParams {
                 direction: TruncationDirection::Right,
@@ -73,7 +77,7 @@ impl TextTokenizer {
                 strategy: TruncationStrategy::LongestFirst,
                 stride: 0,
             }))
-            .map_err(|e| format!("{}: cannot set truncation: {e}", file.display()))?;
+            .map_err(|e| refused(format!("cannot set truncation: {e}")))?;
         inner.with_padding(None);
         Ok(TextTokenizer {
             inner,

@@ -114,53 +114,56 @@ impl TorchScript {
     }
 
     /// Runs `forward` on a padded batch; the output tensor as the module returns it.
-    fn raw(&self, batch: &Padded) -> Result<Tensor, String> {
+    fn raw(&self, batch: &Padded) -> Result<Tensor, ModelError> {
         let (b, l) = (batch.rows as i64, batch.cols as i64);
-        let t = |v: &[i64]| Tensor::from_slice(v).view([b, l]).to_device(self.device);
-        let mut args = vec![
-            IValue::Tensor(t(&batch.ids)),
-            IValue::Tensor(t(&batch.mask)),
-        ];
+        let t = |v: &[i64]| -> Result<IValue, tch::TchError> {
+            Ok(IValue::Tensor(
+                Tensor::f_from_slice(v)?
+                    .f_view([b, l])?
+                    .f_to_device(self.device)?,
+            ))
+        };
+        let mut args = vec![t(&batch.ids)?, t(&batch.mask)?];
         if self.inputs == 3 {
-            args.push(IValue::Tensor(t(&batch.type_ids)));
+            args.push(t(&batch.type_ids)?);
         }
         let _guard = tch::no_grad_guard();
-        let out = self.module.forward_is(&args).map_err(|e| e.to_string())?;
+        let out = self.module.forward_is(&args)?;
         first_tensor(out)
     }
 
     /// One row per text: pooled embeddings (token states are pooled here) or logits, f32 on
-    /// the CPU. Panics (as tch does) if libtorch fails; the worker catches that.
-    pub fn run(&self, batch: &Padded, pooling: Pooling) -> Vec<Vec<f32>> {
-        let out = self
-            .raw(batch)
-            .unwrap_or_else(|e| panic!("TorchScript forward failed: {e}"));
+    /// the CPU. A module that refuses the batch (a shape it does not take, say) is an error
+    /// for this batch, not a panic.
+    pub fn run(&self, batch: &Padded, pooling: Pooling) -> Result<Vec<Vec<f32>>, ModelError> {
+        let out = self.raw(batch)?;
         let rows = if out.dim() == 3 {
             let (b, l) = (batch.rows as i64, batch.cols as i64);
-            let mask = Tensor::from_slice(&batch.mask)
-                .view([b, l])
-                .to_device(self.device);
-            pool(&out, &mask, pooling)
+            let mask = Tensor::f_from_slice(&batch.mask)?
+                .f_view([b, l])?
+                .f_to_device(self.device)?;
+            pool(&out, &mask, pooling)?
         } else {
-            out.to_kind(Kind::Float)
+            out.f_to_kind(Kind::Float)?
         };
-        rows_to_vecs(&rows)
+        Ok(rows_to_vecs(&rows)?)
     }
 }
 
 /// The output tensor of a module's result: itself, the first of a tuple or list, or a dict's
 /// `sentence_embedding`, `logits` or `last_hidden_state`.
-fn first_tensor(v: IValue) -> Result<Tensor, String> {
+fn first_tensor(v: IValue) -> Result<Tensor, ModelError> {
+    let refused = |what: String| ModelError::Config(format!("the TorchScript module {what}"));
     match v {
         IValue::Tensor(t) => Ok(t),
         IValue::Tuple(items) | IValue::GenericList(items) => match items.into_iter().next() {
             Some(first) => first_tensor(first),
-            None => Err("forward returned an empty tuple".into()),
+            None => Err(refused("returned an empty tuple".into())),
         },
         IValue::TensorList(items) => items
             .into_iter()
             .next()
-            .ok_or_else(|| "forward returned an empty list".into()),
+            .ok_or_else(|| refused("returned an empty list".into())),
         IValue::GenericDict(entries) => {
             for key in ["sentence_embedding", "logits", "last_hidden_state"] {
                 if let Some((_, v)) = entries
@@ -171,14 +174,12 @@ fn first_tensor(v: IValue) -> Result<Tensor, String> {
                     return Ok(t.shallow_clone());
                 }
             }
-            Err(
-                "forward returned a dict without sentence_embedding, logits or \
-                 last_hidden_state"
-                    .into(),
-            )
+            Err(refused(
+                "returned a dict without sentence_embedding, logits or last_hidden_state".into(),
+            ))
         }
-        other => Err(format!(
-            "forward returned {other:?}, not a tensor or a tuple of tensors"
-        )),
+        other => Err(refused(format!(
+            "returned {other:?}, not a tensor or a tuple of tensors"
+        ))),
     }
 }

@@ -14,24 +14,34 @@ use std::{
     time::{Duration, Instant},
 };
 
-use clap::{Args, ValueEnum};
-use serde::{Deserialize, Serialize};
+use clap::Args;
 use serde_json::{Value, json};
 
+use super::cli::Cli;
 use crate::{
+    actors::supervisor::EXIT_CONFIG,
     api::grpc::pb::{InferRequest, inference_service_client::InferenceServiceClient},
-    config::Config,
+    config::{Config, Transport, Workload},
     model::{Model, ModelSpec, TextTokenizer, bert::Padded},
 };
 
-/// Transport the benchmark speaks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Transport {
-    /// `actor_infer.v1.InferenceService/Infer`.
-    Grpc,
-    /// `POST /v1/embeddings`.
-    Http,
+/// A workload that cannot be run as given.
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    /// `--tokens` is not `N` or `MIN-MAX` with N at least 3.
+    #[error("--tokens `{0}`: expected N or MIN-MAX, N at least 3")]
+    Tokens(String),
+    /// The texts file cannot be read.
+    #[error("{path}: {source}")]
+    TextsFile {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The texts file holds no texts.
+    #[error("{0} has no texts")]
+    NoTexts(PathBuf),
 }
 
 /// `actor-infer bench` options. An experiment's `workload:` section supplies defaults.
@@ -69,33 +79,6 @@ pub struct BenchArgs {
     pub batch_sizes: Vec<usize>,
 }
 
-/// An experiment's `workload:` section (read by `bench` and `scripts/run_experiment.sh`).
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Workload {
-    /// gRPC or HTTP.
-    #[serde(default)]
-    pub transport: Option<Transport>,
-    /// Requests in flight.
-    #[serde(default)]
-    pub concurrency: Option<usize>,
-    /// Seconds to run.
-    #[serde(default)]
-    pub duration_seconds: Option<f64>,
-    /// Requests to send (instead of a duration).
-    #[serde(default)]
-    pub requests: Option<u64>,
-    /// Texts per request.
-    #[serde(default)]
-    pub texts_per_request: Option<usize>,
-    /// Token length: `N` or `MIN-MAX`.
-    #[serde(default)]
-    pub tokens: Option<String>,
-    /// A file of texts, one per line (relative to the YAML's folder).
-    #[serde(default)]
-    pub texts_file: Option<PathBuf>,
-}
-
 /// The settled plan.
 #[derive(Debug, Clone)]
 struct Plan {
@@ -117,18 +100,14 @@ const WORDS: &[&str] = &[
 ];
 
 /// Texts of `spec` tokens (`N` or `MIN-MAX`), deterministic.
-pub fn generate_texts(spec: &str, count: usize) -> Result<Vec<String>, String> {
+pub fn generate_texts(spec: &str, count: usize) -> Result<Vec<String>, PlanError> {
     let (lo, hi) = match spec.split_once('-') {
         Some((a, b)) => (a.trim().parse::<usize>(), b.trim().parse::<usize>()),
         None => (spec.trim().parse(), spec.trim().parse()),
     };
     let (lo, hi) = match (lo, hi) {
         (Ok(l), Ok(h)) if l >= 3 && h >= l => (l, h),
-        _ => {
-            return Err(format!(
-                "--tokens `{spec}`: expected N or MIN-MAX, N at least 3"
-            ));
-        }
+        _ => return Err(PlanError::Tokens(spec.to_string())),
     };
     let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
     let mut next = move || {
@@ -152,7 +131,7 @@ fn plan(
     args: &BenchArgs,
     workload: &Workload,
     folder: Option<&std::path::Path>,
-) -> Result<Plan, String> {
+) -> Result<Plan, PlanError> {
     let texts_file = args.texts_file.clone().or_else(|| {
         workload
             .texts_file
@@ -162,13 +141,16 @@ fn plan(
     let texts = match texts_file {
         Some(f) => {
             let t: Vec<String> = std::fs::read_to_string(&f)
-                .map_err(|e| format!("{}: {e}", f.display()))?
+                .map_err(|source| PlanError::TextsFile {
+                    path: f.clone(),
+                    source,
+                })?
                 .lines()
                 .filter(|l| !l.trim().is_empty())
                 .map(str::to_owned)
                 .collect();
             if t.is_empty() {
-                return Err(format!("{} has no texts", f.display()));
+                return Err(PlanError::NoTexts(f));
             }
             t
         }
@@ -640,4 +622,34 @@ fn raw(args: &BenchArgs, plan: &Plan, config: &Config) -> i32 {
     }
     let _ = std::io::stdout().flush();
     0
+}
+
+/// `actor-infer bench ...`; returns the exit code.
+pub fn main(cli: &Cli, args: BenchArgs) -> i32 {
+    let config = match &cli.experiment {
+        Some(path) => match Config::load(path, &cli.overrides()) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                eprintln!("actor-infer bench: configuration error: {e}");
+                return EXIT_CONFIG;
+            }
+        },
+        None => None,
+    };
+    let target =
+        match super::doctor::Target::from_config(cli.experiment.as_deref(), &cli.overrides()) {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("actor-infer bench: {e}");
+                return EXIT_CONFIG;
+            }
+        };
+    run(
+        args,
+        cli.experiment.clone(),
+        config,
+        target.http_port,
+        target.grpc_port,
+        target.host,
+    )
 }

@@ -53,7 +53,7 @@ pub struct Cli {
 pub enum Command {
     /// Benchmark a running server over gRPC or HTTP (ports from --experiment or the flags),
     /// or with --raw the in-process model alone: the limit.
-    Bench(crate::bench::BenchArgs),
+    Bench(super::bench::BenchArgs),
     /// Diagnose a slow or unclean run: ports, processes, metrics, throttling, and a verdict
     /// (case A orphans, B throttling, C tokenizer bottleneck). Exit 1 on case A.
     ///

@@ -1,6 +1,11 @@
 //! Errors a client can see, and the one table that maps them to HTTP status and gRPC code.
+//! Every error a client receives, over either transport, is built from this table: the
+//! actors' own errors ([`InferError`]) map into it once ([`ErrorKind::of`]), and gRPC statuses
+//! are only made from an [`ApiError`].
 
 use std::fmt;
+
+use crate::actors::InferError;
 
 /// What went wrong, from the client's point of view. Each kind has exactly one HTTP status,
 /// one gRPC code and one `error_type` string ([`ErrorKind::http_status`],
@@ -40,106 +45,77 @@ pub enum ErrorKind {
     Internal,
 }
 
-/// The table: kind → (`error_type`, HTTP status, gRPC code).
-const TABLE: &[(ErrorKind, &str, u16, tonic::Code)] = &[
-    (
-        ErrorKind::Validation,
-        "validation",
-        400,
-        tonic::Code::InvalidArgument,
-    ),
-    (ErrorKind::NotFound, "not_found", 404, tonic::Code::NotFound),
-    (
-        ErrorKind::MethodNotAllowed,
-        "method_not_allowed",
-        405,
-        tonic::Code::Unimplemented,
-    ),
-    (
-        ErrorKind::PayloadTooLarge,
-        "payload_too_large",
-        413,
-        tonic::Code::ResourceExhausted,
-    ),
-    (
-        ErrorKind::UnsupportedMediaType,
-        "unsupported_media_type",
-        415,
-        tonic::Code::InvalidArgument,
-    ),
-    (
-        ErrorKind::LimitExceeded,
-        "limit_exceeded",
-        413,
-        tonic::Code::InvalidArgument,
-    ),
-    (
-        ErrorKind::Unauthenticated,
-        "unauthenticated",
-        401,
-        tonic::Code::Unauthenticated,
-    ),
-    (
-        ErrorKind::Overloaded,
-        "overloaded",
-        429,
-        tonic::Code::ResourceExhausted,
-    ),
-    (
-        ErrorKind::NotReady,
-        "not_ready",
-        503,
-        tonic::Code::Unavailable,
-    ),
-    (
-        ErrorKind::ShuttingDown,
-        "shutting_down",
-        503,
-        tonic::Code::Unavailable,
-    ),
-    (
-        ErrorKind::DeadlineExceeded,
-        "deadline_exceeded",
-        504,
-        tonic::Code::DeadlineExceeded,
-    ),
-    (
-        ErrorKind::WrongModelKind,
-        "wrong_model_kind",
-        400,
-        tonic::Code::FailedPrecondition,
-    ),
-    // 499 as nginx logs it; no client ever sees this answer.
-    (
-        ErrorKind::ClientGone,
-        "client_gone",
-        499,
-        tonic::Code::Cancelled,
-    ),
-    (ErrorKind::Internal, "internal", 500, tonic::Code::Internal),
-];
-
 impl ErrorKind {
-    fn row(self) -> &'static (ErrorKind, &'static str, u16, tonic::Code) {
-        TABLE
-            .iter()
-            .find(|row| row.0 == self)
-            .expect("every ErrorKind has a row in TABLE")
+    /// Every kind (what the metrics pre-resolve; the table below must have each).
+    pub const ALL: [ErrorKind; 14] = [
+        ErrorKind::Validation,
+        ErrorKind::NotFound,
+        ErrorKind::MethodNotAllowed,
+        ErrorKind::PayloadTooLarge,
+        ErrorKind::UnsupportedMediaType,
+        ErrorKind::LimitExceeded,
+        ErrorKind::Unauthenticated,
+        ErrorKind::Overloaded,
+        ErrorKind::NotReady,
+        ErrorKind::ShuttingDown,
+        ErrorKind::DeadlineExceeded,
+        ErrorKind::WrongModelKind,
+        ErrorKind::ClientGone,
+        ErrorKind::Internal,
+    ];
+
+    /// The table: kind → (`error_type`, HTTP status, gRPC code). An exhaustive match, so a
+    /// new kind cannot be left out.
+    fn row(self) -> (&'static str, u16, tonic::Code) {
+        use tonic::Code;
+        match self {
+            ErrorKind::Validation => ("validation", 400, Code::InvalidArgument),
+            ErrorKind::NotFound => ("not_found", 404, Code::NotFound),
+            ErrorKind::MethodNotAllowed => ("method_not_allowed", 405, Code::Unimplemented),
+            ErrorKind::PayloadTooLarge => ("payload_too_large", 413, Code::ResourceExhausted),
+            ErrorKind::UnsupportedMediaType => {
+                ("unsupported_media_type", 415, Code::InvalidArgument)
+            }
+            ErrorKind::LimitExceeded => ("limit_exceeded", 413, Code::InvalidArgument),
+            ErrorKind::Unauthenticated => ("unauthenticated", 401, Code::Unauthenticated),
+            ErrorKind::Overloaded => ("overloaded", 429, Code::ResourceExhausted),
+            ErrorKind::NotReady => ("not_ready", 503, Code::Unavailable),
+            ErrorKind::ShuttingDown => ("shutting_down", 503, Code::Unavailable),
+            ErrorKind::DeadlineExceeded => ("deadline_exceeded", 504, Code::DeadlineExceeded),
+            ErrorKind::WrongModelKind => ("wrong_model_kind", 400, Code::FailedPrecondition),
+            // 499 as nginx logs it; no client ever sees this answer.
+            ErrorKind::ClientGone => ("client_gone", 499, Code::Cancelled),
+            ErrorKind::Internal => ("internal", 500, Code::Internal),
+        }
     }
 
     /// The `error_type` field of JSON errors.
     pub fn as_str(self) -> &'static str {
-        self.row().1
+        self.row().0
     }
 
     /// HTTP status for this kind.
     pub fn http_status(self) -> u16 {
-        self.row().2
+        self.row().1
     }
 
     /// gRPC status code for this kind.
     pub fn grpc_code(self) -> tonic::Code {
-        self.row().3
+        self.row().2
+    }
+
+    /// The kind of an actors' error: the one place the actors' failures meet the table.
+    pub fn of(e: &InferError) -> ErrorKind {
+        match e {
+            InferError::Tokenize(_) => ErrorKind::Validation,
+            InferError::QueueFull { .. } => ErrorKind::Overloaded,
+            InferError::NotReady => ErrorKind::NotReady,
+            InferError::ShuttingDown => ErrorKind::ShuttingDown,
+            InferError::Expired => ErrorKind::DeadlineExceeded,
+            InferError::Forward { .. } | InferError::Panicked { .. } | InferError::Gone(_) => {
+                ErrorKind::Internal
+            }
+        }
     }
 }
 
@@ -224,36 +200,47 @@ impl From<ApiError> for tonic::Status {
     }
 }
 
+impl From<InferError> for ApiError {
+    fn from(e: InferError) -> Self {
+        ApiError::new(ErrorKind::of(&e), e.to_string())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn every_kind_maps_once() {
-        let kinds = [
-            ErrorKind::Validation,
-            ErrorKind::NotFound,
-            ErrorKind::MethodNotAllowed,
-            ErrorKind::PayloadTooLarge,
-            ErrorKind::UnsupportedMediaType,
-            ErrorKind::LimitExceeded,
-            ErrorKind::Unauthenticated,
-            ErrorKind::Overloaded,
-            ErrorKind::NotReady,
-            ErrorKind::ShuttingDown,
-            ErrorKind::DeadlineExceeded,
-            ErrorKind::WrongModelKind,
-            ErrorKind::ClientGone,
-            ErrorKind::Internal,
-        ];
-        assert_eq!(kinds.len(), TABLE.len());
-        for k in kinds {
-            assert_eq!(TABLE.iter().filter(|r| r.0 == k).count(), 1, "{k:?}");
-        }
+    fn every_kind_has_its_own_error_type() {
+        let names: std::collections::BTreeSet<&str> =
+            ErrorKind::ALL.iter().map(|k| k.as_str()).collect();
+        assert_eq!(
+            names.len(),
+            ErrorKind::ALL.len(),
+            "error_type strings are unique"
+        );
         assert_eq!(ErrorKind::Overloaded.http_status(), 429);
         assert_eq!(
             ErrorKind::ShuttingDown.grpc_code(),
             tonic::Code::Unavailable
         );
+    }
+
+    #[test]
+    fn actors_errors_map_to_the_table() {
+        let e: ApiError = InferError::QueueFull {
+            waiting: 3,
+            adding: 2,
+            limit: 4,
+        }
+        .into();
+        assert_eq!(e.kind, ErrorKind::Overloaded);
+        assert!(
+            e.message.contains("batching.max_queue_texts = 4"),
+            "{}",
+            e.message
+        );
+        let e: ApiError = InferError::Expired.into();
+        assert_eq!(e.kind.grpc_code(), tonic::Code::DeadlineExceeded);
     }
 }

@@ -8,17 +8,38 @@
 //! Linux reads `/proc` and `/sys`; macOS asks `lsof`, `ps` and `pmset -g therm`.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashSet},
     fmt::Write as _,
-    io::{Read, Write},
-    net::TcpStream,
     path::{Path, PathBuf},
     time::Duration,
 };
 
 use serde_json::Value;
 
-use crate::config::{Config, Overrides};
+use super::cli::{Cli, DoctorCheck, Phase, Watch};
+use crate::{
+    actors::supervisor::EXIT_CONFIG,
+    config::{Config, Overrides},
+};
+
+/// The doctor's answer when its configuration cannot be read.
+#[derive(Debug, thiserror::Error)]
+pub enum TargetError {
+    /// The experiment file cannot be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The configuration is refused.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// A port past 65535.
+    #[error("port {0} out of range")]
+    Port(u32),
+}
 
 /// What the doctor looks at.
 #[derive(Debug, Clone)]
@@ -36,15 +57,20 @@ pub struct Target {
 impl Target {
     /// Ports from the experiment YAML (if any), the environment and the flags, without
     /// requiring the model to exist: the doctor must work when things are broken.
-    pub fn from_config(experiment: Option<&Path>, overrides: &Overrides) -> Result<Target, String> {
+    pub fn from_config(
+        experiment: Option<&Path>,
+        overrides: &Overrides,
+    ) -> Result<Target, TargetError> {
         let yaml = match experiment {
-            Some(p) => std::fs::read_to_string(p)
-                .map_err(|e| format!("cannot read {}: {e}", p.display()))?,
+            Some(p) => std::fs::read_to_string(p).map_err(|source| TargetError::Read {
+                path: p.to_path_buf(),
+                source,
+            })?,
             None => "model:\n  path: .\n".to_string(),
         };
         let env = std::env::vars().filter(|(k, _)| k.starts_with(crate::config::ENV_PREFIX));
-        let c = Config::from_sources(&yaml, env, overrides).map_err(|e| e.to_string())?;
-        let port = |p: u32| u16::try_from(p).map_err(|_| format!("port {p} out of range"));
+        let c = Config::from_sources(&yaml, env, overrides)?;
+        let port = |p: u32| u16::try_from(p).map_err(|_| TargetError::Port(p));
         let host = match c.server.host.as_str() {
             "0.0.0.0" | "::" => "127.0.0.1".to_string(),
             h => h.to_string(),
@@ -89,42 +115,33 @@ impl Proc {
     }
 }
 
-/// Every process (Linux: /proc; macOS: ps).
+/// Every process (Linux: procfs; macOS: ps).
 pub fn processes() -> Vec<Proc> {
-    if Path::new("/proc/self/stat").exists() {
-        let Ok(dir) = std::fs::read_dir("/proc") else {
+    #[cfg(target_os = "linux")]
+    {
+        let Ok(all) = procfs::process::all_processes() else {
             return Vec::new();
         };
-        dir.filter_map(|e| {
-            let pid: u32 = e.ok()?.file_name().to_str()?.parse().ok()?;
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-            // pid (comm) state ppid ... ; comm may hold spaces, so split after the last ')'.
-            let rest = &stat[stat.rfind(')')? + 2..];
-            let f: Vec<&str> = rest.split_whitespace().collect();
-            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline"))
-                .map(|b| {
-                    String::from_utf8_lossy(&b)
-                        .split('\0')
-                        .filter(|s| !s.is_empty())
-                        .collect::<Vec<_>>()
-                        .join(" ")
+        all.flatten()
+            .filter_map(|p| {
+                let stat = p.stat().ok()?;
+                let cmdline = p.cmdline().unwrap_or_default().join(" ");
+                Some(Proc {
+                    pid: u32::try_from(stat.pid).ok()?,
+                    ppid: u32::try_from(stat.ppid).unwrap_or(0),
+                    state: stat.state,
+                    cmdline: if cmdline.is_empty() {
+                        format!("[{}]", stat.comm)
+                    } else {
+                        cmdline
+                    },
+                    threads: u32::try_from(stat.num_threads).unwrap_or(0),
                 })
-                .unwrap_or_default();
-            let comm = &stat[stat.find('(')? + 1..stat.rfind(')')?];
-            Some(Proc {
-                pid,
-                ppid: f.get(1)?.parse().ok()?,
-                state: f.first()?.chars().next()?,
-                cmdline: if cmdline.is_empty() {
-                    format!("[{comm}]")
-                } else {
-                    cmdline
-                },
-                threads: f.get(17)?.parse().ok()?,
             })
-        })
-        .collect()
-    } else {
+            .collect()
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
         let Ok(out) = std::process::Command::new("ps")
             .args(["-axo", "pid=,ppid=,state=,command="])
             .output()
@@ -149,18 +166,21 @@ pub fn processes() -> Vec<Proc> {
 
 /// Who listens on TCP `port` (pids; empty if nobody, or if the OS would not say).
 pub fn listeners(port: u16) -> Vec<u32> {
-    if Path::new("/proc/net/tcp").exists() {
-        let inodes = listening_sockets(Some(port));
-        if inodes.is_empty() {
+    #[cfg(target_os = "linux")]
+    {
+        let sockets = listening_sockets(Some(port));
+        if sockets.is_empty() {
             return Vec::new();
         }
-        let mut pids = pids_holding(&inodes);
+        let mut pids = pids_holding(&sockets);
         if pids.is_empty() {
             // Held, but by a process we may not inspect: report it with pid 0.
             pids.push(0);
         }
         pids
-    } else {
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
         std::process::Command::new("lsof")
             .args(["-nP", &format!("-iTCP:{port}"), "-sTCP:LISTEN", "-t"])
             .output()
@@ -174,34 +194,20 @@ pub fn listeners(port: u16) -> Vec<u32> {
     }
 }
 
-/// One HTTP GET to the server, without a runtime (the doctor must not need the server's).
+/// One HTTP GET to the server (reqwest's blocking client; the doctor needs no runtime).
 fn http_get(host: &str, port: u16, path: &str) -> Option<(u16, String)> {
-    let addr = format!("{host}:{port}");
-    let sock = addr.parse().ok()?;
-    let mut s = TcpStream::connect_timeout(&sock, Duration::from_secs(2)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: application/json\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf).ok()?;
-    let text = String::from_utf8_lossy(&buf);
-    let status = text.split_whitespace().nth(1)?.parse().ok()?;
-    let body = text.split_once("\r\n\r\n")?.1.to_string();
-    // A chunked body: keep what lies between the first chunk header and the end marker.
-    let body = if text
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        body.split_once("\r\n")
-            .map(|(_, b)| b.trim_end_matches("\r\n0\r\n\r\n").to_string())
-            .unwrap_or(body)
-    } else {
-        body
-    };
-    Some((status, body))
+    let client = reqwest::blocking::Client::builder()
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(5))
+        .build()
+        .ok()?;
+    let res = client
+        .get(format!("http://{host}:{port}{path}"))
+        .header("accept", "application/json")
+        .send()
+        .ok()?;
+    let status = res.status().as_u16();
+    Some((status, res.text().ok()?))
 }
 
 /// The running server's JSON dashboard, if one answers.
@@ -342,48 +348,50 @@ fn pids_listening() -> Vec<u32> {
     pids_holding(&listening_sockets(None))
 }
 
-/// `socket:[inode]` names of listening TCP sockets, on `port` or on any (Linux /proc/net).
-fn listening_sockets(port: Option<u16>) -> std::collections::HashSet<String> {
-    let mut inodes = std::collections::HashSet::new();
-    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
-        for line in std::fs::read_to_string(table)
+/// Inodes of listening TCP sockets, on `port` or on any (Linux, procfs; empty elsewhere).
+fn listening_sockets(port: Option<u16>) -> HashSet<u64> {
+    #[cfg(target_os = "linux")]
+    {
+        use procfs::net::TcpState;
+        procfs::net::tcp()
             .unwrap_or_default()
-            .lines()
-            .skip(1)
-        {
-            let f: Vec<&str> = line.split_whitespace().collect();
-            let (Some(local), Some(state), Some(inode)) = (f.get(1), f.get(3), f.get(9)) else {
-                continue;
-            };
-            let p = local
-                .rsplit(':')
-                .next()
-                .and_then(|h| u16::from_str_radix(h, 16).ok());
-            if *state == "0A" && port.is_none_or(|want| p == Some(want)) {
-                inodes.insert(format!("socket:[{inode}]"));
-            }
-        }
+            .into_iter()
+            .chain(procfs::net::tcp6().unwrap_or_default())
+            .filter(|e| e.state == TcpState::Listen)
+            .filter(|e| port.is_none_or(|p| e.local_address.port() == p))
+            .map(|e| e.inode)
+            .collect()
     }
-    inodes
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = port;
+        HashSet::new()
+    }
 }
 
-/// Pids with an open file descriptor on one of `sockets` (Linux /proc/PID/fd).
-fn pids_holding(sockets: &std::collections::HashSet<String>) -> Vec<u32> {
+/// Pids with an open file descriptor on one of `sockets` (Linux, procfs; empty elsewhere).
+fn pids_holding(sockets: &HashSet<u64>) -> Vec<u32> {
     if sockets.is_empty() {
         return Vec::new();
     }
-    std::fs::read_dir("/proc")
-        .into_iter()
-        .flatten()
-        .filter_map(|e| {
-            let pid: u32 = e.ok()?.file_name().to_str()?.parse().ok()?;
-            let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?;
-            fds.flatten()
-                .filter_map(|fd| std::fs::read_link(fd.path()).ok())
-                .any(|l| sockets.contains(l.to_string_lossy().as_ref()))
-                .then_some(pid)
-        })
-        .collect()
+    #[cfg(target_os = "linux")]
+    {
+        let Ok(all) = procfs::process::all_processes() else {
+            return Vec::new();
+        };
+        all.flatten()
+            .filter(|p| {
+                p.fd().is_ok_and(|fds| {
+                    fds.flatten().any(|fd| {
+                        matches!(fd.target, procfs::process::FDTarget::Socket(i) if sockets.contains(&i))
+                    })
+                })
+            })
+            .filter_map(|p| u32::try_from(p.pid).ok())
+            .collect()
+    }
+    #[cfg(not(target_os = "linux"))]
+    Vec::new()
 }
 
 fn describe(p: &Proc) -> String {
@@ -456,11 +464,7 @@ pub fn diagnose(t: &Target) -> Report {
     if servers.is_empty() {
         let _ = writeln!(out, "none");
     }
-    let with_ports = if Path::new("/proc/net/tcp").exists() {
-        Some(pids_listening())
-    } else {
-        None
-    };
+    let with_ports = cfg!(target_os = "linux").then(pids_listening);
     for p in &servers {
         let _ = writeln!(out, "{}", describe(p));
         if is_orphan(p) {
@@ -737,4 +741,122 @@ pub fn processes_line(t: &Target) -> String {
         if servers.is_empty() { "" } else { "\n  " },
         servers.join("\n  ")
     )
+}
+
+/// `actor-infer doctor ...`; returns the exit code.
+pub fn main(cli: &Cli, check: Option<&DoctorCheck>) -> i32 {
+    let target = match Target::from_config(cli.experiment.as_deref(), &cli.overrides()) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("actor-infer doctor: {e}");
+            return EXIT_CONFIG;
+        }
+    };
+    match check {
+        None => {
+            let report = diagnose(&target);
+            print!("{}", report.text);
+            i32::from(report.verdict == Verdict::Orphans)
+        }
+        Some(DoctorCheck::Ports) => {
+            let mut held = false;
+            for (what, port) in [("HTTP", target.http_port), ("gRPC", target.grpc_port)] {
+                let pids = listeners(port);
+                held |= !pids.is_empty();
+                if pids.is_empty() {
+                    println!("{what} {port}: free");
+                } else {
+                    println!("{what} {port}: LISTEN by pid {pids:?}");
+                }
+            }
+            i32::from(held)
+        }
+        Some(DoctorCheck::Gpu) => {
+            let procs = processes();
+            let by_pid = procs.iter().map(|p| (p.pid, p)).collect();
+            let report = gpu_memory(&by_pid);
+            for l in report.lines.iter().chain(&report.evidence) {
+                println!("{l}");
+            }
+            i32::from(!report.evidence.is_empty())
+        }
+        Some(DoctorCheck::Processes) => {
+            let line = processes_line(&target);
+            println!("{line}");
+            i32::from(line.contains("ORPHANED") || line.contains("ZOMBIE"))
+        }
+        Some(DoctorCheck::Metrics) => match metrics(&target) {
+            Some(m) => {
+                println!("{}", serde_json::to_string_pretty(&m).unwrap_or_default());
+                0
+            }
+            None => {
+                println!("no server answers on {}:{}", target.host, target.http_port);
+                1
+            }
+        },
+        Some(DoctorCheck::Count { phase, state_file }) => {
+            let file = state_file.clone().unwrap_or_else(|| {
+                std::env::temp_dir().join(format!("actor-infer-count-{}.json", target.http_port))
+            });
+            let now = counts(&target);
+            println!("{now}");
+            match phase {
+                Phase::Before => match std::fs::write(&file, now.to_string()) {
+                    Ok(()) => 0,
+                    Err(e) => {
+                        eprintln!("cannot write {}: {e}", file.display());
+                        1
+                    }
+                },
+                Phase::After => {
+                    let before: serde_json::Value = std::fs::read_to_string(&file)
+                        .ok()
+                        .and_then(|t| serde_json::from_str(&t).ok())
+                        .unwrap_or_default();
+                    let mut grew = false;
+                    for (k, v) in now.as_object().into_iter().flatten() {
+                        let b = before[k].as_u64().unwrap_or(0);
+                        let a = v.as_u64().unwrap_or(0);
+                        if a > b {
+                            grew = true;
+                            println!("{k}: {b} before, {a} after: LEFT OVER");
+                        }
+                    }
+                    if !grew {
+                        println!("nothing left over (compared with {})", file.display());
+                    }
+                    i32::from(grew)
+                }
+            }
+        }
+        Some(DoctorCheck::Watch {
+            what,
+            interval_seconds,
+            count,
+        }) => {
+            let every = std::time::Duration::from_secs_f64(interval_seconds.max(0.1));
+            let mut n = 0;
+            loop {
+                let line = match what {
+                    Watch::Metrics => metrics_line(&target),
+                    Watch::Processes => processes_line(&target),
+                };
+                println!("{} {line}", chrono_like_now());
+                n += 1;
+                if count.is_some_and(|c| n >= c) {
+                    return 0;
+                }
+                std::thread::sleep(every);
+            }
+        }
+    }
+}
+
+/// Seconds since the epoch with milliseconds, for watch lines.
+fn chrono_like_now() -> String {
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    format!("{}.{:03}", d.as_secs(), d.subsec_millis())
 }
