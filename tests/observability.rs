@@ -303,20 +303,18 @@ fn json_logs_follow_one_request_across_actors() {
     let server = Server::start(experiment(
         "logging:\n  format: json\n  level: actor_infer=debug,info\n",
     ));
-    let mut s = std::net::TcpStream::connect(&server.http_addr).unwrap();
-    use std::io::{Read, Write};
-    let body = br#"{"inputs": "follow me"}"#;
-    write!(
-        s,
-        "POST /embed HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nX-Request-Id: trace-me-42\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
+    let (status, out, _) = common::http_request_with(
+        &server.http_addr,
+        "POST",
+        "/embed",
+        &[
+            ("content-type", "application/json"),
+            ("x-request-id", "trace-me-42"),
+        ],
+        br#"{"inputs": "follow me"}"#,
     )
     .unwrap();
-    s.write_all(body).unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert_eq!(status, 200, "{out}");
     let log = server.log.clone();
     server.stop_clean();
     let log = log.lock().unwrap().clone();

@@ -16,7 +16,7 @@ use actor_infer::{
     api::grpc::pb::{InferRequest, inference_service_client::InferenceServiceClient},
     fault,
 };
-use common::{Server, embed, experiment, http_request, listening};
+use common::{Server, embed, experiment, http_request, listening, scrape};
 
 const FAULTS: &[(&str, &str)] = &[(fault::ENV, "1")];
 
@@ -247,6 +247,94 @@ fn past_the_restart_cap_the_server_stops_with_exit_1() {
     assert!(log.contains("exceed supervision.max_restarts"), "{log}");
     assert!(log.contains("Shutdown complete"), "{log}");
     assert!(!listening(&http));
+}
+
+#[test]
+fn a_libtorch_error_fails_its_batch_without_a_restart() {
+    let server = Server::start_with(experiment("supervision:\n  max_restarts: 0\n"), FAULTS);
+    // Five errors with a restart cap of 0: each would stop the server if it counted as a
+    // restart (a handful of bad requests must not be able to stop it).
+    for _ in 0..5 {
+        let (status, body) = embed(&server.http_addr, fault::Fault::TorchError.text()).unwrap();
+        assert_eq!(status, 500, "{body}");
+        assert!(body.contains("could not run the batch"), "{body}");
+        assert!(
+            body.contains("shape '[3]' is invalid"),
+            "libtorch's own message: {body}"
+        );
+    }
+    let (status, body) = embed(&server.http_addr, "after the errors").unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        scrape(
+            &server,
+            "actor_infer_actor_restarts_total{actor=\"model_worker\"}"
+        ),
+        0.0
+    );
+    server.stop_clean();
+}
+
+#[test]
+fn a_panic_in_metrics_restarts_it_and_the_dashboard_comes_back() {
+    let server = Server::start_with(experiment(""), FAULTS);
+    let (status, _) = embed(&server.http_addr, fault::Fault::MetricsPanic.text()).unwrap();
+    assert_eq!(status, 200, "the request itself is served");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while scrape(
+        &server,
+        "actor_infer_actor_restarts_total{actor=\"metrics\"}",
+    ) < 1.0
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no metrics restart:\n{}",
+            server.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (status, body) = http_request(&server.http_addr, "GET", "/metrics", None, b"").unwrap();
+    assert_eq!(status, 200, "{body}");
+    let d: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(d["restarts"]["metrics"], 1, "{d}");
+    assert_eq!(d["ready"], true);
+    assert!(
+        server.log().contains("metrics panicked"),
+        "{}",
+        server.log()
+    );
+    server.stop_clean();
+}
+
+/// A panic in the Router or the Supervisor is a bug that leaves no trustworthy state: the
+/// server fails what the Router held and stops cleanly with exit 1, instead of staying
+/// "ready" while every request fails.
+fn a_panic_stops_the_server_with_exit_1(fault: fault::Fault, says: &str) {
+    let mut server = Server::start_with(experiment(""), FAULTS);
+    let http = server.http_addr.clone();
+    let (status, body) = embed(&http, fault.text()).unwrap();
+    if fault == fault::Fault::RouterPanic {
+        assert_eq!(status, 500, "{body}");
+        assert!(body.contains("router failed on this request"), "{body}");
+    }
+    let status = server
+        .wait(Duration::from_secs(15))
+        .unwrap_or_else(|| panic!("still running:\n{}", server.log()));
+    let log = server.log();
+    assert_eq!(status.code(), Some(1), "{log}");
+    assert!(log.contains(says), "{log}");
+    assert!(log.contains("Shutdown complete after a failure"), "{log}");
+    assert!(!listening(&http), "the port is free");
+}
+
+#[test]
+fn a_panic_in_the_router_stops_the_server_with_exit_1() {
+    a_panic_stops_the_server_with_exit_1(fault::Fault::RouterPanic, "the router panicked");
+}
+
+#[test]
+fn a_panic_in_the_supervisor_stops_the_server_with_exit_1() {
+    a_panic_stops_the_server_with_exit_1(fault::Fault::SupervisorPanic, "the supervisor panicked");
 }
 
 /// actor-infer processes on this machine (the original count_processes.sh).

@@ -235,13 +235,6 @@ impl Router {
             let _ = reply.send(Err(InferError::ShuttingDown));
             return;
         }
-        match tokenized.fault {
-            Some(Fault::RouterPanic) => panic!("injected router fault"),
-            Some(f @ (Fault::SupervisorPanic | Fault::MetricsPanic)) => {
-                self.supervisor.do_send(InjectFault(f));
-            }
-            _ => {}
-        }
         self.metrics.stage(Stage::Tokenize, tokenized.elapsed);
         tracing::debug!(parent: &span, texts = n, "queued");
         let pending = Pending {
@@ -255,8 +248,17 @@ impl Router {
             fault: tokenized.fault,
             _permit: permit,
         };
+        let fault = pending.fault;
         self.queue
             .push(pending, tokenized.encodings, deadline, Instant::now());
+        // Faults a test asks for, once the request is queued (a panic then answers it too).
+        match fault {
+            Some(Fault::RouterPanic) => panic!("injected router fault"),
+            Some(f @ (Fault::SupervisorPanic | Fault::MetricsPanic)) => {
+                self.supervisor.do_send(InjectFault(f));
+            }
+            _ => {}
+        }
     }
 
     /// Gives every idle worker a batch while texts are queued, holding a batch that is not

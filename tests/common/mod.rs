@@ -4,7 +4,7 @@
 #![allow(dead_code)]
 
 use std::{
-    io::{BufRead, BufReader, Read, Write},
+    io::{BufRead, BufReader, Read},
     net::TcpStream,
     path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Stdio},
@@ -226,7 +226,8 @@ impl Drop for Server {
     }
 }
 
-/// A minimal HTTP/1.1 client over std, for probes that must not need a runtime.
+/// One HTTP request with reqwest (the same client the tools use), from a thread of its own so
+/// it works from sync and async tests alike: the status and the body as text.
 pub fn http_request(
     addr: &str,
     method: &str,
@@ -234,28 +235,42 @@ pub fn http_request(
     content_type: Option<&str>,
     body: &[u8],
 ) -> std::io::Result<(u16, String)> {
-    let mut s = TcpStream::connect(addr)?;
-    s.set_read_timeout(Some(Duration::from_secs(30)))?;
-    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
-    if let Some(ct) = content_type {
-        head.push_str(&format!("Content-Type: {ct}\r\n"));
-    }
-    head.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
-    s.write_all(head.as_bytes())?;
-    s.write_all(body)?;
-    let mut out = Vec::new();
-    s.read_to_end(&mut out)?;
-    let text = String::from_utf8_lossy(&out).to_string();
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
+    let headers: Vec<(&str, &str)> = content_type
+        .map(|ct| vec![("content-type", ct)])
         .unwrap_or_default();
-    Ok((status, body))
+    http_request_with(addr, method, path, &headers, body).map(|(s, b, _)| (s, b))
+}
+
+/// [`http_request`] with request headers; also returns the response's headers.
+pub fn http_request_with(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<(u16, String, reqwest::header::HeaderMap)> {
+    let url = format!("http://{addr}{path}");
+    let method = reqwest::Method::from_bytes(method.as_bytes()).expect("a valid method");
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                let client = reqwest::blocking::Client::builder()
+                    .timeout(Duration::from_secs(30))
+                    .build()
+                    .map_err(std::io::Error::other)?;
+                let mut req = client.request(method, url).body(body.to_vec());
+                for (k, v) in headers {
+                    req = req.header(*k, *v);
+                }
+                let res = req.send().map_err(std::io::Error::other)?;
+                let status = res.status().as_u16();
+                let headers = res.headers().clone();
+                let text = res.text().map_err(std::io::Error::other)?;
+                Ok((status, text, headers))
+            })
+            .join()
+            .expect("the request thread does not panic")
+    })
 }
 
 /// GET `path`.
