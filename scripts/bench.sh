@@ -26,7 +26,11 @@ say "raw limit: ${SECS}s over batch sizes 1..64"
 
 "$BIN" --experiment "$EXPERIMENT" "${ports[@]}" >"$out/server.log" 2>&1 &
 PID=$!
-cleanup() { kill -TERM "$PID" 2>/dev/null || true; wait "$PID" 2>/dev/null || true; }
+PEER_PID=""
+cleanup() {
+  kill -TERM "$PID" 2>/dev/null || true; wait "$PID" 2>/dev/null || true
+  [ -z "$PEER_PID" ] || { kill -TERM "$PEER_PID" 2>/dev/null || true; wait "$PEER_PID" 2>/dev/null || true; }
+}
 trap cleanup EXIT
 for _ in $(seq 600); do
   curl -fsS "http://127.0.0.1:$HTTP_PORT/ready" >/dev/null 2>&1 && break
@@ -42,6 +46,42 @@ run() { # name, bench args...
 run c32 --concurrency 32 --texts-per-request 1 --tokens 12
 run c1 --concurrency 1 --texts-per-request 1 --tokens 12
 run large --concurrency 4 --texts-per-request 64 --tokens 12
+
+# A flood of GET /metrics (JSON) during HTTP load: 32 clients posting one sentence to /embed,
+# alone and then with 4 connections scraping /metrics back to back.
+flood() { # name, port, extra args
+  local name=$1 port=$2; shift 2
+  say "$name: 32 HTTP clients on /embed, then the same with 4 connections flooding /metrics"
+  "$BIN" bench --http-port "$port" --grpc-port "$GRPC_PORT" --transport http --http-route tei \
+    --concurrency 32 --tokens 12 --duration-seconds "$SECS" --json "$@" >"$out/$name-alone.json"
+  "$BIN" bench --http-port "$port" --grpc-port "$GRPC_PORT" --transport http --http-route tei \
+    --concurrency 32 --tokens 12 --duration-seconds "$SECS" --flood-metrics 4 --json "$@" \
+    >"$out/$name-flood.json"
+}
+flood flood "$HTTP_PORT"
+# The peer (TEI with ONNX Runtime) under the same flood, in the same run, when it is here.
+PEER_RUN=${PEER_RUN:-$root/../shared/anchors/tei-ort/run.sh}
+if [ -x "$PEER_RUN" ] || [ -f "$PEER_RUN" ]; then
+  read -r PEER_PORT _ < <(python3 - <<'PY'
+import socket
+s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1], 0)
+PY
+)
+  bash "$PEER_RUN" "$root/models/all-MiniLM-L6-v2" "$PEER_PORT" >"$out/peer.log" 2>&1 &
+  PEER_PID=$!
+  for _ in $(seq 1200); do
+    curl -fsS "http://127.0.0.1:$PEER_PORT/health" >/dev/null 2>&1 && break
+    kill -0 "$PEER_PID" 2>/dev/null || break
+    sleep 0.1
+  done
+  if curl -fsS "http://127.0.0.1:$PEER_PORT/health" >/dev/null 2>&1; then
+    flood peer-flood "$PEER_PORT"
+  else
+    say "the peer did not start (see $out/peer.log)"
+  fi
+  kill -TERM "$PEER_PID" 2>/dev/null || true
+  wait "$PEER_PID" 2>/dev/null || true
+fi
 
 say "memory: ${MEM_SECS}s of load at concurrency 8, sampling resident memory"
 rss() { curl -fsS "http://127.0.0.1:$HTTP_PORT/metrics?format=json" | python3 -c 'import json,sys; print(json.load(sys.stdin)["rss_mb"])'; }
@@ -76,6 +116,22 @@ r3 = large["texts_per_s"] / b64["texts_per_s"]
 print(f"| concurrency 4, 64 texts/request | {large['texts_per_s']:.1f} texts/s | {b64['texts_per_s']:.1f} texts/s (batch 64) | {r3:.2f} | >= 0.9 {'ok' if r3 >= 0.9 else 'MISSED'} |")
 grow = rss[-1] - rss[1] if len(rss) > 2 else 0.0
 print(f"| memory, {mem_secs} s of load | peak {max(rss):.0f} MiB, start {rss[0]:.0f}, end {rss[-1]:.0f} (growth after warm-up {grow:+.1f} MiB) | | | < 1024 MiB {'ok' if max(rss) < 1024 else 'MISSED'} |")
+print()
+def flood_line(name, label):
+    try:
+        alone, flood = j(name + "-alone"), j(name + "-flood")
+    except OSError:
+        return None
+    cost = flood["requests_per_s"] / alone["requests_per_s"] - 1
+    print(f"| {label}: 32 clients on /embed, + 4 connections flooding /metrics | {alone['requests_per_s']:.1f} -> {flood['requests_per_s']:.1f} req/s ({flood['metrics_scrapes_per_s']:.0f} scrapes/s) | {cost * 100:+.0f}% |")
+    return cost
+print()
+print("| metrics flood | /embed throughput alone -> flooded | cost |")
+print("|---|---|---|")
+ours = flood_line("flood", "actor-infer")
+peer = flood_line("peer-flood", "TEI-ORT (peer)")
+if ours is not None and peer is not None:
+    print(f"\nmetrics flood: actor-infer loses {-ours * 100:.0f}%, the peer {-peer * 100:.0f}% ({'below' if ours > peer else 'NOT below'} the peer's cost)")
 print()
 for name, r in (("c32", c32), ("c1", c1), ("large", large)):
     print(f"{name}: server stages {json.dumps({k: round(v, 2) for k, v in (r.get('server') or {}).items()})}, latency p50/p99 {r['latency_ms']['p50']:.1f}/{r['latency_ms']['p99']:.1f} ms, errors {r['errors']}")

@@ -191,13 +191,11 @@ impl InferenceService for GrpcApi {
             request,
             "Rerank",
             |req: pb::RerankRequest, call| async move {
-                shared.require(&[Task::Reranker], "Rerank")?;
                 let n = req.texts.len();
                 let keep = req.return_text.then(|| req.texts.clone());
                 let truncate = req.truncate.unwrap_or(true);
-                let out = shared
-                    .infer(vec![req.query; n], Some(req.texts), None, truncate, call)
-                    .await?;
+                let out =
+                    predict::rerank_pairs(shared, req.query, req.texts, truncate, call).await?;
                 Ok((
                     pb::RerankResponse {
                         results: predict::rerank_results(&out.embeddings, req.raw_scores, keep)

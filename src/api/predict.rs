@@ -262,20 +262,33 @@ async fn predict(
     .await
 }
 
+/// Scores each of `texts` against `query` with the cross-encoder: the one path `/rerank` and
+/// gRPC `Rerank` share (a reranker model only; one (query, text) pair per text).
+pub async fn rerank_pairs(
+    shared: &Shared,
+    query: String,
+    texts: Vec<String>,
+    truncate: bool,
+    call: super::Call,
+) -> Result<crate::actors::router::EmbedOutput, ApiError> {
+    shared.require(&[Task::Reranker], "/rerank, gRPC Rerank")?;
+    let n = texts.len();
+    shared
+        .infer(vec![query; n], Some(texts), None, truncate, call)
+        .await
+}
+
 async fn rerank(
     shared: web::Data<Shared>,
     req: HttpRequest,
     body: web::Json<serde_json::Value>,
 ) -> Result<HttpResponse, ApiError> {
     inference(&shared, &req, "/rerank", |call| async {
-        shared.require(&[Task::Reranker], "/rerank")?;
         let body: RerankRequest = typed(body.into_inner())?;
         let n = body.texts.len();
         let keep = body.return_text.then(|| body.texts.clone());
         let truncate = body.truncate.unwrap_or(true);
-        let out = shared
-            .infer(vec![body.query; n], Some(body.texts), None, truncate, call)
-            .await?;
+        let out = rerank_pairs(&shared, body.query, body.texts, truncate, call).await?;
         Ok(Served {
             body: rerank_results(&out.embeddings, body.raw_scores, keep),
             texts: n,

@@ -1,6 +1,6 @@
 //! Tokenization as sentence-transformers does it.
 //!
-//! The trap (`../shared/LIBTORCH.md`): MiniLM's `tokenizer.json` itself truncates at 128 and
+//! The trap: MiniLM's `tokenizer.json` itself truncates at 128 and
 //! pads every text to 128. sentence-transformers truncates at the model's `max_seq_length`
 //! (256) and pads only to the longest text of a batch. So the file's own truncation and padding
 //! are replaced here, and padding is done per batch by the model worker.

@@ -44,6 +44,15 @@ pub enum PlanError {
     NoTexts(PathBuf),
 }
 
+/// The HTTP route `bench --transport http` drives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum HttpRoute {
+    /// `POST /v1/embeddings`.
+    Openai,
+    /// `POST /embed`.
+    Tei,
+}
+
 /// `actor-infer bench` options. An experiment's `workload:` section supplies defaults.
 #[derive(Debug, Clone, Args)]
 pub struct BenchArgs {
@@ -71,6 +80,15 @@ pub struct BenchArgs {
     /// Print one JSON object instead of the table.
     #[arg(long)]
     pub json: bool,
+    /// HTTP route: `openai` (`POST /v1/embeddings`, reads `usage`) or `tei` (`POST /embed`,
+    /// TEI's shape, which any TEI-compatible server answers).
+    #[arg(long, value_enum, default_value = "openai")]
+    pub http_route: HttpRoute,
+    /// Meanwhile, this many connections scrape `GET /metrics` (JSON) back to back, the way a
+    /// dashboard left open or a misconfigured scraper would: how much does that cost
+    /// inference?
+    #[arg(long, default_value_t = 0)]
+    pub flood_metrics: usize,
     /// No server: the raw in-process forward of the experiment's model, per batch size.
     #[arg(long)]
     pub raw: bool,
@@ -232,10 +250,30 @@ pub fn run(
         .enable_all()
         .build()
         .expect("a tokio runtime");
-    rt.block_on(drive(args.json, plan, host, http_port, grpc_port))
+    rt.block_on(drive(&args, plan, host, http_port, grpc_port))
 }
 
-async fn drive(json_out: bool, plan: Plan, host: String, http_port: u16, grpc_port: u16) -> i32 {
+/// Scrapes `GET /metrics` back to back until `stop`; returns how many were answered.
+async fn flood_metrics(http: reqwest::Client, base: String, stop: Arc<AtomicBool>) -> u64 {
+    let mut n = 0;
+    while !stop.load(Ordering::Relaxed) {
+        let answered = http
+            .get(format!("{base}/metrics"))
+            .header("accept", "application/json")
+            .send()
+            .await;
+        if let Ok(res) = answered
+            && res.bytes().await.is_ok()
+        {
+            n += 1;
+        }
+    }
+    n
+}
+
+async fn drive(args: &BenchArgs, plan: Plan, host: String, http_port: u16, grpc_port: u16) -> i32 {
+    let json_out = args.json;
+    let route = args.http_route;
     let http_base = format!("http://{host}:{http_port}");
     let grpc_url = format!("http://{host}:{grpc_port}");
     let before = server_metrics(&http_base).await;
@@ -312,17 +350,31 @@ async fn drive(json_out: bool, plan: Plan, host: String, http_port: u16, grpc_po
                                 .sum()
                         })
                         .map_err(|s| format!("grpc {:?}", s.code())),
-                    None => match http
-                        .post(format!("{base}/v1/embeddings"))
-                        .json(&json!({"input": texts}))
-                        .send()
-                        .await
+                    None => match match route {
+                        HttpRoute::Openai => http
+                            .post(format!("{base}/v1/embeddings"))
+                            .json(&json!({"input": texts})),
+                        HttpRoute::Tei => http
+                            .post(format!("{base}/embed"))
+                            .json(&json!({"inputs": texts})),
+                    }
+                    .send()
+                    .await
                     {
-                        Ok(res) if res.status().is_success() => res
-                            .json::<Value>()
-                            .await
-                            .map(|v| v["usage"]["prompt_tokens"].as_u64().unwrap_or(0))
-                            .map_err(|e| format!("http body: {e}")),
+                        // The whole body is read (as a client must) but only OpenAI's
+                        // `usage` is parsed; TEI's shape carries no token count.
+                        Ok(res) if res.status().is_success() => match route {
+                            HttpRoute::Openai => res
+                                .json::<Value>()
+                                .await
+                                .map(|v| v["usage"]["prompt_tokens"].as_u64().unwrap_or(0))
+                                .map_err(|e| format!("http body: {e}")),
+                            HttpRoute::Tei => res
+                                .bytes()
+                                .await
+                                .map(|_| 0)
+                                .map_err(|e| format!("http body: {e}")),
+                        },
                         Ok(res) => Err(format!("http {}", res.status().as_u16())),
                         Err(e) if e.is_connect() => Err("http connect".into()),
                         Err(_) => Err("http transport".into()),
@@ -343,6 +395,15 @@ async fn drive(json_out: bool, plan: Plan, host: String, http_port: u16, grpc_po
             }
         }));
     }
+    let floods: Vec<_> = (0..args.flood_metrics)
+        .map(|_| {
+            let client = reqwest::Client::builder()
+                .tcp_nodelay(true)
+                .build()
+                .expect("an HTTP client");
+            tokio::spawn(flood_metrics(client, http_base.clone(), stop.clone()))
+        })
+        .collect();
     // Progress bar on stderr.
     let progress = {
         let (plan, done, stop) = (plan.clone(), done.clone(), stop.clone());
@@ -384,6 +445,10 @@ async fn drive(json_out: bool, plan: Plan, host: String, http_port: u16, grpc_po
     let elapsed = start.elapsed().as_secs_f64();
     stop.store(true, Ordering::Relaxed);
     let _ = progress.await;
+    let mut scrapes = 0;
+    for f in floods {
+        scrapes += f.await.unwrap_or(0);
+    }
     let after = server_metrics(&http_base).await;
     let mut t = std::mem::take(&mut *tally.lock().unwrap_or_else(|p| p.into_inner()));
     t.latencies_us.sort_unstable();
@@ -407,6 +472,8 @@ async fn drive(json_out: bool, plan: Plan, host: String, http_port: u16, grpc_po
         "latency_ms": {"p50": pct(0.5), "p90": pct(0.9), "p99": pct(0.99), "max": pct(1.0)},
         "errors": t.errors,
         "server": stage_breakdown(before.as_ref(), after.as_ref()),
+        "flood_metrics": args.flood_metrics,
+        "metrics_scrapes_per_s": scrapes as f64 / elapsed,
     });
     if json_out {
         println!("{report}");
