@@ -49,6 +49,9 @@ pub struct Forward {
     pub batch: Padded,
     /// The span of the batch (which links to its requests' spans).
     pub span: tracing::Span,
+    /// Rows that want their token states instead of the pooled row (`/embed_all`); empty for
+    /// none.
+    pub tokens: Vec<bool>,
     /// A fault a test asked for (see `crate::fault`); `None` in real use.
     pub fault: Option<Fault>,
     /// When the Router sent it (for the hand-off time).
@@ -131,7 +134,7 @@ impl ModelWorker {
                 type_ids: vec![0; cols],
             };
             let batch = Padded::new(std::iter::repeat_n(&text, rows), pad);
-            model.run(&batch, self.spec.pooling)?;
+            model.run(&batch, self.spec.pooling, &[])?;
         }
         let warmup = t1.elapsed();
         self.model = Some(model);
@@ -150,7 +153,12 @@ impl ModelWorker {
     }
 
     /// The forward of one batch, with the faults a test may ask for.
-    fn run(&self, batch: &Padded, fault: Option<Fault>) -> Result<Vec<Vec<f32>>, ModelError> {
+    fn run(
+        &self,
+        batch: &Padded,
+        tokens: &[bool],
+        fault: Option<Fault>,
+    ) -> Result<Vec<Vec<f32>>, ModelError> {
         match fault {
             // Like a forward stuck inside libtorch: nothing can cancel it.
             Some(Fault::WorkerHang) => loop {
@@ -169,7 +177,7 @@ impl ModelWorker {
             .model
             .as_ref()
             .expect("the handler reloads the model before running");
-        model.run(batch, self.spec.pooling)
+        model.run(batch, self.spec.pooling, tokens)
     }
 }
 
@@ -234,7 +242,7 @@ impl Handler<Forward> for ModelWorker {
         tracing::debug!(actor = %self.id, texts = msg.batch.rows, "forward");
         self.table.set(self.id, ActorState::Busy(started));
         self.metrics.worker_busy(self.index, true);
-        let result = super::catch(|| self.run(&msg.batch, msg.fault));
+        let result = super::catch(|| self.run(&msg.batch, &msg.tokens, msg.fault));
         let elapsed = started.elapsed();
         self.metrics.worker_busy(self.index, false);
         self.table.set(self.id, ActorState::Idle);

@@ -25,12 +25,12 @@ use super::{
     metrics::{Recorder, Stage},
     model_worker::{Forward, ForwardOutput, ModelWorker},
     supervisor::{InjectFault, Shutdown, StopReason, Supervisor},
-    tokenizer::{Tokenize, Tokenized, TokenizerActor},
+    tokenizer::{Decode, Inspect, Tokenize, Tokenized, TokenizerActor},
 };
 use crate::{
     config::Batching,
     fault::Fault,
-    model::{ModelSpec, Task, bert::Padded, normalize_l2},
+    model::{Direction, ModelSpec, Task, TextInput, bert::Padded, normalize_l2},
 };
 
 /// What the Router answers: the rows, or why not.
@@ -41,15 +41,20 @@ pub type Answer = Result<EmbedOutput, InferError>;
 #[derive(Message)]
 #[rtype(result = "Result<oneshot::Receiver<Answer>, InferError>")]
 pub struct Embed {
-    /// The texts, in order; never empty (the front ends check).
-    pub texts: Vec<String>,
-    /// Second segments of (text, pair) inputs, as many as `texts` (cross-encoders); `None`
+    /// The inputs (texts or token ids), in order; never empty (the front ends check).
+    pub inputs: Vec<TextInput>,
+    /// Second segments of (text, pair) inputs, as many as `inputs` (cross-encoders); `None`
     /// for single texts.
     pub pairs: Option<Vec<String>>,
-    /// L2-normalise; `None` for the model's default (a classifier's rows never are).
+    /// L2-normalise; `None` for the model's default (a classifier's rows, and token states,
+    /// never are).
     pub normalize: Option<bool>,
     /// Truncate over-long texts (else they fail the request).
     pub truncate: bool,
+    /// Which end truncation cuts.
+    pub direction: Direction,
+    /// Every token's state instead of the pooled row (`/embed_all`).
+    pub all_tokens: bool,
     /// The request's span.
     pub span: tracing::Span,
     /// When the front end sent this message (for the hand-off time).
@@ -80,7 +85,8 @@ pub struct Timings {
 /// One request's result.
 #[derive(Debug, Clone)]
 pub struct EmbedOutput {
-    /// One row per text, in order: an embedding, or a classifier's logits.
+    /// One row per text, in order: an embedding, a classifier's logits, or (asked for) every
+    /// real token's state, flattened (`token_counts[i]` × width).
     pub embeddings: Vec<Vec<f32>>,
     /// Tokens per text, special tokens included.
     pub token_counts: Vec<u32>,
@@ -99,6 +105,7 @@ struct Pending {
     reply: oneshot::Sender<Answer>,
     token_counts: Vec<u32>,
     normalize: bool,
+    all_tokens: bool,
     accepted: Instant,
     tokenize: Duration,
     /// Front end → Router.
@@ -115,6 +122,7 @@ struct Accepted {
     reply: oneshot::Sender<Answer>,
     handoff: Duration,
     normalize: bool,
+    all_tokens: bool,
     at: Instant,
     span: tracing::Span,
     deadline: Instant,
@@ -209,6 +217,7 @@ impl Router {
             reply,
             handoff,
             normalize,
+            all_tokens,
             at,
             span,
             deadline,
@@ -241,6 +250,7 @@ impl Router {
             reply,
             token_counts: tokenized.encodings.iter().map(|e| e.len() as u32).collect(),
             normalize,
+            all_tokens,
             accepted: at,
             tokenize: tokenized.elapsed,
             handoff,
@@ -317,16 +327,23 @@ impl Router {
                 padded_tokens = padded.padded_tokens()
             );
             let mut fault = None;
+            let mut tokens = Vec::with_capacity(batch.len());
             for (id, _) in &batch.owners {
-                if let Some(p) = self.queue.get(*id) {
+                let p = self.queue.get(*id);
+                if let Some(p) = p {
                     span.follows_from(&p.span);
                     fault = fault.or(p.fault);
                 }
+                tokens.push(p.is_some_and(|p| p.all_tokens));
+            }
+            if !tokens.contains(&true) {
+                tokens.clear();
             }
             self.workers[w].busy = true;
             let send = self.workers[w].addr.send(Forward {
                 batch: padded,
                 span,
+                tokens,
                 fault,
                 sent: Instant::now(),
             });
@@ -443,18 +460,22 @@ impl Router {
         let accepted = Accepted {
             reply,
             handoff: now.saturating_duration_since(msg.sent),
-            // A classifier's rows are logits: never normalised, whatever the request says.
+            // A classifier's rows are logits, and token states are raw: never normalised,
+            // whatever the request says.
             normalize: self.spec.task == Task::Embedding
+                && !msg.all_tokens
                 && msg.normalize.unwrap_or(self.spec.normalize),
+            all_tokens: msg.all_tokens,
             at: now,
             span: msg.span.clone(),
             deadline: msg.deadline,
             permit: msg.permit,
         };
         let tokenize = self.tokenizers.send(Tokenize {
-            texts: msg.texts,
+            inputs: msg.inputs,
             pairs: msg.pairs,
             truncate: msg.truncate,
+            direction: msg.direction,
             span: msg.span,
         });
         ctx.spawn(
@@ -493,6 +514,46 @@ impl Handler<Embed> for Router {
         });
         self.guarded("accepting a request", |act| result = act.accept(msg, ctx));
         result
+    }
+}
+
+/// Forwards `/tokenize` and `/decode` work to the tokenizer pool (the Router holds its
+/// address; the front ends never talk to the pool directly).
+#[derive(Message)]
+#[rtype(result = "Result<Tokens, InferError>")]
+pub enum TokenizerWork {
+    /// Every token of some texts.
+    Inspect(Inspect),
+    /// The texts of some token ids.
+    Decode(Decode),
+}
+
+/// What [`TokenizerWork`] answers.
+#[derive(Debug)]
+pub enum Tokens {
+    /// Per text, its tokens.
+    Inspected(Vec<Vec<crate::model::TokenInfo>>),
+    /// Per list of ids, its text.
+    Decoded(Vec<String>),
+}
+
+impl Handler<TokenizerWork> for Router {
+    type Result = ResponseFuture<Result<Tokens, InferError>>;
+
+    fn handle(&mut self, work: TokenizerWork, _ctx: &mut Self::Context) -> Self::Result {
+        if self.lifecycle.is_stopping() || self.failed {
+            return Box::pin(async { Err(InferError::ShuttingDown) });
+        }
+        let pool = self.tokenizers.clone();
+        let gone = |_| InferError::Gone(super::ActorKind::Tokenizer);
+        Box::pin(async move {
+            match work {
+                TokenizerWork::Inspect(m) => {
+                    Ok(Tokens::Inspected(pool.send(m).await.map_err(gone)??))
+                }
+                TokenizerWork::Decode(m) => Ok(Tokens::Decoded(pool.send(m).await.map_err(gone)??)),
+            }
+        })
     }
 }
 

@@ -20,20 +20,42 @@ use actix::prelude::*;
 use super::{ActorId, ActorState, ActorTable, InferError, supervisor::ChildPanicked};
 use crate::{
     fault::Fault,
-    model::{Encoded, TextTokenizer, TokenizeError},
+    model::{Direction, Encoded, TextInput, TextTokenizer, TokenInfo, TokenizeError},
 };
+
+/// Every token of some texts, with its text, speciality and offsets (`/tokenize`).
+#[derive(Message)]
+#[rtype(result = "Result<Vec<Vec<TokenInfo>>, InferError>")]
+pub struct Inspect {
+    /// The texts.
+    pub texts: Vec<String>,
+    /// Add the model's special tokens (`[CLS]`, `[SEP]`).
+    pub add_special_tokens: bool,
+}
+
+/// The texts of some lists of token ids (`/decode`).
+#[derive(Message)]
+#[rtype(result = "Result<Vec<String>, InferError>")]
+pub struct Decode {
+    /// One list of ids per text.
+    pub ids: Vec<Vec<u32>>,
+    /// Leave special tokens out.
+    pub skip_special_tokens: bool,
+}
 
 /// Tokenize the texts of one request.
 #[derive(Message)]
 #[rtype(result = "Result<Tokenized, InferError>")]
 pub struct Tokenize {
-    /// The request's texts, in order.
-    pub texts: Vec<String>,
-    /// Second segments, one per text, for a cross-encoder's (text, pair) inputs; `None` for
+    /// The request's inputs (texts or token ids), in order.
+    pub inputs: Vec<TextInput>,
+    /// Second segments, one per input, for a cross-encoder's (text, pair) inputs; `None` for
     /// single texts.
     pub pairs: Option<Vec<String>>,
     /// When false, a text over the maximum length fails the request.
     pub truncate: bool,
+    /// Which end truncation cuts.
+    pub direction: Direction,
     /// The request's span, so this thread's log lines belong to it.
     pub span: tracing::Span,
 }
@@ -108,43 +130,52 @@ impl Handler<Tokenize> for TokenizerActor {
     fn handle(&mut self, msg: Tokenize, ctx: &mut Self::Context) -> Self::Result {
         let _enter = msg.span.enter();
         let start = Instant::now();
-        let tokenizer = &self.tokenizer;
-        let fault = msg.texts.iter().find_map(|t| crate::fault::detect(t));
-        let result = super::catch(|| {
+        let fault = msg.inputs.iter().find_map(|t| match t {
+            TextInput::Text(t) => crate::fault::detect(t),
+            TextInput::Ids(_) => None,
+        });
+        let encodings = self.run(ctx, |tokenizer| {
             if fault == Some(Fault::TokenizerPanic) {
                 panic!("injected tokenizer fault");
             }
-            msg.texts
+            msg.inputs
                 .iter()
                 .enumerate()
-                .map(|(i, text)| match &msg.pairs {
-                    Some(pairs) => tokenizer.encode_pair(i, text, &pairs[i], msg.truncate),
-                    None => tokenizer.encode(i, text, msg.truncate),
+                .map(|(i, input)| {
+                    let pair = msg.pairs.as_ref().map(|p| p[i].as_str());
+                    tokenizer.encode_input(i, input, pair, msg.truncate, msg.direction)
                 })
                 .collect::<Result<Vec<_>, TokenizeError>>()
-        });
-        match result {
-            Ok(Ok(encodings)) => {
-                tracing::debug!(
-                    actor = %self.id,
-                    texts = encodings.len(),
-                    elapsed_us = start.elapsed().as_micros() as u64,
-                    "tokenized"
-                );
-                Ok(Tokenized {
-                    encodings,
-                    elapsed: start.elapsed(),
-                    fault,
-                })
-            }
-            Ok(Err(e)) => Err(InferError::Tokenize(e)),
+        })?;
+        tracing::debug!(
+            actor = %self.id,
+            texts = encodings.len(),
+            elapsed_us = start.elapsed().as_micros() as u64,
+            "tokenized"
+        );
+        Ok(Tokenized {
+            encodings,
+            elapsed: start.elapsed(),
+            fault,
+        })
+    }
+}
+
+impl TokenizerActor {
+    /// Runs `f` on this thread's tokenizer; a panic restarts the actor like a tokenization's.
+    fn run<T>(
+        &mut self,
+        ctx: &mut SyncContext<Self>,
+        f: impl FnOnce(&TextTokenizer) -> Result<T, TokenizeError>,
+    ) -> Result<T, InferError> {
+        match super::catch(|| f(&self.tokenizer)) {
+            Ok(r) => Ok(r?),
             Err(message) => {
                 tracing::error!(actor = %self.id, %message, "tokenizer panicked; restarting it");
                 self.supervisor.do_send(ChildPanicked {
                     actor: self.id,
                     message: message.clone(),
                 });
-                // In a SyncContext, stopping means the SyncArbiter builds a fresh actor.
                 ctx.stop();
                 Err(InferError::Panicked {
                     actor: self.id,
@@ -152,5 +183,33 @@ impl Handler<Tokenize> for TokenizerActor {
                 })
             }
         }
+    }
+}
+
+impl Handler<Inspect> for TokenizerActor {
+    type Result = Result<Vec<Vec<TokenInfo>>, InferError>;
+
+    fn handle(&mut self, msg: Inspect, ctx: &mut Self::Context) -> Self::Result {
+        self.run(ctx, |t| {
+            msg.texts
+                .iter()
+                .enumerate()
+                .map(|(i, text)| t.inspect(i, text, msg.add_special_tokens))
+                .collect()
+        })
+    }
+}
+
+impl Handler<Decode> for TokenizerActor {
+    type Result = Result<Vec<String>, InferError>;
+
+    fn handle(&mut self, msg: Decode, ctx: &mut Self::Context) -> Self::Result {
+        self.run(ctx, |t| {
+            msg.ids
+                .iter()
+                .enumerate()
+                .map(|(i, ids)| t.decode(i, ids, msg.skip_special_tokens))
+                .collect()
+        })
     }
 }

@@ -361,16 +361,52 @@ impl Bert {
     }
 
     /// Forward plus pooling: one f32 vector per text, on the CPU, not normalised. A
-    /// classifier's rows are its logits (the head reads the first token's state).
-    pub fn embed(&self, batch: &Padded, pooling: Pooling) -> Result<Vec<Vec<f32>>, TchError> {
+    /// classifier's rows are its logits (the head reads the first token's state). Rows marked
+    /// in `tokens` get their token states instead (every real token's vector, flattened).
+    pub fn embed(
+        &self,
+        batch: &Padded,
+        pooling: Pooling,
+        tokens: &[bool],
+    ) -> Result<Vec<Vec<f32>>, TchError> {
         let _guard = tch::no_grad_guard();
         let (states, mask) = self.forward(batch)?;
         let rows = match &self.head {
             None => pool(&states, &mask, pooling)?,
             Some(head) => head.logits(&states)?,
         };
-        rows_to_vecs(&rows)
+        let mut out = rows_to_vecs(&rows)?;
+        token_rows(&states, batch, tokens, &mut out)?;
+        Ok(out)
     }
+}
+
+/// Replaces the rows marked in `tokens` by their token states `[len, hidden]` (real tokens only,
+/// flattened, f32 on the CPU), from `states` `[rows, cols, hidden]`.
+pub fn token_rows(
+    states: &Tensor,
+    batch: &Padded,
+    tokens: &[bool],
+    out: &mut [Vec<f32>],
+) -> Result<(), TchError> {
+    if !tokens.iter().any(|&t| t) {
+        return Ok(());
+    }
+    let states = states
+        .f_to_kind(Kind::Float)?
+        .f_to_device(tch::Device::Cpu)?;
+    for (i, _) in tokens.iter().enumerate().filter(|(_, t)| **t) {
+        let len: i64 = batch.mask[i * batch.cols..(i + 1) * batch.cols]
+            .iter()
+            .sum();
+        let row = states
+            .f_get(i as i64)?
+            .f_narrow(0, 0, len)?
+            .f_contiguous()?
+            .f_flatten(0, -1)?;
+        out[i] = Vec::<f32>::try_from(row)?;
+    }
+    Ok(())
 }
 
 /// A `[rows, width]` tensor as one f32 vector per row, on the CPU.
@@ -517,9 +553,11 @@ mod tests {
             Pooling::MeanSqrtLen,
             Pooling::LastToken,
         ] {
-            let alone = model.embed(&Padded::new([&short], 0), pooling).unwrap();
+            let alone = model
+                .embed(&Padded::new([&short], 0), pooling, &[])
+                .unwrap();
             let batched = model
-                .embed(&Padded::new([&long, &short], 0), pooling)
+                .embed(&Padded::new([&long, &short], 0), pooling, &[false, false])
                 .unwrap();
             assert_eq!(batched.len(), 2);
             assert_eq!(alone[0].len(), 32);
@@ -541,13 +579,37 @@ mod tests {
         let t = text(&[2, 5, 6, 3]);
         let a = Bert::load(&spec(plain.path()))
             .unwrap()
-            .embed(&Padded::new([&t], 0), Pooling::Mean)
+            .embed(&Padded::new([&t], 0), Pooling::Mean, &[])
             .unwrap();
         let b = Bert::load(&spec(prefixed.path()))
             .unwrap()
-            .embed(&Padded::new([&t], 0), Pooling::Mean)
+            .embed(&Padded::new([&t], 0), Pooling::Mean, &[])
             .unwrap();
         assert_eq!(a, b);
+    }
+
+    #[test]
+    fn token_rows_hold_each_real_tokens_state_and_pool_to_the_embedding() {
+        let dir = tempfile::tempdir().unwrap();
+        tiny_model(dir.path(), "", None);
+        let model = Bert::load(&spec(dir.path())).unwrap();
+        let (short, long) = (text(&[2, 7, 9, 3]), text(&[2, 11, 12, 13, 14, 3]));
+        let batch = Padded::new([&long, &short], 0);
+        let pooled = model.embed(&batch, Pooling::Mean, &[false, false]).unwrap();
+        let rows = model.embed(&batch, Pooling::Mean, &[false, true]).unwrap();
+        assert_eq!(rows[0], pooled[0], "an unmarked row stays pooled");
+        assert_eq!(
+            rows[1].len(),
+            4 * 32,
+            "4 real tokens × hidden 32, no padding"
+        );
+        let mean: Vec<f32> = (0..32)
+            .map(|d| (0..4).map(|t| rows[1][t * 32 + d]).sum::<f32>() / 4.0)
+            .collect();
+        assert!(
+            close(&mean, &pooled[1]) < 1e-5,
+            "mean of the token states is the pooled row"
+        );
     }
 
     #[test]

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 pub use device::device_name;
-pub use tokenize::{Encoded, TextTokenizer, TokenizeError};
+pub use tokenize::{Direction, Encoded, TextInput, TextTokenizer, TokenInfo, TokenizeError};
 
 use crate::config::{self, DType, ModelKind, Pooling};
 
@@ -239,6 +239,20 @@ pub struct ModelSpec {
     pub labels: Vec<String>,
     /// How a classifier's logits become scores.
     pub problem_type: ProblemType,
+    /// sentence-transformers' prompts (`config_sentence_transformers.json`), by name: the text
+    /// a `prompt_name` prepends.
+    pub prompts: std::collections::BTreeMap<String, String>,
+    /// The prompt applied when a request names none (`default_prompt_name`).
+    pub default_prompt: Option<String>,
+}
+
+/// `config_sentence_transformers.json`'s prompts.
+#[derive(Deserialize, Default)]
+struct StConfig {
+    #[serde(default)]
+    prompts: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    default_prompt_name: Option<String>,
 }
 
 /// A model folder that cannot be served.
@@ -486,6 +500,19 @@ impl ModelSpec {
                  max_position_embeddings {positions}"
             )));
         }
+        let st_config: StConfig = if dir.join("config_sentence_transformers.json").is_file() {
+            read_json(&dir.join("config_sentence_transformers.json"))?
+        } else {
+            StConfig::default()
+        };
+        if let Some(name) = &st_config.default_prompt_name
+            && !st_config.prompts.contains_key(name)
+        {
+            return Err(ModelError::Config(format!(
+                "config_sentence_transformers.json: default_prompt_name `{name}` is not one of \
+                 its prompts"
+            )));
+        }
         // The folder's own name (not the link target's: models/all-MiniLM-L6-v2 is a link
         // into the cache), unless the path ends in `.` or `..`.
         let name = cfg.name.clone().unwrap_or_else(|| {
@@ -512,6 +539,8 @@ impl ModelSpec {
             format,
             labels,
             problem_type,
+            prompts: st_config.prompts,
+            default_prompt: st_config.default_prompt_name,
         })
     }
 
@@ -549,10 +578,17 @@ impl Model {
     /// One f32 row per text of a padded batch: a pooled embedding (not normalised) or a
     /// classifier's logits. libtorch's errors (out of memory, a module refusing the input)
     /// are errors, not panics.
-    pub fn run(&self, batch: &bert::Padded, pooling: Pooling) -> Result<Vec<Vec<f32>>, ModelError> {
+    /// Rows marked in `tokens` get every real token's state (flattened) instead of the pooled
+    /// row (`/embed_all`); `tokens` may be empty (none).
+    pub fn run(
+        &self,
+        batch: &bert::Padded,
+        pooling: Pooling,
+        tokens: &[bool],
+    ) -> Result<Vec<Vec<f32>>, ModelError> {
         match self {
-            Model::Encoder(m) => Ok(m.embed(batch, pooling)?),
-            Model::TorchScript(m) => m.run(batch, pooling),
+            Model::Encoder(m) => Ok(m.embed(batch, pooling, tokens)?),
+            Model::TorchScript(m) => m.run(batch, pooling, tokens),
         }
     }
 }

@@ -21,7 +21,7 @@ use tch::{CModule, IValue, Kind, Tensor};
 
 use super::{
     Format, ModelError, ModelSpec, Task,
-    bert::{Padded, pool, rows_to_vecs},
+    bert::{Padded, pool, rows_to_vecs, token_rows},
 };
 use crate::config::Pooling;
 
@@ -135,18 +135,32 @@ impl TorchScript {
     /// One row per text: pooled embeddings (token states are pooled here) or logits, f32 on
     /// the CPU. A module that refuses the batch (a shape it does not take, say) is an error
     /// for this batch, not a panic.
-    pub fn run(&self, batch: &Padded, pooling: Pooling) -> Result<Vec<Vec<f32>>, ModelError> {
+    /// Rows marked in `tokens` get their token states, which a module that returns pooled
+    /// embeddings does not have (an error).
+    pub fn run(
+        &self,
+        batch: &Padded,
+        pooling: Pooling,
+        tokens: &[bool],
+    ) -> Result<Vec<Vec<f32>>, ModelError> {
         let out = self.raw(batch)?;
-        let rows = if out.dim() == 3 {
+        if out.dim() == 3 {
             let (b, l) = (batch.rows as i64, batch.cols as i64);
             let mask = Tensor::f_from_slice(&batch.mask)?
                 .f_view([b, l])?
                 .f_to_device(self.device)?;
-            pool(&out, &mask, pooling)?
+            let mut rows = rows_to_vecs(&pool(&out, &mask, pooling)?)?;
+            token_rows(&out, batch, tokens, &mut rows)?;
+            Ok(rows)
+        } else if tokens.iter().any(|&t| t) {
+            Err(ModelError::Config(
+                "this TorchScript module returns pooled embeddings, not token states: it cannot \
+                 serve /embed_all"
+                    .into(),
+            ))
         } else {
-            out.f_to_kind(Kind::Float)?
-        };
-        Ok(rows_to_vecs(&rows)?)
+            Ok(rows_to_vecs(&out.f_to_kind(Kind::Float)?)?)
+        }
     }
 }
 

@@ -616,7 +616,7 @@ fn raw(args: &BenchArgs, plan: &Plan, config: &Config) -> i32 {
         cursor += bs;
         let tokens = enc.iter().map(|e| e.len()).sum();
         let batch = Padded::new(&enc, pad);
-        let _ = model.run(&batch, spec.pooling);
+        let _ = model.run(&batch, spec.pooling, &[]);
         tokens
     };
     // Per size: (texts, tokens, seconds, batch latencies in ms). Tokenization is timed too.
