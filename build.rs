@@ -14,7 +14,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .file_descriptor_set_path(out_dir.join("actor_infer_descriptor.bin"))
         .compile_with_config(
             prost_config,
-            &["proto/actor_infer/v1/inference.proto"],
+            &[
+                "proto/actor_infer/v1/inference.proto",
+                "proto/tei/v1/tei.proto",
+            ],
             &["proto"],
         )?;
     println!("cargo:rerun-if-changed=proto");

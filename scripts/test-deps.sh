@@ -44,3 +44,19 @@ if [ ! -f "$stamp" ]; then
     "dockerfile==$DOCKERFILE_VERSION"
   touch "$stamp"
 fi
+
+# ---------------------------------------------------------------- client packages
+# The clients people already use, driven against the real server by tests/clients.rs: openai,
+# huggingface_hub (with numpy, which its feature_extraction returns), grpcio with
+# grpcio-reflection, and grpcio-tools (which generates a TEI gRPC client from proto/tei).
+CLIENTS="openai==3.57.0 huggingface_hub==2.4.0 numpy==2.3.5 grpcio==1.85.3 grpcio-reflection==1.85.1 grpcio-tools==1.85.1"
+cvenv=${ACTOR_INFER_CACHE:-$HOME/.cache/actor-infer}/clients-venv
+cstamp="$cvenv/.complete-$(echo "$CLIENTS" | md5sum | cut -c1-12)"
+if [ ! -f "$cstamp" ]; then
+  echo "[test-deps] installing the client packages into $cvenv: $CLIENTS" >&2
+  rm -rf "$cvenv"
+  python3 -m venv "$cvenv"
+  # shellcheck disable=SC2086
+  "$cvenv/bin/python" -m pip install --quiet --disable-pip-version-check $CLIENTS
+  touch "$cstamp"
+fi

@@ -159,6 +159,10 @@ pub struct Server {
     /// (`/health`, `/ready` and gRPC health stay open for probes).
     #[serde(default)]
     pub api_key_protects_metrics: bool,
+    /// Show the model folder's path in `/info` and gRPC `ModelInfo` (off: it reveals the
+    /// server's file system to any client).
+    #[serde(default)]
+    pub expose_model_path: bool,
 }
 
 /// A secret string: compared in constant time, never printed (`Debug` and serialisation show
@@ -248,6 +252,7 @@ impl Default for Server {
             request_timeout_seconds: default_request_timeout(),
             api_key: None,
             api_key_protects_metrics: false,
+            expose_model_path: false,
         }
     }
 }

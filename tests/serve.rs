@@ -329,7 +329,7 @@ async fn http_info_health_and_clear_errors() {
             "POST",
             "/v1/embeddings",
             Some("application/json"),
-            json!({"input": "a", "dimensions": 12}).to_string(),
+            json!({"input": "a", "dimensions": 999}).to_string(),
             400,
             "validation",
             "384",

@@ -24,7 +24,13 @@ pub mod pb {
     tonic::include_proto!("actor_infer.v1");
 }
 
-/// Encoded file descriptor set of our proto, for reflection.
+/// Code generated from `proto/tei/v1/tei.proto` (TEI's gRPC API).
+pub mod tei {
+    #![allow(missing_docs, clippy::all)]
+    tonic::include_proto!("tei.v1");
+}
+
+/// Encoded file descriptor set of our protos (both packages), for reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/actor_infer_descriptor.bin"));
 
@@ -63,6 +69,7 @@ pub fn health() -> (
 }
 
 /// The `InferenceService` implementation.
+#[derive(Clone)]
 pub struct GrpcApi {
     shared: Arc<Shared>,
 }
@@ -108,10 +115,11 @@ impl InferenceService for GrpcApi {
             } else {
                 Some(req.text_pairs)
             };
-            let truncate = req.truncate.unwrap_or(true);
-            let out = shared
-                .infer(req.texts, pairs, req.normalize, truncate, call)
-                .await?;
+            let mut job = super::Job::of(req.texts.into_iter().map(Into::into).collect());
+            job.pairs = pairs;
+            job.normalize = req.normalize;
+            job.truncate = req.truncate.unwrap_or(true);
+            let out = shared.infer(job, call).await?;
             let raw = req.raw_scores.unwrap_or(false);
             let outputs: Vec<pb::Output> = out
                 .embeddings
@@ -165,7 +173,7 @@ impl InferenceService for GrpcApi {
         let i = self.shared.info();
         Ok(Response::new(pb::ModelInfoResponse {
             name: i.model,
-            path: i.path,
+            path: i.path.unwrap_or_default(),
             embedding_dim: i.embedding_dim as u32,
             max_sequence_length: i.max_sequence_length as u32,
             device: i.device,
@@ -194,8 +202,8 @@ impl InferenceService for GrpcApi {
                 let n = req.texts.len();
                 let keep = req.return_text.then(|| req.texts.clone());
                 let truncate = req.truncate.unwrap_or(true);
-                let out =
-                    predict::rerank_pairs(shared, req.query, req.texts, truncate, call).await?;
+                let out = predict::rerank_pairs(shared, req.query, req.texts, truncate, None, call)
+                    .await?;
                 Ok((
                     pb::RerankResponse {
                         results: predict::rerank_results(&out.embeddings, req.raw_scores, keep)
@@ -242,11 +250,14 @@ impl WithRequestId for pb::RerankRequest {
 }
 
 impl GrpcApi {
-    /// The opening and closing every gRPC inference method shares: the deadline (the
-    /// client's `grpc-timeout`), the request id and span, the outcome in the metrics,
-    /// including a call the client cancels (hyper then drops this future mid-way; the guard
-    /// records `client_gone`), and the error as a status from the table. Returns the response
-    /// and the request id it must carry.
+    /// The `InferenceService` over `shared`.
+    pub fn new(shared: Arc<Shared>) -> GrpcApi {
+        GrpcApi { shared }
+    }
+
+    /// The opening every gRPC inference method shares: the deadline (the client's
+    /// `grpc-timeout`) and the request id (the client's, or a new one); then [`served`].
+    /// Returns the response and the request id it must carry.
     async fn inference<Req, Resp, Fut>(
         &self,
         request: Request<Req>,
@@ -257,37 +268,55 @@ impl GrpcApi {
         Req: WithRequestId,
         Fut: std::future::Future<Output = Result<(Resp, usize, Timings), ApiError>>,
     {
-        let deadline = self.deadline(&request);
+        let deadline = client_deadline(&self.shared, &request);
         let mut req = request.into_inner();
         let id = match req.take_request_id() {
             id if id.is_empty() => super::new_request_id(),
             id => id,
         };
-        let call = Call {
-            span: tracing::info_span!("request", transport = "grpc", route, request_id = %id),
-            deadline,
-        };
-        let mut gone = ClientGoneGuard(Some(&self.shared));
-        let result = work(req, call).await;
-        gone.0 = None;
-        super::record(&self.shared.recorder, "grpc", &result);
-        let (resp, _, _) = result.map_err(Status::from)?;
+        let resp = served(&self.shared, route, &id, deadline, |call| work(req, call)).await?;
         Ok((Response::new(resp), id))
     }
+}
 
-    /// The call's deadline: the client's `grpc-timeout` (answered a little early) or
-    /// `server.request_timeout_seconds`, whichever is sooner.
-    fn deadline<T>(&self, request: &Request<T>) -> super::Deadline {
-        let client_timeout = request
-            .metadata()
-            .get("grpc-timeout")
-            .and_then(|v| v.to_str().ok())
-            .and_then(parse_grpc_timeout)
-            // Answer a little before the client's deadline, so the client reads our
-            // DEADLINE_EXCEEDED rather than tonic's own timeout (which says CANCELLED).
-            .map(|t| t.saturating_sub((t / 4).min(DEADLINE_MARGIN)));
-        self.shared.deadline(client_timeout)
-    }
+/// What every gRPC inference call (or each message of a stream) shares: its span with the
+/// request id, the outcome in the metrics, including a call the client cancels (hyper then
+/// drops this future mid-way; the guard records `client_gone`), and the error as a status
+/// from the table.
+pub(super) async fn served<Resp, Fut>(
+    shared: &Shared,
+    route: &'static str,
+    id: &str,
+    deadline: super::Deadline,
+    work: impl FnOnce(Call) -> Fut,
+) -> Result<Resp, Status>
+where
+    Fut: std::future::Future<Output = Result<(Resp, usize, Timings), ApiError>>,
+{
+    let call = Call {
+        span: tracing::info_span!("request", transport = "grpc", route, request_id = %id),
+        deadline,
+    };
+    let mut gone = ClientGoneGuard(Some(shared));
+    let result = work(call).await;
+    gone.0 = None;
+    super::record(&shared.recorder, "grpc", &result);
+    let (resp, _, _) = result.map_err(Status::from)?;
+    Ok(resp)
+}
+
+/// A call's deadline: the client's `grpc-timeout` (answered a little early) or
+/// `server.request_timeout_seconds`, whichever is sooner.
+pub(super) fn client_deadline<T>(shared: &Shared, request: &Request<T>) -> super::Deadline {
+    let client_timeout = request
+        .metadata()
+        .get("grpc-timeout")
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_grpc_timeout)
+        // Answer a little before the client's deadline, so the client reads our
+        // DEADLINE_EXCEEDED rather than tonic's own timeout (which says CANCELLED).
+        .map(|t| t.saturating_sub((t / 4).min(DEADLINE_MARGIN)));
+    shared.deadline(client_timeout)
 }
 
 /// How much before a client's deadline the server answers DEADLINE_EXCEEDED (at most a quarter
@@ -374,29 +403,67 @@ pub async fn serve(
     >,
     stop: oneshot::Receiver<()>,
 ) -> Result<(), ServeError> {
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
+    // Reflection in both versions: v1 (grpcurl today) and v1alpha (grpcio-reflection, grpcui,
+    // Postman, Evans, older grpcurl).
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection().build_v1()?;
+    let reflection_v1alpha = reflection().build_v1alpha()?;
     let listener = tokio::net::TcpListener::from_std(listener)?;
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     let limit = shared.config.server.max_request_bytes;
-    let service = InferenceServiceServer::new(GrpcApi {
-        shared: shared.clone(),
-    })
-    .max_decoding_message_size(limit);
+    let service =
+        InferenceServiceServer::new(GrpcApi::new(shared.clone())).max_decoding_message_size(limit);
+    let tei = super::tei_grpc::TeiApi::new(shared.clone());
     tonic::transport::Server::builder()
         .layer(tower::util::MapResponseLayer::new(client_fault_codes))
         .add_service(health)
-        .add_service(reflection)
-        .add_service(super::unavailable::UnavailableAs503(
-            tonic::service::interceptor::InterceptedService::new(service, ApiKeyCheck { shared }),
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(guarded(service, &shared))
+        .add_service(guarded(
+            tei::info_server::InfoServer::new(tei.clone()).max_decoding_message_size(limit),
+            &shared,
+        ))
+        .add_service(guarded(
+            tei::embed_server::EmbedServer::new(tei.clone()).max_decoding_message_size(limit),
+            &shared,
+        ))
+        .add_service(guarded(
+            tei::predict_server::PredictServer::new(tei.clone()).max_decoding_message_size(limit),
+            &shared,
+        ))
+        .add_service(guarded(
+            tei::rerank_server::RerankServer::new(tei.clone()).max_decoding_message_size(limit),
+            &shared,
+        ))
+        .add_service(guarded(
+            tei::tokenize_server::TokenizeServer::new(tei).max_decoding_message_size(limit),
+            &shared,
         ))
         .serve_with_incoming_shutdown(incoming, async {
             let _ = stop.await;
         })
         .await?;
     Ok(())
+}
+
+/// An inference service behind the API key, its refusals as HTTP 503 for balancers.
+fn guarded<S>(
+    service: S,
+    shared: &Arc<Shared>,
+) -> super::unavailable::UnavailableAs503<
+    tonic::service::interceptor::InterceptedService<S, ApiKeyCheck>,
+> {
+    super::unavailable::UnavailableAs503(tonic::service::interceptor::InterceptedService::new(
+        service,
+        ApiKeyCheck {
+            shared: shared.clone(),
+        },
+    ))
 }
 
 /// Why the gRPC server could not start or stopped with an error.

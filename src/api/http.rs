@@ -1,29 +1,38 @@
-//! HTTP front end (actix-web): OpenAI `POST /v1/embeddings`, TEI `POST /embed`, TEI
-//! `POST /predict` and `POST /rerank` (in `super::predict`), `GET /health`, `GET /ready`,
-//! `GET /info`, `GET /metrics`.
+//! HTTP front end (actix-web): TEI's and OpenAI's routes ([`super::tei`], [`super::predict`]),
+//! `GET /health`, `/ping`, `/ready`, `/info`, `/metrics`, the live page at `GET /`, and the
+//! OpenAPI document at `/api-doc/openapi.json`, generated from the handlers' types
+//! ([`super::openapi`]). [`ROUTES`] lists every route served; the OpenAPI document must list the
+//! same ones (a test checks it).
 //!
-//! Every error, actix-web's own included (bad JSON, wrong content type, unknown route, wrong
-//! method, oversized body), answers `{"error": "...", "error_type": "..."}`. actix-web's signal
-//! handling is off: the Supervisor owns signals and stops this server through its handle.
+//! Every response carries `X-Request-Id` (the client's, if printable and at most 128
+//! characters, else a new one), which the request's log lines carry too. Every error, actix-web's
+//! own included (bad JSON, wrong content type, unknown route, wrong method, oversized body),
+//! answers `{"error": "...", "error_type": "..."}`. actix-web's signal handling is off: the
+//! Supervisor owns signals and stops this server through its handle.
 
 use std::{net::TcpListener, sync::Arc, time::Duration};
 
 use actix_web::{
-    App, HttpRequest, HttpResponse, HttpServer, ResponseError, dev::Server, http::StatusCode, web,
+    App, HttpMessage, HttpRequest, HttpResponse, HttpServer, ResponseError, dev::Server,
+    http::StatusCode, web,
 };
-use base64::Engine as _;
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use super::{
     Call, Shared,
     error::{ApiError, ErrorKind},
+    predict, tei,
 };
 use crate::actors::{metrics::Render, router::Timings};
 
-#[derive(Serialize)]
-struct ErrorBody<'a> {
-    error: &'a str,
-    error_type: &'static str,
+/// Every error's body.
+#[derive(Serialize, ToSchema)]
+pub struct ErrorBody {
+    /// What is wrong, naming the field, limit or state at fault.
+    pub error: String,
+    /// The kind (`validation`, `overloaded`, ...; the README's table).
+    pub error_type: &'static str,
 }
 
 impl ResponseError for ApiError {
@@ -43,44 +52,9 @@ impl ResponseError for ApiError {
             res.insert_header(("WWW-Authenticate", "Bearer"));
         }
         res.json(ErrorBody {
-            error: &self.message,
+            error: self.message.clone(),
             error_type: self.kind.as_str(),
         })
-    }
-}
-
-/// Text input: one string or a list of strings (OpenAI's `input`, TEI's `inputs`).
-enum Input {
-    One(String),
-    Many(Vec<String>),
-}
-
-impl<'de> Deserialize<'de> for Input {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> serde::de::Visitor<'de> for V {
-            type Value = Input;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a string or a list of strings")
-            }
-            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Input, E> {
-                Ok(Input::One(v.to_owned()))
-            }
-            fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Input, E> {
-                Ok(Input::One(v))
-            }
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(
-                self,
-                mut seq: A,
-            ) -> Result<Input, A::Error> {
-                let mut texts = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(4096));
-                while let Some(t) = seq.next_element::<String>()? {
-                    texts.push(t);
-                }
-                Ok(Input::Many(texts))
-            }
-        }
-        d.deserialize_any(V)
     }
 }
 
@@ -95,70 +69,6 @@ pub(super) fn typed<T: for<'de> Deserialize<'de>>(body: serde_json::Value) -> Re
             ApiError::validation(format!("invalid request body at `{path}`: {inner}"))
         }
     })
-}
-
-impl Input {
-    fn into_vec(self) -> Vec<String> {
-        match self {
-            Input::One(s) => vec![s],
-            Input::Many(v) => v,
-        }
-    }
-}
-
-/// OpenAI's embeddings request.
-#[derive(Deserialize)]
-struct OpenAiRequest {
-    input: Input,
-    #[serde(default)]
-    #[allow(dead_code)]
-    model: Option<String>,
-    #[serde(default)]
-    encoding_format: Option<String>,
-    #[serde(default)]
-    dimensions: Option<usize>,
-    #[serde(default)]
-    #[allow(dead_code)]
-    user: Option<String>,
-}
-
-#[derive(Serialize)]
-#[serde(untagged)]
-enum Vector {
-    Float(Vec<f32>),
-    Base64(String),
-}
-
-#[derive(Serialize)]
-struct OpenAiEmbedding {
-    object: &'static str,
-    index: usize,
-    embedding: Vector,
-}
-
-#[derive(Serialize)]
-struct OpenAiUsage {
-    prompt_tokens: u64,
-    total_tokens: u64,
-}
-
-#[derive(Serialize)]
-struct OpenAiResponse {
-    object: &'static str,
-    data: Vec<OpenAiEmbedding>,
-    model: String,
-    usage: OpenAiUsage,
-}
-
-/// TEI's `/embed` request.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct TeiRequest {
-    inputs: Input,
-    #[serde(default)]
-    normalize: Option<bool>,
-    #[serde(default)]
-    truncate: Option<bool>,
 }
 
 fn ms(d: Duration) -> String {
@@ -231,6 +141,44 @@ pub(super) struct Served<T> {
     pub timings: Timings,
 }
 
+/// A request's id (`X-Request-Id`), set by [`request_id`] for every request.
+#[derive(Debug, Clone)]
+pub struct RequestId(pub String);
+
+/// Longest `X-Request-Id` taken from a client.
+const MAX_REQUEST_ID: usize = 128;
+
+/// The client's `X-Request-Id` if it is 1 to 128 printable ASCII characters, else a new one
+/// (a client's id ends up in logs and headers: nothing that could forge a log line).
+fn id_of(header: Option<&[u8]>) -> String {
+    match header {
+        Some(v)
+            if (1..=MAX_REQUEST_ID).contains(&v.len())
+                && v.iter().all(|b| (0x21..=0x7e).contains(b)) =>
+        {
+            String::from_utf8_lossy(v).into_owned()
+        }
+        _ => super::new_request_id(),
+    }
+}
+
+/// Middleware: every request gets an id ([`RequestId`]) and every response echoes it, an
+/// inner middleware's refusal (the API key) included.
+async fn request_id(
+    req: actix_web::dev::ServiceRequest,
+    next: actix_web::middleware::Next<impl actix_web::body::MessageBody + 'static>,
+) -> Result<actix_web::dev::ServiceResponse, actix_web::Error> {
+    let id = id_of(req.headers().get("x-request-id").map(|v| v.as_bytes()));
+    req.extensions_mut().insert(RequestId(id.clone()));
+    // Handlers' errors arrive here as responses; so do the API key's (see require_api_key).
+    let mut res = next.call(req).await?.map_into_boxed_body();
+    res.headers_mut().insert(
+        actix_web::http::header::HeaderName::from_static("x-request-id"),
+        actix_web::http::header::HeaderValue::from_str(&id).expect("ids are printable ASCII"),
+    );
+    Ok(res)
+}
+
 /// The opening and closing every HTTP inference route shares: the request's span (with its
 /// `X-Request-Id`), its deadline, dropping the work when the client leaves, TEI's timing
 /// headers, and the outcome in the metrics. `work` gets the request's [`Call`].
@@ -245,10 +193,9 @@ where
     Fut: std::future::Future<Output = Result<Served<T>, ApiError>>,
 {
     let id = req
-        .headers()
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned)
+        .extensions()
+        .get::<RequestId>()
+        .map(|r| r.0.clone())
         .unwrap_or_else(super::new_request_id);
     let call = Call {
         span: tracing::info_span!("request", transport = "http", route, request_id = %id),
@@ -264,96 +211,22 @@ where
     Ok(res.json(body))
 }
 
-async fn openai_embeddings(
-    shared: web::Data<Shared>,
-    req: HttpRequest,
-    body: web::Json<serde_json::Value>,
-) -> Result<HttpResponse, ApiError> {
-    inference(&shared, &req, "/v1/embeddings", |call| async {
-        let body: OpenAiRequest = typed(body.into_inner())?;
-        let base64 = match body.encoding_format.as_deref() {
-            None | Some("float") => false,
-            Some("base64") => true,
-            Some(other) => {
-                return Err(ApiError::validation(format!(
-                    "encoding_format `{other}` is not supported; use `float` or `base64`"
-                )));
-            }
-        };
-        if let Some(d) = body.dimensions
-            && d != shared.spec.dim()
-        {
-            return Err(ApiError::validation(format!(
-                "dimensions {d} is not available: this model's embeddings have {} dimensions",
-                shared.spec.dim()
-            )));
-        }
-        let out = shared
-            .embed(body.input.into_vec(), None, true, call)
-            .await?;
-        let tokens: u64 = out.token_counts.iter().map(|&n| u64::from(n)).sum();
-        let texts = out.embeddings.len();
-        let data = out
-            .embeddings
-            .into_iter()
-            .enumerate()
-            .map(|(index, v)| OpenAiEmbedding {
-                object: "embedding",
-                index,
-                embedding: if base64 {
-                    let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
-                    Vector::Base64(base64::engine::general_purpose::STANDARD.encode(bytes))
-                } else {
-                    Vector::Float(v)
-                },
-            })
-            .collect();
-        Ok(Served {
-            body: OpenAiResponse {
-                object: "list",
-                data,
-                model: shared.spec.name.clone(),
-                usage: OpenAiUsage {
-                    prompt_tokens: tokens,
-                    total_tokens: tokens,
-                },
-            },
-            texts,
-            timings: out.timings,
-        })
-    })
-    .await
-}
-
-async fn tei_embed(
-    shared: web::Data<Shared>,
-    req: HttpRequest,
-    body: web::Json<serde_json::Value>,
-) -> Result<HttpResponse, ApiError> {
-    inference(&shared, &req, "/embed", |call| async {
-        let body: TeiRequest = typed(body.into_inner())?;
-        let out = shared
-            .embed(
-                body.inputs.into_vec(),
-                body.normalize,
-                body.truncate.unwrap_or(true),
-                call,
-            )
-            .await?;
-        Ok(Served {
-            texts: out.embeddings.len(),
-            timings: out.timings,
-            body: out.embeddings,
-        })
-    })
-    .await
-}
-
-async fn health() -> HttpResponse {
+/// The process is alive (TEI's `/health`; `/ping` is SageMaker's name for it).
+#[utoipa::path(get, path = "/health", responses((status = 200, description = "Alive")))]
+pub async fn health() -> HttpResponse {
     HttpResponse::Ok().json(serde_json::json!({"status": "alive"}))
 }
 
-async fn ready(shared: web::Data<Shared>) -> Result<HttpResponse, ApiError> {
+/// SageMaker's health route.
+#[utoipa::path(get, path = "/ping", responses((status = 200, description = "Alive")))]
+pub async fn ping() -> HttpResponse {
+    health().await
+}
+
+/// Ready: the model is loaded and warm and the server is not stopping.
+#[utoipa::path(get, path = "/ready", responses((status = 200, description = "Ready"),
+    (status = 503, description = "Loading or stopping", body = ErrorBody)))]
+pub async fn ready(shared: web::Data<Shared>) -> Result<HttpResponse, ApiError> {
     if shared.lifecycle.is_stopping() {
         Err(ApiError::shutting_down())
     } else if shared.lifecycle.is_ready() {
@@ -363,7 +236,9 @@ async fn ready(shared: web::Data<Shared>) -> Result<HttpResponse, ApiError> {
     }
 }
 
-async fn info(shared: web::Data<Shared>) -> HttpResponse {
+/// What is served: TEI's `/info` fields, and ours.
+#[utoipa::path(get, path = "/info", responses((status = 200, description = "The model", body = super::ModelInfo)))]
+pub async fn info(shared: web::Data<Shared>) -> HttpResponse {
     HttpResponse::Ok().json(shared.info())
 }
 
@@ -381,7 +256,11 @@ fn wants_prometheus(req: &HttpRequest) -> bool {
 
 /// `GET /metrics`: Prometheus text when asked for, else the JSON dashboard; `?format=json`
 /// or `?format=prometheus` force one.
-async fn metrics(shared: web::Data<Shared>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
+#[utoipa::path(get, path = "/metrics", responses((status = 200, description = "Prometheus text or the JSON dashboard")))]
+pub async fn metrics(
+    shared: web::Data<Shared>,
+    req: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
     let prometheus = match req.query_string() {
         q if q.contains("format=prometheus") => true,
         q if q.contains("format=json") => false,
@@ -403,11 +282,29 @@ async fn metrics(shared: web::Data<Shared>, req: HttpRequest) -> Result<HttpResp
     }
 }
 
-/// `GET /`: the live dashboard page (self-contained; it polls `/metrics` as JSON).
-async fn dashboard() -> HttpResponse {
+/// `GET /`: the live dashboard page for a browser (it polls `/metrics` as JSON); for other
+/// clients, which probe `/` for health as with TEI, the health answer.
+#[utoipa::path(get, path = "/", responses((status = 200, description = "The live page (text/html) or health")))]
+pub async fn root(req: HttpRequest) -> HttpResponse {
+    let html = req
+        .headers()
+        .get(actix_web::http::header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains("text/html"));
+    if html {
+        HttpResponse::Ok()
+            .content_type("text/html; charset=utf-8")
+            .body(include_str!("dashboard.html"))
+    } else {
+        health().await
+    }
+}
+
+/// The OpenAPI 3 document of these routes, generated from the handlers' types.
+pub async fn openapi_json() -> HttpResponse {
     HttpResponse::Ok()
-        .content_type("text/html; charset=utf-8")
-        .body(include_str!("dashboard.html"))
+        .content_type("application/json")
+        .body(super::openapi::document())
 }
 
 async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
@@ -449,11 +346,13 @@ fn json_error(err: actix_web::error::JsonPayloadError, _req: &HttpRequest) -> ac
     actix_web::error::InternalError::from_response(err, e.error_response()).into()
 }
 
-/// Routes that never need the API key: probes, always; metrics, info and the dashboard
-/// unless `server.api_key_protects_metrics`.
-fn is_open_route(path: &str, protect_metrics: bool) -> bool {
-    matches!(path, "/health" | "/ready")
-        || (!protect_metrics && matches!(path, "/metrics" | "/info" | "/"))
+/// Routes that never need the API key: probes, always; metrics, info, the OpenAPI document
+/// and the live page unless `server.api_key_protects_metrics`.
+fn is_open_route(method: &actix_web::http::Method, path: &str, protect_metrics: bool) -> bool {
+    matches!(path, "/health" | "/ready" | "/ping")
+        || (!protect_metrics
+            && (matches!(path, "/metrics" | "/info" | "/api-doc/openapi.json")
+                || (path == "/" && method == actix_web::http::Method::GET)))
 }
 
 /// Middleware: with `server.api_key` set, every route but the open ones needs
@@ -461,30 +360,91 @@ fn is_open_route(path: &str, protect_metrics: bool) -> bool {
 async fn require_api_key(
     req: actix_web::dev::ServiceRequest,
     next: actix_web::middleware::Next<impl actix_web::body::MessageBody + 'static>,
-) -> Result<actix_web::dev::ServiceResponse<impl actix_web::body::MessageBody>, actix_web::Error> {
+) -> Result<actix_web::dev::ServiceResponse, actix_web::Error> {
     let shared = req
         .app_data::<web::Data<Shared>>()
         .expect("the app always holds Shared")
         .clone();
     let server = &shared.config.server;
-    if server.api_key.is_some() && !is_open_route(req.path(), server.api_key_protects_metrics) {
+    if server.api_key.is_some()
+        && !is_open_route(req.method(), req.path(), server.api_key_protects_metrics)
+    {
         let header = req
             .headers()
             .get(actix_web::http::header::AUTHORIZATION)
             .map(|v| v.as_bytes());
         if let Err(e) = super::check_api_key(server, header) {
             super::record::<()>(&shared.recorder, "http", &Err(e.clone()));
-            return Err(e.into());
+            // A response, not an error, so the middleware around this one adds its headers.
+            return Ok(req.into_response(e.error_response()));
         }
     }
-    next.call(req).await
+    Ok(next.call(req).await?.map_into_boxed_body())
 }
 
-/// A route whose other methods answer 405 in our error shape.
-pub(super) fn resource(path: &str, route: actix_web::Route) -> actix_web::Resource {
-    web::resource(path)
-        .route(route)
-        .default_service(web::to(method_not_allowed))
+/// Every route served: method and path. The OpenAPI document lists exactly these (but
+/// itself), which a test checks.
+pub const ROUTES: &[(&str, &str)] = &[
+    ("POST", "/"),
+    ("POST", "/invocations"),
+    ("POST", "/embed"),
+    ("POST", "/embed_all"),
+    ("POST", "/embed_sparse"),
+    ("POST", "/embeddings"),
+    ("POST", "/v1/embeddings"),
+    ("POST", "/similarity"),
+    ("POST", "/tokenize"),
+    ("POST", "/decode"),
+    ("POST", "/predict"),
+    ("POST", "/rerank"),
+    ("GET", "/"),
+    ("GET", "/health"),
+    ("GET", "/ping"),
+    ("GET", "/ready"),
+    ("GET", "/info"),
+    ("GET", "/metrics"),
+    ("GET", "/api-doc/openapi.json"),
+];
+
+/// The handler of one of [`ROUTES`].
+fn handler(method: &str, path: &str) -> actix_web::Route {
+    match (method, path) {
+        ("POST", "/") => web::post().to(tei::default_route),
+        ("POST", "/invocations") => web::post().to(tei::invocations),
+        ("POST", "/embed") => web::post().to(tei::embed),
+        ("POST", "/embed_all") => web::post().to(tei::embed_all),
+        ("POST", "/embed_sparse") => web::post().to(tei::embed_sparse),
+        ("POST", "/embeddings") => web::post().to(tei::embeddings),
+        ("POST", "/v1/embeddings") => web::post().to(tei::openai_embeddings),
+        ("POST", "/similarity") => web::post().to(tei::similarity),
+        ("POST", "/tokenize") => web::post().to(tei::tokenize),
+        ("POST", "/decode") => web::post().to(tei::decode),
+        ("POST", "/predict") => web::post().to(predict::predict),
+        ("POST", "/rerank") => web::post().to(predict::rerank),
+        ("GET", "/") => web::get().to(root),
+        ("GET", "/health") => web::get().to(health),
+        ("GET", "/ping") => web::get().to(ping),
+        ("GET", "/ready") => web::get().to(ready),
+        ("GET", "/info") => web::get().to(info),
+        ("GET", "/metrics") => web::get().to(metrics),
+        ("GET", "/api-doc/openapi.json") => web::get().to(openapi_json),
+        _ => unreachable!("{method} {path} is in ROUTES without a handler"),
+    }
+}
+
+/// Registers [`ROUTES`], one resource per path; other methods on a path answer 405 in our
+/// error shape.
+fn routes(cfg: &mut web::ServiceConfig) {
+    let mut paths: Vec<&str> = ROUTES.iter().map(|(_, p)| *p).collect();
+    paths.dedup();
+    let mut seen = std::collections::BTreeSet::new();
+    for path in paths.into_iter().filter(|p| seen.insert(*p)) {
+        let mut resource = web::resource(path);
+        for (method, _) in ROUTES.iter().filter(|(_, p)| *p == path) {
+            resource = resource.route(handler(method, path));
+        }
+        cfg.service(resource.default_service(web::to(method_not_allowed)));
+    }
 }
 
 /// Builds the HTTP server on `listener`. Signals are off (the Supervisor owns them); the
@@ -502,19 +462,10 @@ pub fn serve(listener: TcpListener, shared: Arc<Shared>) -> std::io::Result<Serv
                     .limit(limit)
                     .error_handler(json_error),
             )
-            .service(resource(
-                "/v1/embeddings",
-                web::post().to(openai_embeddings),
-            ))
-            .service(resource("/embed", web::post().to(tei_embed)))
-            .configure(super::predict::routes)
-            .service(resource("/health", web::get().to(health)))
-            .service(resource("/ready", web::get().to(ready)))
-            .service(resource("/info", web::get().to(info)))
-            .service(resource("/metrics", web::get().to(metrics)))
-            .service(resource("/", web::get().to(dashboard)))
+            .configure(routes)
             .default_service(web::to(not_found))
             .wrap(actix_web::middleware::from_fn(require_api_key))
+            .wrap(actix_web::middleware::from_fn(request_id))
     })
     .on_connect(|conn, ext| {
         use std::os::fd::AsRawFd;
@@ -537,11 +488,27 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    #[test]
+    fn client_request_ids_are_kept_only_when_printable_and_short() {
+        assert_eq!(id_of(Some(b"trace-me-42")), "trace-me-42");
+        for bad in [
+            &b""[..],
+            b"a b",
+            b"line\nbreak",
+            &[b'x'; 129][..],
+            "é".as_bytes(),
+        ] {
+            let id = id_of(Some(bad));
+            assert_ne!(id.as_bytes(), bad);
+            assert!(id.bytes().all(|b| (0x21..=0x7e).contains(&b)), "{id}");
+        }
+    }
+
     /// Decodes `body` the way the routes do: JSON, then the route's typed request.
     fn decode(body: &serde_json::Value) -> [Option<ApiError>; 2] {
         [
-            typed::<TeiRequest>(body.clone()).err(),
-            typed::<OpenAiRequest>(body.clone()).err(),
+            typed::<tei::EmbedRequest>(body.clone()).err(),
+            typed::<tei::OpenAiRequest>(body.clone()).err(),
         ]
     }
 
@@ -595,8 +562,9 @@ mod tests {
         #[test]
         fn any_list_of_strings_is_accepted_as_inputs(texts in proptest::collection::vec(".{0,32}", 0..16)) {
             let body = serde_json::json!({ "inputs": texts.clone() });
-            let parsed: TeiRequest = typed(body).unwrap();
-            prop_assert_eq!(parsed.inputs.into_vec(), texts);
+            let parsed: tei::EmbedRequest = typed(body).unwrap();
+            let want: Vec<crate::model::TextInput> = texts.into_iter().map(Into::into).collect();
+            prop_assert_eq!(parsed.inputs.0, want);
         }
     }
 }

@@ -5,7 +5,10 @@
 pub mod error;
 pub mod grpc;
 pub mod http;
+pub mod openapi;
 pub mod predict;
+pub mod tei;
+pub mod tei_grpc;
 pub mod unavailable;
 
 use std::{
@@ -23,11 +26,11 @@ use crate::{
     actors::{
         Admission, Lifecycle,
         metrics::{Metrics, Recorder, Snapshot},
-        router::{Embed, EmbedOutput, Router, Timings},
+        router::{Embed, EmbedOutput, Router, Timings, TokenizerWork, Tokens},
         supervisor::{Shutdown, StopReason, Supervisor},
     },
     config::Config,
-    model::{ModelSpec, Task, device_name},
+    model::{Direction, ModelSpec, Task, TextInput, device_name},
 };
 use error::{ApiError, ErrorKind};
 
@@ -180,13 +183,44 @@ impl Deadline {
     }
 }
 
-/// What `/info` and `ModelInfo` tell.
-#[derive(Debug, Clone, Serialize)]
+/// What `/info` and `ModelInfo` tell: TEI's fields (so TEI's clients read them) and ours.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ModelInfo {
-    /// Model name.
+    /// TEI: the model's name.
+    pub model_id: String,
+    /// TEI: the model's revision (none: served from a local folder).
+    pub model_sha: Option<String>,
+    /// TEI: `float32`, `float16` or `bfloat16`.
+    pub model_dtype: &'static str,
+    /// TEI: `{"embedding": {"pooling": ...}}`, `{"classifier": {"id2label", "label2id"}}` or
+    /// `{"reranker": {...}}`.
+    #[schema(value_type = Object)]
+    pub model_type: serde_json::Value,
+    /// TEI: `server.max_concurrent_requests` (texts in flight).
+    pub max_concurrent_requests: usize,
+    /// TEI: the longest input, in tokens.
+    pub max_input_length: usize,
+    /// TEI: `batching.max_batch_tokens`.
+    pub max_batch_tokens: usize,
+    /// TEI: `batching.max_batch_size`.
+    pub max_batch_requests: Option<usize>,
+    /// TEI: `server.max_client_batch_size`.
+    pub max_client_batch_size: usize,
+    /// TEI: whether `truncate` defaults to true (here it does, as sentence-transformers).
+    pub auto_truncate: bool,
+    /// TEI: `tokenizer.workers`.
+    pub tokenization_workers: usize,
+    /// TEI: the server's version.
+    pub version: &'static str,
+    /// TEI: the build's git commit (none).
+    pub sha: Option<String>,
+    /// TEI: the image's label (none).
+    pub docker_label: Option<String>,
+    /// Model name (as `model_id`).
     pub model: String,
-    /// Model folder.
-    pub path: String,
+    /// The model folder: only with `server.expose_model_path` (it reveals the file system).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
     /// What kind of model this is: `embedding`, `classifier` or `reranker`.
     pub kind: &'static str,
     /// The encoder family (`bert`, `roberta`, `xlm-roberta`, `distilbert`) or `torchscript`.
@@ -200,11 +234,15 @@ pub struct ModelInfo {
     pub activation: &'static str,
     /// Embedding width.
     pub embedding_dim: usize,
-    /// Longest input, in tokens.
+    /// Longest input, in tokens (as `max_input_length`).
     pub max_sequence_length: usize,
+    /// sentence-transformers' prompts a request may name (`prompt_name`).
+    pub prompts: std::collections::BTreeMap<String, String>,
+    /// The prompt applied when a request names none.
+    pub default_prompt_name: Option<String>,
     /// Where the model runs.
     pub device: String,
-    /// Weights' precision.
+    /// Weights' precision (`f32`, `f16`, `bf16`).
     pub dtype: &'static str,
     /// Pooling.
     pub pooling: &'static str,
@@ -212,26 +250,61 @@ pub struct ModelInfo {
     pub normalize: bool,
     /// Model worker instances.
     pub workers: usize,
-    /// Tokenizer threads.
+    /// Tokenizer threads (as `tokenization_workers`).
     pub tokenizer_workers: usize,
     /// Experiment name.
     pub experiment: String,
-    /// The server's version.
-    pub version: &'static str,
+}
+
+/// What a route asks of the model: its inputs and how to run them.
+#[derive(Debug, Clone)]
+pub struct Job {
+    /// Texts or token ids, in order.
+    pub inputs: Vec<TextInput>,
+    /// Second segments (cross-encoders), one per input.
+    pub pairs: Option<Vec<String>>,
+    /// L2-normalise; `None` for the model's default.
+    pub normalize: Option<bool>,
+    /// Truncate over-long inputs (else they fail the request).
+    pub truncate: bool,
+    /// Which end truncation cuts.
+    pub direction: Direction,
+    /// Every token's state instead of the pooled row.
+    pub all_tokens: bool,
+}
+
+impl Job {
+    /// `inputs` with the defaults: the model's normalisation, truncation at the right.
+    pub fn of(inputs: Vec<TextInput>) -> Job {
+        Job {
+            inputs,
+            pairs: None,
+            normalize: None,
+            truncate: true,
+            direction: Direction::Right,
+            all_tokens: false,
+        }
+    }
+}
+
+/// Parses TEI's `truncation_direction` (`right`/`left`, as TEI's own enum spells them too).
+pub fn direction(s: Option<&str>) -> Result<Direction, ApiError> {
+    match s.map(str::to_ascii_lowercase).as_deref() {
+        None | Some("right") => Ok(Direction::Right),
+        Some("left") => Ok(Direction::Left),
+        Some(_) => Err(ApiError::validation(format!(
+            "truncation_direction `{}` is not `left` or `right`",
+            s.unwrap_or_default()
+        ))),
+    }
 }
 
 impl Shared {
-    /// Embeds `texts` through the Router: [`Shared::infer`] for embedding models only (a
-    /// classifier answers `wrong_model_kind`).
-    pub async fn embed(
-        &self,
-        texts: Vec<String>,
-        normalize: Option<bool>,
-        truncate: bool,
-        call: Call,
-    ) -> Result<EmbedOutput, ApiError> {
+    /// Embeds through the Router: [`Shared::infer`] for embedding models only (a classifier
+    /// answers `wrong_model_kind`).
+    pub async fn embed(&self, job: Job, call: Call) -> Result<EmbedOutput, ApiError> {
         self.require(&[Task::Embedding], "embeddings (/embed, /v1/embeddings)")?;
-        self.infer(texts, None, normalize, truncate, call).await
+        self.infer(job, call).await
     }
 
     /// Refuses a route the loaded model does not serve.
@@ -247,53 +320,80 @@ impl Shared {
         }
     }
 
-    /// Runs `texts` (with their second segments `pairs`, for a cross-encoder) through the
-    /// Router within `deadline`: one row per text, an embedding or a classifier's logits.
-    /// Checks, in order: the input is not empty and within `server.max_client_batch_size`
-    /// texts of `server.max_input_chars` characters each; the server is ready and not
-    /// stopping; the texts fit under `server.max_concurrent_requests` (admission control,
-    /// before any queue). Dropping the returned future cancels the request's queued work.
-    pub async fn infer(
+    /// Prepends sentence-transformers' prompt to each text: the one `prompt_name` names, else
+    /// the model's default prompt (none: the texts as they are). An unknown name is refused,
+    /// listing the prompts there are.
+    pub fn prompted(
         &self,
-        texts: Vec<String>,
-        pairs: Option<Vec<String>>,
-        normalize: Option<bool>,
-        truncate: bool,
-        call: Call,
-    ) -> Result<EmbedOutput, ApiError> {
+        inputs: Vec<TextInput>,
+        prompt_name: Option<&str>,
+    ) -> Result<Vec<TextInput>, ApiError> {
+        let prompts = &self.spec.prompts;
+        let prompt = match prompt_name {
+            Some(name) => Some(prompts.get(name).ok_or_else(|| {
+                ApiError::validation(format!(
+                    "prompt_name `{name}` is not one of this model's prompts ({}; \
+                     config_sentence_transformers.json)",
+                    if prompts.is_empty() {
+                        "it has none".to_string()
+                    } else {
+                        prompts.keys().cloned().collect::<Vec<_>>().join(", ")
+                    }
+                ))
+            })?),
+            None => self
+                .spec
+                .default_prompt
+                .as_ref()
+                .and_then(|n| prompts.get(n)),
+        };
+        let Some(prompt) = prompt.filter(|p| !p.is_empty()) else {
+            return Ok(inputs);
+        };
+        inputs
+            .into_iter()
+            .map(|i| match i {
+                TextInput::Text(t) => Ok(TextInput::Text(format!("{prompt}{t}"))),
+                TextInput::Ids(_) if prompt_name.is_some() => Err(ApiError::validation(
+                    "prompt_name applies to texts, not to token ids",
+                )),
+                ids => Ok(ids),
+            })
+            .collect()
+    }
+
+    /// Runs a job through the Router within the call's deadline: one row per input, an
+    /// embedding, a classifier's logits, or token states. Checks, in order: the input is not
+    /// empty and within `server.max_client_batch_size` inputs of `server.max_input_chars`
+    /// characters each; the server is ready and not stopping; the inputs fit under
+    /// `server.max_concurrent_requests` (admission control, before any queue). Dropping the
+    /// returned future cancels the request's queued work.
+    pub async fn infer(&self, job: Job, call: Call) -> Result<EmbedOutput, ApiError> {
         let Call { span, deadline } = call;
-        if let Some(p) = &pairs {
-            if p.len() != texts.len() {
+        if let Some(p) = &job.pairs {
+            if p.len() != job.inputs.len() {
                 return Err(ApiError::validation(format!(
                     "{} second segments for {} texts; give one per text",
                     p.len(),
-                    texts.len()
+                    job.inputs.len()
                 )));
             }
-            self.check_limits(p)?;
+            self.check_count(p.len())?;
+            self.check_lengths(p.iter().map(|t| (t.len(), || t.chars().count())))?;
         }
-        self.check_limits(&texts)?;
-        if self.lifecycle.is_stopping() {
-            return Err(ApiError::shutting_down());
-        }
+        self.check_count(job.inputs.len())?;
+        self.check_lengths(job.inputs.iter().map(|t| (t.len_bound(), || t.chars())))?;
+        let permit = self.admit(job.inputs.len())?;
         let router = self.router.get().ok_or_else(ApiError::not_ready)?;
-        let permit = self.admission.try_admit(texts.len()).map_err(|held| {
-            ApiError::new(
-                ErrorKind::Overloaded,
-                format!(
-                    "{held} texts are in flight and this request adds {}, over \
-                     server.max_concurrent_requests = {}; retry later",
-                    texts.len(),
-                    self.admission.limit()
-                ),
-            )
-        })?;
+        let n = job.inputs.len();
         let receiver = router
             .send(Embed {
-                texts,
-                pairs,
-                normalize,
-                truncate,
+                inputs: job.inputs,
+                pairs: job.pairs,
+                normalize: job.normalize,
+                truncate: job.truncate,
+                direction: job.direction,
+                all_tokens: job.all_tokens,
                 span,
                 sent: Instant::now(),
                 deadline: deadline.at,
@@ -301,46 +401,91 @@ impl Shared {
             })
             .await
             .map_err(|_| ApiError::shutting_down())??;
-        match tokio::time::timeout_at(deadline.at.into(), receiver).await {
-            Ok(Ok(answer)) => Ok(answer?),
-            Ok(Err(_)) => Err(ApiError::internal(
-                "the request was dropped inside the server",
-            )),
+        let out = match tokio::time::timeout_at(deadline.at.into(), receiver).await {
+            Ok(Ok(answer)) => answer?,
+            Ok(Err(_)) => {
+                return Err(ApiError::internal(
+                    "the request was dropped inside the server",
+                ));
+            }
             // Dropping the receiver here makes the Router skip whatever is still queued.
-            Err(_) => Err(deadline.exceeded()),
+            Err(_) => return Err(deadline.exceeded()),
+        };
+        if out.embeddings.len() != n {
+            return Err(ApiError::internal(format!(
+                "{} rows came back for {n} inputs",
+                out.embeddings.len()
+            )));
         }
+        Ok(out)
     }
 
-    /// The per-request limits: a non-empty list, at most `server.max_client_batch_size`
-    /// texts, each at most `server.max_input_chars` characters.
-    pub fn check_limits(&self, texts: &[String]) -> Result<(), ApiError> {
+    /// Admission control: room for `texts` more texts under `server.max_concurrent_requests`,
+    /// unless the server is stopping.
+    fn admit(&self, texts: usize) -> Result<crate::actors::Permit, ApiError> {
+        if self.lifecycle.is_stopping() {
+            return Err(ApiError::shutting_down());
+        }
+        self.admission.try_admit(texts).map_err(|held| {
+            ApiError::new(
+                ErrorKind::Overloaded,
+                format!(
+                    "{held} texts are in flight and this request adds {texts}, over \
+                     server.max_concurrent_requests = {}; retry later",
+                    self.admission.limit()
+                ),
+            )
+        })
+    }
+
+    /// Tokenizer work (`/tokenize`, `/decode`) on the tokenizer pool, through the Router, under
+    /// the same limits and admission as inference.
+    pub async fn tokenizer(&self, work: TokenizerWork, count: usize) -> Result<Tokens, ApiError> {
+        self.check_count(count)?;
+        let _permit = self.admit(count)?;
+        let router = self.router.get().ok_or_else(ApiError::not_ready)?;
+        Ok(router
+            .send(work)
+            .await
+            .map_err(|_| ApiError::shutting_down())??)
+    }
+
+    /// Refuses an empty list and one over `server.max_client_batch_size`.
+    pub fn check_count(&self, n: usize) -> Result<(), ApiError> {
         let s = &self.config.server;
-        if texts.is_empty() {
+        if n == 0 {
             return Err(ApiError::validation(
                 "the input is an empty list; give at least one text (an empty string is fine)",
             ));
         }
-        if texts.len() > s.max_client_batch_size {
+        if n > s.max_client_batch_size {
             return Err(ApiError::new(
                 ErrorKind::LimitExceeded,
                 format!(
-                    "the request has {} texts; server.max_client_batch_size is {}: split it",
-                    texts.len(),
+                    "the request has {n} texts; server.max_client_batch_size is {}: split it",
                     s.max_client_batch_size
                 ),
             ));
         }
-        for (i, t) in texts.iter().enumerate() {
-            // Bytes bound characters from above, so most texts skip the count.
-            if t.len() > s.max_input_chars && t.chars().count() > s.max_input_chars {
-                return Err(ApiError::new(
-                    ErrorKind::LimitExceeded,
-                    format!(
-                        "text {i} has {} characters; server.max_input_chars is {}",
-                        t.chars().count(),
-                        s.max_input_chars
-                    ),
-                ));
+        Ok(())
+    }
+
+    /// Refuses a text over `server.max_input_chars` characters; each item is a cheap upper
+    /// bound and the exact count, computed only when the bound is over.
+    pub fn check_lengths<F: FnOnce() -> usize>(
+        &self,
+        lengths: impl Iterator<Item = (usize, F)>,
+    ) -> Result<(), ApiError> {
+        let max = self.config.server.max_input_chars;
+        for (i, (bound, exact)) in lengths.enumerate() {
+            if bound > max {
+                let n = exact();
+                if n > max {
+                    return Err(ApiError::new(
+                        ErrorKind::LimitExceeded,
+                        format!("text {i} has {n} characters; server.max_input_chars is {max}"),
+                    ));
+                }
             }
         }
         Ok(())
@@ -364,9 +509,48 @@ impl Shared {
     /// The model facts for `/info` and `ModelInfo`.
     pub fn info(&self) -> ModelInfo {
         let s = &self.spec;
+        let c = &self.config;
+        let classes = || {
+            serde_json::json!({
+                "id2label": s.labels.iter().enumerate()
+                    .map(|(i, l)| (i.to_string(), serde_json::Value::from(l.clone())))
+                    .collect::<serde_json::Map<_, _>>(),
+                "label2id": s.labels.iter().enumerate()
+                    .map(|(i, l)| (l.clone(), serde_json::Value::from(i)))
+                    .collect::<serde_json::Map<_, _>>(),
+            })
+        };
         ModelInfo {
+            model_id: s.name.clone(),
+            model_sha: None,
+            model_dtype: match s.dtype {
+                crate::config::DType::F32 => "float32",
+                crate::config::DType::F16 => "float16",
+                crate::config::DType::Bf16 => "bfloat16",
+            },
+            model_type: match s.task {
+                Task::Embedding => {
+                    serde_json::json!({"embedding": {"pooling": s.pooling.as_str()}})
+                }
+                Task::Classifier => serde_json::json!({"classifier": classes()}),
+                Task::Reranker => serde_json::json!({"reranker": classes()}),
+            },
+            max_concurrent_requests: c.server.max_concurrent_requests,
+            max_input_length: s.max_seq_length,
+            max_batch_tokens: c.batching.max_batch_tokens,
+            max_batch_requests: Some(c.batching.max_batch_size),
+            max_client_batch_size: c.server.max_client_batch_size,
+            auto_truncate: true,
+            tokenization_workers: c.tokenizer.workers,
+            sha: None,
+            docker_label: None,
             model: s.name.clone(),
-            path: s.path.display().to_string(),
+            path: c
+                .server
+                .expose_model_path
+                .then(|| s.path.display().to_string()),
+            prompts: s.prompts.clone(),
+            default_prompt_name: s.default_prompt.clone(),
             kind: s.task.as_str(),
             family: s.format.as_str(),
             routes: s.task.routes(),

@@ -10,12 +10,14 @@
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde::{Deserialize, Serialize};
 
+use utoipa::ToSchema;
+
 use super::{
-    Shared,
+    Job, Shared,
     error::ApiError,
-    http::{Served, inference, resource, typed},
+    http::{Served, inference, typed},
 };
-use crate::model::{ProblemType, Task};
+use crate::model::{ProblemType, Task, TextInput};
 
 /// The activation `problem_type` implies, as `/info` names it.
 pub fn activation(problem: ProblemType) -> &'static str {
@@ -49,7 +51,7 @@ pub fn scores(logits: &[f32], problem: ProblemType, raw: bool) -> Vec<f32> {
 }
 
 /// A label and its score.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 pub struct Prediction {
     /// The label's score.
     pub score: f32,
@@ -98,9 +100,9 @@ enum PredictInput {
     Batch(Vec<Sequence>),
 }
 
-/// Reads `inputs`: `"text"`, `["text", ...]` (a batch of texts), `[["a", "b"], ...]` (a batch
-/// of pairs; `["a"]` is a single text). Unlike TEI, a list of two strings is two texts, not a
-/// pair: pairs are always written as inner lists.
+/// Reads `inputs` as TEI does: `"text"` (one text), `["a", "b"]` (one pair), `[[...], ...]`
+/// (a batch: `["a"]` a text, `["a", "b"]` a pair). Beyond TEI, a list of strings of any other
+/// length is a batch of texts, and a batch may mix bare strings with lists.
 fn predict_input(v: serde_json::Value) -> Result<PredictInput, ApiError> {
     use serde_json::Value;
     let bad = |at: String| {
@@ -111,6 +113,16 @@ fn predict_input(v: serde_json::Value) -> Result<PredictInput, ApiError> {
     };
     match v {
         Value::String(s) => Ok(PredictInput::One(Sequence::Single(s))),
+        Value::Array(items) if items.len() == 2 && items.iter().all(Value::is_string) => {
+            let mut it = items
+                .into_iter()
+                .filter_map(|v| v.as_str().map(str::to_owned));
+            let (a, b) = (it.next(), it.next());
+            Ok(PredictInput::One(Sequence::Pair(
+                a.unwrap_or_default(),
+                b.unwrap_or_default(),
+            )))
+        }
         Value::Array(items) => items
             .into_iter()
             .enumerate()
@@ -139,32 +151,64 @@ fn predict_input(v: serde_json::Value) -> Result<PredictInput, ApiError> {
 }
 
 /// TEI's `/predict` request.
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct PredictRequest {
-    inputs: serde_json::Value,
+pub struct PredictRequest {
+    /// `"text"`, `["text", "text_pair"]`, or a batch `[["text"], ["text", "text_pair"], ...]`.
+    #[schema(value_type = Object)]
+    pub inputs: serde_json::Value,
+    /// The logits instead of softmax / sigmoid scores.
     #[serde(default)]
-    raw_scores: bool,
+    pub raw_scores: bool,
+    /// Truncate over-long inputs (default true).
     #[serde(default)]
-    truncate: Option<bool>,
+    pub truncate: Option<bool>,
+    /// `right` (default) or `left`.
+    #[serde(default)]
+    pub truncation_direction: Option<String>,
+    /// Hugging Face's text-classification task parameters (what `huggingface_hub`'s
+    /// `text_classification` sends). When present, the answer takes that task's shape: a list
+    /// of labelled scores per input, for a single input too.
+    #[serde(default)]
+    pub parameters: Option<ClassificationParameters>,
+}
+
+/// Hugging Face's text-classification parameters.
+#[derive(Deserialize, ToSchema, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ClassificationParameters {
+    /// Keep the `top_k` best labels.
+    #[serde(default)]
+    pub top_k: Option<usize>,
+    /// `softmax`, `sigmoid` or `none` instead of the model's own activation.
+    #[serde(default)]
+    pub function_to_apply: Option<String>,
 }
 
 /// TEI's `/rerank` request.
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct RerankRequest {
-    query: String,
-    texts: Vec<String>,
+pub struct RerankRequest {
+    /// The query.
+    pub query: String,
+    /// The texts to rank against it.
+    pub texts: Vec<String>,
+    /// The logits instead of their sigmoid.
     #[serde(default)]
-    raw_scores: bool,
+    pub raw_scores: bool,
+    /// Echo each text in its result.
     #[serde(default)]
-    return_text: bool,
+    pub return_text: bool,
+    /// Truncate over-long pairs (default true).
     #[serde(default)]
-    truncate: Option<bool>,
+    pub truncate: Option<bool>,
+    /// `right` (default) or `left`.
+    #[serde(default)]
+    pub truncation_direction: Option<String>,
 }
 
 /// One `/rerank` result.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct Ranked {
     /// The text's position in the request.
     pub index: usize,
@@ -197,21 +241,38 @@ pub fn rerank_results(logits: &[Vec<f32>], raw: bool, texts: Option<Vec<String>>
 
 /// `/predict`'s answer: one list of labelled scores for a single input, one per input for a
 /// list.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 #[serde(untagged)]
-enum PredictResponse {
+pub enum PredictResponse {
+    /// For a single input.
     One(Vec<Prediction>),
+    /// For a batch.
     Many(Vec<Vec<Prediction>>),
 }
 
-async fn predict(
+/// Classify texts or text pairs (TEI).
+#[utoipa::path(post, path = "/predict", request_body = PredictRequest,
+    responses((status = 200, description = "Labelled scores, highest first", body = PredictResponse),
+              (status = 400, description = "Invalid request", body = super::http::ErrorBody)))]
+pub async fn predict(
     shared: web::Data<Shared>,
     req: HttpRequest,
     body: web::Json<serde_json::Value>,
 ) -> Result<HttpResponse, ApiError> {
-    inference(&shared, &req, "/predict", |call| async {
+    predict_route(&shared, &req, "/predict", body.into_inner()).await
+}
+
+/// `/predict` (and `/`, `/invocations` on a classifier).
+pub async fn predict_route(
+    shared: &Shared,
+    req: &HttpRequest,
+    route: &'static str,
+    body: serde_json::Value,
+) -> Result<HttpResponse, ApiError> {
+    inference(shared, req, route, |call| async {
         shared.require(&[Task::Classifier, Task::Reranker], "/predict")?;
-        let body: PredictRequest = typed(body.into_inner())?;
+        let body: PredictRequest = typed(body)?;
+        let has_parameters = body.parameters.is_some();
         let input = predict_input(body.inputs)?;
         let (one, seqs) = match input {
             PredictInput::One(s) => (true, vec![s]),
@@ -229,26 +290,44 @@ async fn predict(
                              kind per request",
                         ));
                     }
-                    texts.push(t);
+                    texts.push(TextInput::Text(t));
                 }
                 Sequence::Pair(a, b) => {
-                    texts.push(a);
+                    texts.push(TextInput::Text(a));
                     pairs.push(b);
                 }
             }
         }
-        let truncate = body.truncate.unwrap_or(true);
-        let out = shared
-            .infer(texts, any_pair.then_some(pairs), None, truncate, call)
-            .await?;
+        let mut job = Job::of(texts);
+        job.pairs = any_pair.then_some(pairs);
+        job.truncate = body.truncate.unwrap_or(true);
+        job.direction = super::direction(body.truncation_direction.as_deref())?;
+        let out = shared.infer(job, call).await?;
         let spec = &shared.spec;
+        let hf = body.parameters.unwrap_or_default();
+        let (problem, raw) = match hf.function_to_apply.as_deref() {
+            None => (spec.problem_type, body.raw_scores),
+            Some("softmax") => (ProblemType::SingleLabel, false),
+            Some("sigmoid") => (ProblemType::MultiLabel, false),
+            Some("none") => (ProblemType::Regression, false),
+            Some(other) => {
+                return Err(ApiError::validation(format!(
+                    "parameters.function_to_apply `{other}` is not softmax, sigmoid or none"
+                )));
+            }
+        };
+        let hf_shape = hf.top_k.is_some() || hf.function_to_apply.is_some() || has_parameters;
         let mut per_input: Vec<Vec<Prediction>> = out
             .embeddings
             .iter()
-            .map(|logits| predictions(logits, spec, body.raw_scores))
+            .map(|logits| {
+                let mut p = ranked(&scores(logits, problem, raw), &spec.labels);
+                p.truncate(hf.top_k.unwrap_or(usize::MAX));
+                p
+            })
             .collect();
         let texts = per_input.len();
-        let body = if one {
+        let body = if one && !hf_shape {
             PredictResponse::One(per_input.pop().expect("one input gives one row"))
         } else {
             PredictResponse::Many(per_input)
@@ -269,26 +348,44 @@ pub async fn rerank_pairs(
     query: String,
     texts: Vec<String>,
     truncate: bool,
+    direction: Option<&str>,
     call: super::Call,
 ) -> Result<crate::actors::router::EmbedOutput, ApiError> {
     shared.require(&[Task::Reranker], "/rerank, gRPC Rerank")?;
     let n = texts.len();
-    shared
-        .infer(vec![query; n], Some(texts), None, truncate, call)
-        .await
+    let mut job = Job::of(vec![TextInput::Text(query); n]);
+    job.pairs = Some(texts);
+    job.truncate = truncate;
+    job.direction = super::direction(direction)?;
+    shared.infer(job, call).await
 }
 
-async fn rerank(
+/// Rank texts by relevance to a query with the cross-encoder (TEI).
+#[utoipa::path(post, path = "/rerank", request_body = RerankRequest,
+    responses((status = 200, description = "Highest score first", body = Vec<Ranked>),
+              (status = 400, description = "Invalid request", body = super::http::ErrorBody)))]
+pub async fn rerank(
     shared: web::Data<Shared>,
     req: HttpRequest,
     body: web::Json<serde_json::Value>,
 ) -> Result<HttpResponse, ApiError> {
-    inference(&shared, &req, "/rerank", |call| async {
-        let body: RerankRequest = typed(body.into_inner())?;
+    rerank_route(&shared, &req, "/rerank", body.into_inner()).await
+}
+
+/// `/rerank` (and `/`, `/invocations` on a reranker).
+pub async fn rerank_route(
+    shared: &Shared,
+    req: &HttpRequest,
+    route: &'static str,
+    body: serde_json::Value,
+) -> Result<HttpResponse, ApiError> {
+    inference(shared, req, route, |call| async {
+        let body: RerankRequest = typed(body)?;
         let n = body.texts.len();
         let keep = body.return_text.then(|| body.texts.clone());
         let truncate = body.truncate.unwrap_or(true);
-        let out = rerank_pairs(&shared, body.query, body.texts, truncate, call).await?;
+        let direction = body.truncation_direction.as_deref();
+        let out = rerank_pairs(shared, body.query, body.texts, truncate, direction, call).await?;
         Ok(Served {
             body: rerank_results(&out.embeddings, body.raw_scores, keep),
             texts: n,
@@ -296,12 +393,6 @@ async fn rerank(
         })
     })
     .await
-}
-
-/// Registers `POST /predict` and `POST /rerank`.
-pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(resource("/predict", web::post().to(predict)))
-        .service(resource("/rerank", web::post().to(rerank)));
 }
 
 #[cfg(test)]
@@ -362,7 +453,12 @@ mod tests {
         );
         assert_eq!(
             predict_input(json!(["a", "b"])).unwrap(),
-            PredictInput::Batch(vec![one("a"), one("b")])
+            PredictInput::One(Sequence::Pair("a".into(), "b".into())),
+            "two strings are one pair, as in TEI"
+        );
+        assert_eq!(
+            predict_input(json!(["a", "b", "c"])).unwrap(),
+            PredictInput::Batch(vec![one("a"), one("b"), one("c")])
         );
         assert_eq!(
             predict_input(json!([["q", "d"], ["x"]])).unwrap(),

@@ -1,0 +1,143 @@
+//! The client packages people already use, from PyPI (pinned, in the venv `make test` installs:
+//! `scripts/test-deps.sh`), driving the real server: `openai` (float and its default base64,
+//! `dimensions`), `huggingface_hub.InferenceClient` (`feature_extraction` with `normalize`,
+//! `truncate`, `truncation_direction`, `prompt_name`, `dimensions`; `sentence_similarity`;
+//! `text_classification` on a classifier fixture), `grpcio` with `grpcio-reflection` (discover
+//! the services through v1alpha reflection, call `Infer` and health with descriptors fetched
+//! from the server), and TEI's gRPC API through a client generated from `proto/tei/v1/tei.proto`
+//! by `grpcio-tools`. Every check compares numbers with the reference (`tests/clients/check.py`).
+
+mod common;
+
+use std::{path::PathBuf, process::Command};
+
+use common::{Server, experiment};
+
+/// The venv `scripts/test-deps.sh` makes.
+fn python() -> PathBuf {
+    let cache = std::env::var("ACTOR_INFER_CACHE").map_or_else(
+        |_| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/actor-infer"),
+        PathBuf::from,
+    );
+    let p = cache.join("clients-venv/bin/python");
+    assert!(
+        p.is_file(),
+        "{} is missing: `make test` installs it (scripts/test-deps.sh)",
+        p.display()
+    );
+    p
+}
+
+/// Runs `check.py <args>` and returns its figures (its last line, JSON).
+fn check(args: &[&str]) -> serde_json::Value {
+    let out = Command::new(python())
+        .arg(common::root().join("tests/clients/check.py"))
+        .args(args)
+        .env("NO_PROXY", "127.0.0.1,localhost")
+        .output()
+        .expect("run check.py");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "check.py {args:?} failed:\n{stdout}\n{stderr}"
+    );
+    eprintln!("check.py {}: {}", args[0], stdout.trim());
+    serde_json::from_str(stdout.lines().last().unwrap_or("")).expect("figures as JSON")
+}
+
+fn reference() -> String {
+    common::root()
+        .join("tests/fixtures/minilm-reference.json")
+        .display()
+        .to_string()
+}
+
+/// The default model in a folder of the same name whose sentence-transformers configuration
+/// has a `query` prompt (MiniLM's has none).
+fn prompted_model() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("all-MiniLM-L6-v2");
+    std::fs::create_dir(&model).unwrap();
+    let src = common::default_model().canonicalize().unwrap();
+    for e in std::fs::read_dir(&src).unwrap() {
+        let e = e.unwrap();
+        let name = e.file_name();
+        if name != "config_sentence_transformers.json" {
+            std::os::unix::fs::symlink(e.path(), model.join(&name)).unwrap();
+        }
+    }
+    std::fs::write(
+        model.join("config_sentence_transformers.json"),
+        r#"{"prompts": {"query": "query: ", "passage": "passage: "}, "default_prompt_name": null}"#,
+    )
+    .unwrap();
+    dir
+}
+
+fn close(figures: &serde_json::Value) {
+    for (k, v) in figures.as_object().unwrap() {
+        if let Some(x) = v.as_f64()
+            && !k.contains("cosine")
+        {
+            assert!(x < f64::from(common::TOLERANCE), "{k}: {x}");
+        }
+    }
+}
+
+#[test]
+fn openai_client_float_base64_and_dimensions() {
+    let server = Server::start(experiment(""));
+    close(&check(&["openai", &server.http, &reference()]));
+    server.stop_clean();
+}
+
+#[test]
+fn huggingface_hub_inference_client_with_teis_fields() {
+    let dir = prompted_model();
+    let server = Server::start(experiment(&format!(
+        "model:\n  path: {}\n  device: cpu\n",
+        dir.path().join("all-MiniLM-L6-v2").display()
+    )));
+    let figures = check(&["hf", &server.http, &reference()]);
+    close(&figures);
+    assert!(figures["left_vs_right_cosine"].as_f64().unwrap() < 0.999);
+    server.stop_clean();
+}
+
+#[test]
+fn huggingface_hub_text_classification_on_a_classifier() {
+    let fixture = common::root().join("tests/fixtures/models/bert-classifier");
+    let server = Server::start(experiment(&format!(
+        "model:\n  path: {}\n  device: cpu\n",
+        fixture.display()
+    )));
+    close(&check(&[
+        "hf-classifier",
+        &server.http,
+        fixture.join("reference.json").to_str().unwrap(),
+    ]));
+    server.stop_clean();
+}
+
+#[test]
+fn grpcio_reflection_discovers_and_calls_infer_and_health() {
+    let server = Server::start(experiment(""));
+    let grpc = server.grpc.trim_start_matches("http://").to_string();
+    let figures = check(&["reflection", &grpc, &reference()]);
+    assert!(figures["reflection_infer"].as_f64().unwrap() < f64::from(common::TOLERANCE));
+    server.stop_clean();
+}
+
+#[test]
+fn teis_grpc_api_with_a_client_generated_from_its_proto() {
+    let server = Server::start(experiment(""));
+    let grpc = server.grpc.trim_start_matches("http://").to_string();
+    close(&check(&[
+        "tei-grpc",
+        &grpc,
+        &reference(),
+        common::root().join("proto").to_str().unwrap(),
+    ]));
+    server.stop_clean();
+}
