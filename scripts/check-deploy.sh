@@ -157,6 +157,18 @@ for df, config in (("docker/Dockerfile", "configs/container.yaml"),
     check(cmd[-1] == config, f"{df}: CMD runs {cmd[-1]}, expected {config}")
     check(Path(config).is_file(), f"{config} is missing")
 
+# The CUDA image's builder is the CPU image's, line for line, so the two share its layers (the
+# Rust build, README "Deploy"); cuda-libs starts as the builder does, up to the set-up.
+builders = {df: [c.original for c in dict(dockerfile_stages(df))["builder"]]
+            for df in ("docker/Dockerfile", "docker/Dockerfile.cuda")}
+check(builders["docker/Dockerfile"] == builders["docker/Dockerfile.cuda"],
+      "docker/Dockerfile.cuda's builder stage differs from docker/Dockerfile's: they no longer share layers")
+cuda_libs = [c.original for c in dict(dockerfile_stages("docker/Dockerfile.cuda"))["cuda-libs"]]
+setup_at = builders["docker/Dockerfile"].index("RUN bash scripts/setup.sh") + 1
+same_base = cuda_libs[0].split()[1] == builders["docker/Dockerfile"][0].split()[1]
+check(same_base and cuda_libs[1:setup_at] == builders["docker/Dockerfile"][1:setup_at],
+      "docker/Dockerfile.cuda: cuda-libs does not start as the builder does")
+
 # --- compose: names, ports and grace periods agree with the configs and Prometheus/Grafana.
 compose = load_yaml("docker/compose.yml")
 svc = compose["services"]["actor-infer"]
