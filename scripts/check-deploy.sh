@@ -51,7 +51,8 @@ done
 say() { printf '[check-deploy] %s\n' "$*"; }
 
 say "compose files against the Compose specification schema"
-"$venv/bin/check-jsonschema" --builtin-schema vendor.compose-spec docker/compose.yml docker/compose.cuda.yml
+"$venv/bin/check-jsonschema" --builtin-schema vendor.compose-spec docker/compose.yml docker/compose.cuda.yml \
+  docker/compose.host.yml
 
 manifests=(deploy/kubernetes/*.yaml deploy/kubernetes/gpu/*.yaml)
 for version in 1.29.0 1.37.0; do
@@ -156,6 +157,18 @@ for df, config in (("docker/Dockerfile", "configs/container.yaml"),
     check(cmd[-1] == config, f"{df}: CMD runs {cmd[-1]}, expected {config}")
     check(Path(config).is_file(), f"{config} is missing")
 
+# The CUDA image's builder is the CPU image's, line for line, so the two share its layers (the
+# Rust build, README "Deploy"); cuda-libs starts as the builder does, up to the set-up.
+builders = {df: [c.original for c in dict(dockerfile_stages(df))["builder"]]
+            for df in ("docker/Dockerfile", "docker/Dockerfile.cuda")}
+check(builders["docker/Dockerfile"] == builders["docker/Dockerfile.cuda"],
+      "docker/Dockerfile.cuda's builder stage differs from docker/Dockerfile's: they no longer share layers")
+cuda_libs = [c.original for c in dict(dockerfile_stages("docker/Dockerfile.cuda"))["cuda-libs"]]
+setup_at = builders["docker/Dockerfile"].index("RUN bash scripts/setup.sh") + 1
+same_base = cuda_libs[0].split()[1] == builders["docker/Dockerfile"][0].split()[1]
+check(same_base and cuda_libs[1:setup_at] == builders["docker/Dockerfile"][1:setup_at],
+      "docker/Dockerfile.cuda: cuda-libs does not start as the builder does")
+
 # --- compose: names, ports and grace periods agree with the configs and Prometheus/Grafana.
 compose = load_yaml("docker/compose.yml")
 svc = compose["services"]["actor-infer"]
@@ -195,6 +208,18 @@ def datasource_uids(o):
         for v in o:
             yield from datasource_uids(v)
 check(set(datasource_uids(dash)) <= uids, "the dashboard names a datasource uid that is not provisioned")
+
+# compose.host.yml: every service on the host's network, and the names the bridge resolved
+# (Prometheus' scrape target, Grafana's datasource) mapped to loopback.
+host = load_yaml("docker/compose.host.yml")["services"]
+check(set(host) == set(compose["services"]), "compose.host.yml does not cover every service of compose.yml")
+check(all(s.get("network_mode") == "host" for s in host.values()), "compose.host.yml: a service is not on the host's network")
+def mapped(service, name):
+    return f"{name}:127.0.0.1" in host[service].get("extra_hosts", [])
+for t in targets:
+    check(mapped("prometheus", t.split(":")[0]), f"compose.host.yml: Prometheus cannot resolve its target {t}")
+ds_host = ds[0]["url"].split("//")[1].split(":")[0]
+check(mapped("grafana", ds_host), f"compose.host.yml: Grafana cannot resolve its datasource host {ds_host}")
 
 # --- Kubernetes: grace period > preStop + budget, probes, the ConfigMaps are the configs.
 for dep_path, cm_path, cfg in (("deploy/kubernetes/deployment.yaml", "deploy/kubernetes/configmap.yaml", "configs/container.yaml"),
