@@ -15,6 +15,7 @@ use super::{
     Call, Shared,
     error::{ApiError, ErrorKind},
     predict,
+    telemetry::TraceContext,
 };
 use crate::{actors::router::Timings, model::Task};
 
@@ -258,15 +259,17 @@ impl GrpcApi {
         Fut: std::future::Future<Output = Result<(Resp, usize, Timings), ApiError>>,
     {
         let deadline = self.deadline(&request);
+        let trace = TraceContext::from_grpc(request.metadata());
         let mut req = request.into_inner();
         let id = match req.take_request_id() {
             id if id.is_empty() => super::new_request_id(),
             id => id,
         };
         let call = Call {
-            span: tracing::info_span!("request", transport = "grpc", route, request_id = %id),
+            span: tracing::info_span!("request", transport = "grpc", route, request_id = %id, traceparent = tracing::field::Empty),
             deadline,
         };
+        super::telemetry::continue_trace(&call.span, trace);
         let mut gone = ClientGoneGuard(Some(&self.shared));
         let result = work(req, call).await;
         gone.0 = None;

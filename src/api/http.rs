@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use super::{
     Call, Shared,
     error::{ApiError, ErrorKind},
+    telemetry::TraceContext,
 };
 use crate::actors::{metrics::Render, router::Timings};
 
@@ -251,9 +252,10 @@ where
         .map(str::to_owned)
         .unwrap_or_else(super::new_request_id);
     let call = Call {
-        span: tracing::info_span!("request", transport = "http", route, request_id = %id),
+        span: tracing::info_span!("request", transport = "http", route, request_id = %id, traceparent = tracing::field::Empty),
         deadline: shared.deadline(None),
     };
+    super::telemetry::continue_trace(&call.span, TraceContext::from_http(req.headers()));
     let result = unless_client_gone(req, work(call))
         .await
         .map(|s| (s.body, s.texts, s.timings));

@@ -6,6 +6,7 @@ pub mod error;
 pub mod grpc;
 pub mod http;
 pub mod predict;
+pub mod telemetry;
 pub mod unavailable;
 
 use std::{
