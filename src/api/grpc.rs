@@ -243,12 +243,17 @@ impl WithRequestId for pb::RerankRequest {
 }
 
 impl GrpcApi {
+    /// The API over `shared`.
+    pub(super) fn new(shared: Arc<Shared>) -> GrpcApi {
+        GrpcApi { shared }
+    }
+
     /// The opening and closing every gRPC inference method shares: the deadline (the
     /// client's `grpc-timeout`), the request id and span, the outcome in the metrics,
     /// including a call the client cancels (hyper then drops this future mid-way; the guard
     /// records `client_gone`), and the error as a status from the table. Returns the response
     /// and the request id it must carry.
-    async fn inference<Req, Resp, Fut>(
+    pub(super) async fn inference<Req, Resp, Fut>(
         &self,
         request: Request<Req>,
         route: &'static str,
@@ -380,6 +385,7 @@ pub async fn serve(
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(super::v2_grpc::FILE_DESCRIPTOR_SET)
         .build_v1()?;
     let listener = tokio::net::TcpListener::from_std(listener)?;
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
@@ -388,10 +394,12 @@ pub async fn serve(
         shared: shared.clone(),
     })
     .max_decoding_message_size(limit);
+    let v2 = super::unavailable::UnavailableAs503(super::v2_grpc::service(shared.clone()));
     tonic::transport::Server::builder()
         .layer(tower::util::MapResponseLayer::new(client_fault_codes))
         .add_service(health)
         .add_service(reflection)
+        .add_service(v2)
         .add_service(super::unavailable::UnavailableAs503(
             tonic::service::interceptor::InterceptedService::new(service, ApiKeyCheck { shared }),
         ))

@@ -245,6 +245,21 @@ where
     T: Serialize,
     Fut: std::future::Future<Output = Result<Served<T>, ApiError>>,
 {
+    inference_with(shared, req, route, work, |res, body| res.json(body)).await
+}
+
+/// [`inference`] for a route that writes its own body (`respond`), such as the Open Inference
+/// Protocol's binary tensors.
+pub(super) async fn inference_with<T, Fut>(
+    shared: &Shared,
+    req: &HttpRequest,
+    route: &'static str,
+    work: impl FnOnce(Call) -> Fut,
+    respond: impl FnOnce(&mut actix_web::HttpResponseBuilder, T) -> HttpResponse,
+) -> Result<HttpResponse, ApiError>
+where
+    Fut: std::future::Future<Output = Result<Served<T>, ApiError>>,
+{
     let id = req
         .headers()
         .get("x-request-id")
@@ -263,7 +278,7 @@ where
     let (body, _, timings) = result?;
     let mut res = HttpResponse::Ok();
     with_timings(&mut res, &timings);
-    Ok(res.json(body))
+    Ok(respond(&mut res, body))
 }
 
 async fn openai_embeddings(
@@ -456,6 +471,7 @@ fn json_error(err: actix_web::error::JsonPayloadError, _req: &HttpRequest) -> ac
 fn is_open_route(path: &str, protect_metrics: bool) -> bool {
     matches!(path, "/health" | "/ready")
         || (!protect_metrics && matches!(path, "/metrics" | "/info" | "/"))
+        || super::v2::is_open_route(path, protect_metrics)
 }
 
 /// Middleware: with `server.api_key` set, every route but the open ones needs
@@ -510,6 +526,7 @@ pub fn serve(listener: TcpListener, shared: Arc<Shared>) -> std::io::Result<Serv
             ))
             .service(resource("/embed", web::post().to(tei_embed)))
             .configure(super::predict::routes)
+            .configure(super::v2::routes)
             .service(resource("/health", web::get().to(health)))
             .service(resource("/ready", web::get().to(ready)))
             .service(resource("/info", web::get().to(info)))

@@ -5,9 +5,12 @@
 pub mod error;
 pub mod grpc;
 pub mod http;
+pub mod oip;
 pub mod predict;
 pub mod telemetry;
 pub mod unavailable;
+pub mod v2;
+pub mod v2_grpc;
 
 use std::{
     net::TcpListener,
