@@ -6,8 +6,11 @@
 #   restarted one after the other under load).
 # - The offline validators of docker/ and deploy/ (scripts/check-deploy.sh), pinned, from PyPI
 #   into a virtual environment in the cache: check-jsonschema (it ships the Compose
-#   specification's schema), kubernetes-validate (it ships the Kubernetes schemas) and
-#   dockerfile (BuildKit's Dockerfile parser).
+#   specification's schema), kubernetes-validate (it ships the Kubernetes schemas),
+#   dockerfile (BuildKit's Dockerfile parser), and KServe's SDK with the Kubernetes client
+#   (their generated models are KServe's CRD schemas: scripts/check-kserve.py).
+# - Triton's Python clients, tritonclient[http,grpc], pinned with every dependency, into a
+#   second venv (tests/kserve.rs drives the server with them).
 set -euo pipefail
 missing=()
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
@@ -33,14 +36,40 @@ fi
 CHECK_JSONSCHEMA_VERSION=0.39.0
 KUBERNETES_VALIDATE_VERSION=1.37.0
 DOCKERFILE_VERSION=3.4.0
+# KServe's SDK is installed without its dependencies (a model server: FastAPI, pandas, ...):
+# only its generated CRD models are used, with the Kubernetes client's.
+KSERVE_VERSION=0.21.0
+KUBERNETES_CLIENT_VERSION=37.0.2
 venv=${ACTOR_INFER_CACHE:-$HOME/.cache/actor-infer}/deploy-check-venv
-stamp="$venv/.complete-$CHECK_JSONSCHEMA_VERSION-$KUBERNETES_VALIDATE_VERSION-$DOCKERFILE_VERSION"
+stamp="$venv/.complete-$CHECK_JSONSCHEMA_VERSION-$KUBERNETES_VALIDATE_VERSION-$DOCKERFILE_VERSION-$KSERVE_VERSION-$KUBERNETES_CLIENT_VERSION"
 if [ ! -f "$stamp" ]; then
   echo "[test-deps] installing check-jsonschema, kubernetes-validate and dockerfile into $venv" >&2
   rm -rf "$venv"
   python3 -m venv "$venv"
   "$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
     "check-jsonschema==$CHECK_JSONSCHEMA_VERSION" "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION" \
-    "dockerfile==$DOCKERFILE_VERSION"
+    "dockerfile==$DOCKERFILE_VERSION" "kubernetes==$KUBERNETES_CLIENT_VERSION"
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps \
+    "kserve==$KSERVE_VERSION"
   touch "$stamp"
+fi
+
+# ---------------------------------------------------------------- Triton's clients
+# tritonclient 2.73.0 and exactly what it pulled in when the tests were written.
+client_pins=(
+  tritonclient[http,grpc]==2.73.0 numpy==2.4.6 grpcio==1.85.3 protobuf==6.33.6
+  geventhttpclient==2.6.1 gevent==26.9.0 greenlet==3.3.2 brotli==1.2.1 certifi==2026.10.19.post1
+  python-rapidjson==1.25 urllib3==2.8.0 packaging==26.4 aiohttp==3.14.5 aiohappyeyeballs==2.7.1
+  aiosignal==1.4.0 attrs==26.1.0 frozenlist==1.8.0 multidict==7.2.1 propcache==0.5.4
+  yarl==1.25.1 idna==3.20 ml_dtypes==0.5.4 typing_extensions==4.16.0 zope.event==6.2
+  zope.interface==8.7
+)
+client_venv=${ACTOR_INFER_CACHE:-$HOME/.cache/actor-infer}/client-venv
+client_stamp="$client_venv/.complete-$(echo "${client_pins[*]}" | sha256sum | cut -c1-16)"
+if [ ! -f "$client_stamp" ]; then
+  echo "[test-deps] installing tritonclient[http,grpc] into $client_venv" >&2
+  rm -rf "$client_venv"
+  python3 -m venv "$client_venv"
+  "$client_venv/bin/python" -m pip install --quiet --disable-pip-version-check "${client_pins[@]}"
+  touch "$client_stamp"
 fi
