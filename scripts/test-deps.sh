@@ -7,10 +7,11 @@
 # - The offline validators of docker/ and deploy/ (scripts/check-deploy.sh), pinned, from PyPI
 #   into a virtual environment in the cache: check-jsonschema (it ships the Compose
 #   specification's schema), kubernetes-validate (it ships the Kubernetes schemas),
-#   dockerfile (BuildKit's Dockerfile parser), and KServe's SDK with the Kubernetes client
-#   (their generated models are KServe's CRD schemas: scripts/check-kserve.py).
+#   dockerfile (BuildKit's Dockerfile parser); in a venv of its own, KServe's SDK with the
+#   Kubernetes client (their generated models are KServe's CRD schemas:
+#   scripts/check-kserve.py checks deploy/kserve/ with them).
 # - Triton's Python clients, tritonclient[http,grpc], pinned with every dependency, into a
-#   second venv (tests/kserve.rs drives the server with them).
+#   venv of their own (tests/kserve.rs drives the server with them).
 set -euo pipefail
 missing=()
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
@@ -36,22 +37,35 @@ fi
 CHECK_JSONSCHEMA_VERSION=0.39.0
 KUBERNETES_VALIDATE_VERSION=1.37.0
 DOCKERFILE_VERSION=3.4.0
-# KServe's SDK is installed without its dependencies (a model server: FastAPI, pandas, ...):
-# only its generated CRD models are used, with the Kubernetes client's.
-KSERVE_VERSION=0.21.0
-KUBERNETES_CLIENT_VERSION=37.0.2
 venv=${ACTOR_INFER_CACHE:-$HOME/.cache/actor-infer}/deploy-check-venv
-stamp="$venv/.complete-$CHECK_JSONSCHEMA_VERSION-$KUBERNETES_VALIDATE_VERSION-$DOCKERFILE_VERSION-$KSERVE_VERSION-$KUBERNETES_CLIENT_VERSION"
+stamp="$venv/.complete-$CHECK_JSONSCHEMA_VERSION-$KUBERNETES_VALIDATE_VERSION-$DOCKERFILE_VERSION"
 if [ ! -f "$stamp" ]; then
   echo "[test-deps] installing check-jsonschema, kubernetes-validate and dockerfile into $venv" >&2
   rm -rf "$venv"
   python3 -m venv "$venv"
   "$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
     "check-jsonschema==$CHECK_JSONSCHEMA_VERSION" "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION" \
-    "dockerfile==$DOCKERFILE_VERSION" "kubernetes==$KUBERNETES_CLIENT_VERSION"
-  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps \
-    "kserve==$KSERVE_VERSION"
+    "dockerfile==$DOCKERFILE_VERSION"
   touch "$stamp"
+fi
+
+# ---------------------------------------------------------------- KServe's CRD models
+# KServe's SDK without its dependencies (it is a model server: FastAPI, pandas, ...): only its
+# generated CRD models are used, with the Kubernetes client's (and PyYAML, which it pulls in).
+KSERVE_VERSION=0.21.0
+KUBERNETES_CLIENT_VERSION=37.0.2
+SIX_VERSION=1.17.0  # the models import it; kubernetes 37 no longer pulls it in
+kserve_venv=${ACTOR_INFER_CACHE:-$HOME/.cache/actor-infer}/kserve-check-venv
+kserve_stamp="$kserve_venv/.complete-$KSERVE_VERSION-$KUBERNETES_CLIENT_VERSION-$SIX_VERSION"
+if [ ! -f "$kserve_stamp" ]; then
+  echo "[test-deps] installing kserve (models only) and kubernetes into $kserve_venv" >&2
+  rm -rf "$kserve_venv"
+  python3 -m venv "$kserve_venv"
+  "$kserve_venv/bin/python" -m pip install --quiet --disable-pip-version-check \
+    "kubernetes==$KUBERNETES_CLIENT_VERSION" "six==$SIX_VERSION"
+  "$kserve_venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps \
+    "kserve==$KSERVE_VERSION"
+  touch "$kserve_stamp"
 fi
 
 # ---------------------------------------------------------------- Triton's clients
@@ -64,7 +78,7 @@ client_pins=(
   yarl==1.25.1 idna==3.20 ml_dtypes==0.5.4 typing_extensions==4.16.0 zope.event==6.2
   zope.interface==8.7
 )
-client_venv=${ACTOR_INFER_CACHE:-$HOME/.cache/actor-infer}/client-venv
+client_venv=${ACTOR_INFER_CACHE:-$HOME/.cache/actor-infer}/tritonclient-venv
 client_stamp="$client_venv/.complete-$(echo "${client_pins[*]}" | sha256sum | cut -c1-16)"
 if [ ! -f "$client_stamp" ]; then
   echo "[test-deps] installing tritonclient[http,grpc] into $client_venv" >&2

@@ -25,7 +25,7 @@ fn python() -> PathBuf {
         .unwrap_or_else(|| {
             PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/actor-infer")
         });
-    let p = cache.join("client-venv/bin/python");
+    let p = cache.join("tritonclient-venv/bin/python");
     assert!(
         p.is_file(),
         "{} is missing: run `make test-deps` (scripts/test-deps.sh installs tritonclient)",
