@@ -363,6 +363,72 @@ fn one_http_request_yields_one_trace_continuing_its_traceparent() {
     server.stop_clean();
 }
 
+#[test]
+fn a_batch_serving_two_requests_is_in_the_oldest_ones_trace_and_links_the_other() {
+    let collector = Collector::grpc();
+    let server = Server::start_with(
+        experiment(&format!(
+            "telemetry:\n  otlp_endpoint: {}\n",
+            collector.endpoint
+        )),
+        &[FAST_EXPORT[0], (actor_infer::fault::ENV, "1")],
+    );
+    // A slow text holds the only worker, so the next two requests queue and share a batch.
+    let addr = server.http_addr.clone();
+    let slow = std::thread::spawn(move || {
+        common::embed(&addr, actor_infer::fault::Fault::WorkerSlow.text()).unwrap()
+    });
+    common::wait_worker_busy(&server);
+    let traces = [
+        "0af7651916cd43dd8448eb211c80319c",
+        "1bf7651916cd43dd8448eb211c80319d",
+    ];
+    let mut sent = Vec::new();
+    for (i, trace) in traces.iter().enumerate() {
+        let addr = server.http_addr.clone();
+        let tp = format!("00-{trace}-{PARENT_ID}-01");
+        sent.push(std::thread::spawn(move || {
+            http_request_with(
+                &addr,
+                "POST",
+                "/embed",
+                &[("content-type", "application/json"), ("traceparent", &tp)],
+                format!(r#"{{"inputs": "queued {i}"}}"#).as_bytes(),
+            )
+            .unwrap()
+            .0
+        }));
+        // The first is queued (tokenized) before the second arrives.
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    for s in sent {
+        assert_eq!(s.join().unwrap(), 200);
+    }
+    assert_eq!(slow.join().unwrap().0, 200);
+    let first = collector
+        .received
+        .wait_for(traces[0], &["request", "inference", "batch"]);
+    let second = collector
+        .received
+        .wait_for(traces[1], &["request", "inference"]);
+    let batch = by_name(&first, "batch");
+    assert_eq!(
+        batch.attributes["texts"], "2",
+        "both requests in one batch: {batch:#?}"
+    );
+    assert_eq!(batch.parent, by_name(&first, "inference").span_id);
+    assert_eq!(
+        batch.links,
+        vec![by_name(&second, "request").span_id.clone()],
+        "the batch links the other request it served"
+    );
+    assert!(
+        !second.iter().any(|s| s.name == "batch"),
+        "the batch belongs to one trace"
+    );
+    server.stop_clean();
+}
+
 #[tokio::test]
 async fn a_grpc_call_continues_the_traceparent_in_its_metadata() {
     use actor_infer::api::grpc::pb::{
