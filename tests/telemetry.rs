@@ -615,8 +615,13 @@ fn otlp_export_cost_benchmark() {
     let seconds = std::env::var("OTLP_BENCH_SECONDS").unwrap_or_else(|_| "15".into());
     let collector = Collector::grpc();
     let down = format!("http://127.0.0.1:{}", common::free_port());
+    let rounds: usize = std::env::var("OTLP_BENCH_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(3);
     let mut rows = Vec::new();
-    for round in 0..2 {
+    let mut by_case: BTreeMap<&str, Vec<(f64, f64)>> = BTreeMap::new();
+    for round in 0..rounds {
         for (case, endpoint) in [
             ("off", None),
             ("collector up", Some(collector.endpoint.as_str())),
@@ -657,19 +662,38 @@ fn otlp_export_cost_benchmark() {
             );
             let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
             assert_eq!(r["errors"], serde_json::json!({}), "{r}");
-            rows.push(format!(
-                "| {round} | {case:<14} | {:>8.1} texts/s | p50 {:>6.2} ms | p99 {:>6.2} ms |",
+            let (tps, p50) = (
                 r["texts_per_s"].as_f64().unwrap(),
                 r["latency_ms"]["p50"].as_f64().unwrap(),
+            );
+            by_case.entry(case).or_default().push((tps, p50));
+            rows.push(format!(
+                "| {round} | {case:<14} | {tps:>8.1} texts/s | p50 {p50:>6.2} ms | p99 {:>6.2} ms |",
                 r["latency_ms"]["p99"].as_f64().unwrap(),
             ));
             server.stop_clean();
         }
     }
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let medians: Vec<String> = by_case
+        .into_iter()
+        .map(|(case, runs)| {
+            format!(
+                "| median | {case:<14} | {:>8.1} texts/s | p50 {:>6.2} ms |",
+                median(runs.iter().map(|r| r.0).collect()),
+                median(runs.iter().map(|r| r.1).collect()),
+            )
+        })
+        .collect();
     println!(
-        "gRPC Infer, concurrency 8, 1 text of ~12 tokens, {seconds} s per run, every request \
-         traced (5 spans each):\n{}\nspans received by the collector: {}",
+        "gRPC Infer, concurrency 8, 1 text of ~12 tokens, {seconds} s per run, rounds \
+         interleaved, every request traced (5 spans each):\n{}\n{}\nspans received by the \
+         collector: {}",
         rows.join("\n"),
+        medians.join("\n"),
         collector.received.spans().len()
     );
 }
