@@ -578,6 +578,96 @@ fn a_collector_that_is_down_costs_no_request() {
     );
 }
 
+/// Runs `tests/kserve_client.py` (Triton's clients, from the venv `make test-deps` makes).
+fn tritonclient(args: &[&str], stdin: &str) -> serde_json::Value {
+    let cache = std::env::var_os("ACTOR_INFER_CACHE")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/actor-infer")
+        });
+    let mut child = std::process::Command::new(cache.join("tritonclient-venv/bin/python"))
+        .arg(common::root().join("tests/kserve_client.py"))
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("the tritonclient venv: run `make test-deps`");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// What `make run` serves (configs/default.yaml, ports moved to free ones), with tracing turned
+/// on by environment as the README says: Triton's clients are answered and the collector gets
+/// the trace.
+#[test]
+fn make_runs_config_serves_tritonclient_and_exports_its_trace() {
+    let collector = Collector::grpc();
+    let exp = common::Experiment {
+        dir: tempfile::tempdir().unwrap(),
+        path: common::root().join("configs/default.yaml"),
+    };
+    let server = Server::start_with(
+        exp,
+        &[
+            FAST_EXPORT[0],
+            ("ACTOR_INFER__TELEMETRY__OTLP_ENDPOINT", &collector.endpoint),
+        ],
+    );
+    let grpc = server.grpc.trim_start_matches("http://").to_string();
+    let model = "all-MiniLM-L6-v2";
+    let probe = tritonclient(&["probe", &server.http_addr, &grpc, model], "");
+    assert_eq!(probe["http"]["model_ready"], true, "{probe}");
+    assert_eq!(probe["grpc"]["model_ready"], true, "{probe}");
+    let out = tritonclient(
+        &["infer", &server.http_addr, &grpc, model],
+        r#"{"inputs": {"text": ["Hello world, this is a test."]}, "outputs": ["embedding"]}"#,
+    );
+    for t in ["http_json", "http_binary", "grpc"] {
+        assert_eq!(
+            out[t]["outputs"]["embedding"]["shape"],
+            serde_json::json!([1, 384]),
+            "{t}"
+        );
+    }
+    // Three inference requests (one per transport), each its own trace with its five spans.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let spans = collector.received.spans();
+        let requests: Vec<&Got> = spans.iter().filter(|s| s.name == "request").collect();
+        let batches = spans.iter().filter(|s| s.name == "batch").count();
+        if requests.len() == 3 && batches == 3 {
+            let routes: BTreeSet<&str> = requests
+                .iter()
+                .map(|r| r.attributes["route"].as_str())
+                .collect();
+            assert_eq!(
+                routes,
+                BTreeSet::from(["/v2/models/{name}/infer", "ModelInfer"]),
+                "{requests:#?}"
+            );
+            let traces: BTreeSet<&str> = requests.iter().map(|r| r.trace_id.as_str()).collect();
+            assert_eq!(traces.len(), 3, "one trace per request");
+            assert_eq!(requests[0].resource["actor_infer.experiment"], "default");
+            break;
+        }
+        assert!(Instant::now() < deadline, "spans received: {spans:#?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    server.stop_clean();
+}
+
 #[test]
 fn telemetry_off_exports_nothing_but_logs_the_traceparent() {
     let server = Server::start(experiment("logging:\n  level: actor_infer=debug,info\n"));
