@@ -20,6 +20,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             ],
             &["proto"],
         )?;
+    // The Open Inference Protocol (KServe v2 / Triton), with its own descriptor set for
+    // reflection (src/api/v2_grpc.rs).
+    let mut prost_config = tonic_prost_build::Config::new();
+    prost_config.protoc_executable(protoc_bin_vendored::protoc_bin_path()?);
+    tonic_prost_build::configure()
+        .build_client(false)
+        .file_descriptor_set_path(out_dir.join("inference_descriptor.bin"))
+        .compile_with_config(
+            prost_config,
+            &["proto/inference/grpc_service.proto"],
+            &["proto"],
+        )?;
     println!("cargo:rerun-if-changed=proto");
 
     // ---- rpath to libtorch. LIBTORCH is set by .cargo/config.toml to the ./libtorch link that

@@ -4,7 +4,8 @@
 #   1. docker/compose*.yml against the Compose specification's JSON schema (check-jsonschema's
 #      vendored copy), strictly: an unknown key fails.
 #   2. deploy/kubernetes/**.yaml against the Kubernetes 1.29 and 1.37 schemas
-#      (kubernetes-validate --strict: an unknown field fails).
+#      (kubernetes-validate --strict: an unknown field fails); deploy/kserve/*.yaml against
+#      KServe's CRD schemas as its SDK's generated models carry them (scripts/check-kserve.py).
 #   3. docker/prometheus.yml with promtool; the Grafana provisioning files parse.
 #   4. deploy/nginx/actor-infer.conf with `nginx -t`.
 #   5. The Dockerfiles parsed by BuildKit's own parser (PyPI `dockerfile`), and consistency:
@@ -59,6 +60,11 @@ for version in 1.29.0 1.37.0; do
   say "Kubernetes manifests against the $version schemas (strict)"
   "$venv/bin/kubernetes-validate" --strict --quiet -k "$version" "${manifests[@]}"
 done
+
+say "deploy/kserve/ against KServe's CRD schemas (its SDK's generated models) and the image"
+kserve_venv=${ACTOR_INFER_CACHE:-$HOME/.cache/actor-infer}/kserve-check-venv
+[ -x "$kserve_venv/bin/python" ] || { echo "check-deploy: $kserve_venv is missing: run \`make test-deps\`" >&2; exit 1; }
+"$kserve_venv/bin/python" scripts/check-kserve.py
 
 say "docker/prometheus.yml with promtool"
 promtool check config docker/prometheus.yml

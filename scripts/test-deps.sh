@@ -6,8 +6,12 @@
 #   restarted one after the other under load).
 # - The offline validators of docker/ and deploy/ (scripts/check-deploy.sh), pinned, from PyPI
 #   into a virtual environment in the cache: check-jsonschema (it ships the Compose
-#   specification's schema), kubernetes-validate (it ships the Kubernetes schemas) and
-#   dockerfile (BuildKit's Dockerfile parser).
+#   specification's schema), kubernetes-validate (it ships the Kubernetes schemas),
+#   dockerfile (BuildKit's Dockerfile parser); in a venv of its own, KServe's SDK with the
+#   Kubernetes client (their generated models are KServe's CRD schemas:
+#   scripts/check-kserve.py checks deploy/kserve/ with them).
+# - Triton's Python clients, tritonclient[http,grpc], pinned with every dependency, into a
+#   venv of their own (tests/kserve.rs drives the server with them).
 set -euo pipefail
 missing=()
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
@@ -59,4 +63,43 @@ if [ ! -f "$cstamp" ]; then
   # shellcheck disable=SC2086
   "$cvenv/bin/python" -m pip install --quiet --disable-pip-version-check $CLIENTS
   touch "$cstamp"
+fi
+
+# ---------------------------------------------------------------- KServe's CRD models
+# KServe's SDK without its dependencies (it is a model server: FastAPI, pandas, ...): only its
+# generated CRD models are used, with the Kubernetes client's (and PyYAML, which it pulls in).
+KSERVE_VERSION=0.21.0
+KUBERNETES_CLIENT_VERSION=37.0.2
+SIX_VERSION=1.17.0  # the models import it; kubernetes 37 no longer pulls it in
+kserve_venv=${ACTOR_INFER_CACHE:-$HOME/.cache/actor-infer}/kserve-check-venv
+kserve_stamp="$kserve_venv/.complete-$KSERVE_VERSION-$KUBERNETES_CLIENT_VERSION-$SIX_VERSION"
+if [ ! -f "$kserve_stamp" ]; then
+  echo "[test-deps] installing kserve (models only) and kubernetes into $kserve_venv" >&2
+  rm -rf "$kserve_venv"
+  python3 -m venv "$kserve_venv"
+  "$kserve_venv/bin/python" -m pip install --quiet --disable-pip-version-check \
+    "kubernetes==$KUBERNETES_CLIENT_VERSION" "six==$SIX_VERSION"
+  "$kserve_venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps \
+    "kserve==$KSERVE_VERSION"
+  touch "$kserve_stamp"
+fi
+
+# ---------------------------------------------------------------- Triton's clients
+# tritonclient 2.73.0 and exactly what it pulled in when the tests were written.
+client_pins=(
+  tritonclient[http,grpc]==2.73.0 numpy==2.4.6 grpcio==1.85.3 protobuf==6.33.6
+  geventhttpclient==2.6.1 gevent==26.9.0 greenlet==3.3.2 brotli==1.2.1 certifi==2026.10.19.post1
+  python-rapidjson==1.25 urllib3==2.8.0 packaging==26.4 aiohttp==3.14.5 aiohappyeyeballs==2.7.1
+  aiosignal==1.4.0 attrs==26.1.0 frozenlist==1.8.0 multidict==7.2.1 propcache==0.5.4
+  yarl==1.25.1 idna==3.20 ml_dtypes==0.5.4 typing_extensions==4.16.0 zope.event==6.2
+  zope.interface==8.7
+)
+client_venv=${ACTOR_INFER_CACHE:-$HOME/.cache/actor-infer}/tritonclient-venv
+client_stamp="$client_venv/.complete-$(echo "${client_pins[*]}" | sha256sum | cut -c1-16)"
+if [ ! -f "$client_stamp" ]; then
+  echo "[test-deps] installing tritonclient[http,grpc] into $client_venv" >&2
+  rm -rf "$client_venv"
+  python3 -m venv "$client_venv"
+  "$client_venv/bin/python" -m pip install --quiet --disable-pip-version-check "${client_pins[@]}"
+  touch "$client_stamp"
 fi

@@ -67,6 +67,9 @@ pub struct Config {
     /// What `actor-infer bench` and `scripts/run_experiment.sh` send by default.
     #[serde(default)]
     pub workload: Workload,
+    /// OpenTelemetry tracing (off unless `telemetry.otlp_endpoint` is set).
+    #[serde(default)]
+    pub telemetry: Telemetry,
 }
 
 /// An experiment's `workload:` section (read by `bench` and `scripts/run_experiment.sh`).
@@ -602,6 +605,89 @@ pub enum LogFormat {
     Json,
 }
 
+/// `telemetry:` section: OpenTelemetry traces exported over OTLP. Off unless `otlp_endpoint` is
+/// set; then every request's span (continuing a W3C `traceparent` it carries) and its tokenize,
+/// queue, inference and batch spans are exported.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Telemetry {
+    /// Where the OTLP collector listens, e.g. `http://127.0.0.1:4317` (gRPC) or
+    /// `http://127.0.0.1:4318/v1/traces` (HTTP). Unset: no exporter, no tracing layer.
+    #[serde(default)]
+    pub otlp_endpoint: Option<String>,
+    /// `grpc` or `http/protobuf` (`http` for short).
+    #[serde(default)]
+    pub otlp_protocol: OtlpProtocol,
+    /// Share of new traces recorded (0..=1). A request whose `traceparent` says "sampled" (or
+    /// "not sampled") follows its caller's decision.
+    #[serde(default = "default_sampling_ratio")]
+    pub sampling_ratio: f64,
+    /// The `service.name` resource attribute.
+    #[serde(default = "default_service_name")]
+    pub service_name: String,
+}
+
+fn default_sampling_ratio() -> f64 {
+    1.0
+}
+
+fn default_service_name() -> String {
+    "actor-infer".into()
+}
+
+impl Default for Telemetry {
+    fn default() -> Self {
+        Self {
+            otlp_endpoint: None,
+            otlp_protocol: OtlpProtocol::default(),
+            sampling_ratio: default_sampling_ratio(),
+            service_name: default_service_name(),
+        }
+    }
+}
+
+impl Telemetry {
+    /// Checks the ratio, the endpoint's scheme and the service name.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !(self.sampling_ratio.is_finite() && (0.0..=1.0).contains(&self.sampling_ratio)) {
+            return Err(ConfigError::new(
+                "telemetry.sampling_ratio",
+                format!("{} must be between 0 and 1", self.sampling_ratio),
+            ));
+        }
+        if let Some(endpoint) = &self.otlp_endpoint
+            && !endpoint.starts_with("http://")
+        {
+            return Err(ConfigError::new(
+                "telemetry.otlp_endpoint",
+                format!(
+                    "{endpoint:?} must be an http:// URL (host and port of the collector; \
+                     TLS is not built in: send to a local collector or agent)"
+                ),
+            ));
+        }
+        if self.service_name.trim().is_empty() {
+            return Err(ConfigError::new(
+                "telemetry.service_name",
+                "must not be empty",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The OTLP transport.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum OtlpProtocol {
+    /// OTLP/gRPC (port 4317 by convention).
+    #[default]
+    #[serde(rename = "grpc")]
+    Grpc,
+    /// OTLP/HTTP with protobuf bodies (port 4318, path `/v1/traces`).
+    #[serde(rename = "http/protobuf", alias = "http")]
+    HttpProtobuf,
+}
+
 /// Command-line values that override the file and the environment.
 #[derive(Debug, Clone, Default)]
 pub struct Overrides {
@@ -854,6 +940,7 @@ impl Config {
                 format!("{m} must be between 1 and 86400"),
             ));
         }
+        self.telemetry.validate()?;
         let w = self.supervision.window_seconds;
         if !(w.is_finite() && w > 0.0) {
             return Err(ConfigError::new(
@@ -963,6 +1050,44 @@ mod tests {
         let e = c.validate().unwrap_err();
         assert_eq!(e.key, "model.path");
         assert!(e.problem.contains("/nonexistent/model"));
+    }
+
+    #[test]
+    fn telemetry_is_off_by_default_and_checked_by_key() {
+        let c = load(MIN, &[], &Overrides::default()).unwrap();
+        assert_eq!(c.telemetry.otlp_endpoint, None);
+        assert_eq!(c.telemetry.otlp_protocol, OtlpProtocol::Grpc);
+        assert_eq!(c.telemetry.sampling_ratio, 1.0);
+        let c = load(
+            &format!("{MIN}telemetry:\n  otlp_protocol: http\n  sampling_ratio: 0.25\n"),
+            &[(
+                "ACTOR_INFER__TELEMETRY__OTLP_ENDPOINT",
+                "http://127.0.0.1:4318",
+            )],
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(c.telemetry.otlp_protocol, OtlpProtocol::HttpProtobuf);
+        assert_eq!(
+            c.telemetry.otlp_endpoint.as_deref(),
+            Some("http://127.0.0.1:4318")
+        );
+        assert_eq!(c.telemetry.sampling_ratio, 0.25);
+        let mut t = c.telemetry.clone();
+        t.sampling_ratio = 1.5;
+        assert_eq!(t.validate().unwrap_err().key, "telemetry.sampling_ratio");
+        t.sampling_ratio = 0.0;
+        t.otlp_endpoint = Some("https://collector:4317".into());
+        assert_eq!(t.validate().unwrap_err().key, "telemetry.otlp_endpoint");
+        t.otlp_endpoint = Some("http://collector:4317".into());
+        t.validate().unwrap();
+        let e = load(
+            &format!("{MIN}telemetry:\n  otlp_protocol: zipkin\n"),
+            &[],
+            &Overrides::default(),
+        )
+        .unwrap_err();
+        assert_eq!(e.key, "telemetry.otlp_protocol", "{e}");
     }
 
     #[test]
@@ -1083,6 +1208,8 @@ mod tests {
             "logging.format",
             "metrics.window_seconds",
             "workload.concurrency",
+            "telemetry.otlp_endpoint",
+            "telemetry.sampling_ratio",
             "nonsense.key",
         ];
 

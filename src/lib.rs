@@ -36,7 +36,7 @@ use actors::{
         Boot, EXIT_CONFIG, EXIT_FAILURE, FrontEnds, Parts, Shutdown, StopReason, Supervisor,
     },
 };
-use config::{Config, LogFormat, Logging};
+use config::Config;
 use model::{ModelSpec, TextTokenizer};
 
 /// The two bound sockets. Bound before anything else starts, so a port in use fails the start
@@ -121,20 +121,6 @@ impl Listeners {
     }
 }
 
-fn init_logging(logging: &Logging) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&logging.level))
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    match logging.format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().with_current_span(true).init(),
-    }
-}
-
 /// Says once, at start, which device serves and why, which libraries were loaded from where,
 /// and the GPU's name and memory.
 fn log_device(choice: &model::device::Choice) {
@@ -171,7 +157,16 @@ pub fn serve(experiment: &std::path::Path, overrides: &config::Overrides, check:
         );
         return 0;
     }
-    init_logging(&config.logging);
+    // Logs, and OpenTelemetry's exporter when `telemetry.otlp_endpoint` is set; the exporter
+    // is shut down (its last spans flushed, bounded) after the server has stopped.
+    let telemetry = match api::telemetry::init(&config) {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::error!("configuration error: {e}");
+            eprintln!("actor-infer: configuration error: {e}");
+            return EXIT_CONFIG;
+        }
+    };
     let device = match model::device::select(&config.model) {
         Ok(choice) => choice,
         Err(e) => {
@@ -198,13 +193,17 @@ pub fn serve(experiment: &std::path::Path, overrides: &config::Overrides, check:
     // Every actor's panic is caught where it happens (the Supervisor's table in README
     // "Stopping"); one that escapes anyway ends the System, and the process then exits, and
     // with it every thread, socket and byte of device memory: there is no child process.
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+    let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         actix_rt::System::new().block_on(run(config, device.device, listeners))
     }))
     .unwrap_or_else(|_| {
         eprintln!("actor-infer: internal error (a panic, logged above); exiting");
         EXIT_FAILURE
-    })
+    });
+    if let Some(exporter) = telemetry {
+        exporter.shutdown();
+    }
+    code
 }
 
 /// Runs the server on `device` (resolved by `model::device::select`) until it stops; returns

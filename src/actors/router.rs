@@ -111,6 +111,10 @@ struct Pending {
     /// Front end → Router.
     handoff: Duration,
     span: tracing::Span,
+    /// The request's wait for its first batch (a child of `span`, ended when that starts).
+    queue_span: std::cell::Cell<Option<tracing::Span>>,
+    /// From its first batch's start to its answer (a child of `span`; its batches' parent).
+    inference_span: std::cell::OnceCell<tracing::Span>,
     /// A test's injected fault for the batches this request's texts land in.
     fault: Option<Fault>,
     /// The request's admission, released when this is dropped (answered, failed, dropped).
@@ -246,7 +250,10 @@ impl Router {
         }
         self.metrics.stage(Stage::Tokenize, tokenized.elapsed);
         tracing::debug!(parent: &span, texts = n, "queued");
+        let queue_span = tracing::debug_span!(parent: &span, "queue", texts = n);
         let pending = Pending {
+            queue_span: std::cell::Cell::new(Some(queue_span)),
+            inference_span: std::cell::OnceCell::new(),
             reply,
             token_counts: tokenized.encodings.iter().map(|e| e.len() as u32).collect(),
             normalize,
@@ -320,25 +327,44 @@ impl Router {
             let tokens: usize = batch.texts.iter().map(|t| t.len()).sum();
             self.metrics
                 .batch(padded.rows, padded.padded_tokens(), tokens);
+            // The batch is a child of its oldest request's `inference` span and links to the
+            // other requests it serves (so one request's trace holds its batches).
+            let mut fault = None;
+            let mut parent = None;
+            let mut others = Vec::new();
+            for (id, _) in &batch.owners {
+                if let Some(p) = self.queue.get(*id) {
+                    drop(p.queue_span.take());
+                    let inference = p
+                        .inference_span
+                        .get_or_init(|| tracing::debug_span!(parent: &p.span, "inference"));
+                    match parent {
+                        None => parent = inference.id(),
+                        Some(_) => others.push(p.span.clone()),
+                    }
+                    fault = fault.or(p.fault);
+                }
+            }
             let span = tracing::debug_span!(
+                parent: parent,
                 "batch",
                 worker = w,
                 texts = padded.rows,
                 padded_tokens = padded.padded_tokens()
             );
-            let mut fault = None;
-            let mut tokens = Vec::with_capacity(batch.len());
-            for (id, _) in &batch.owners {
-                let p = self.queue.get(*id);
-                if let Some(p) = p {
-                    span.follows_from(&p.span);
-                    fault = fault.or(p.fault);
-                }
-                tokens.push(p.is_some_and(|p| p.all_tokens));
+            for other in &others {
+                span.follows_from(other);
             }
-            if !tokens.contains(&true) {
-                tokens.clear();
-            }
+            let tokens: Vec<bool> = batch
+                .owners
+                .iter()
+                .map(|(id, _)| self.queue.get(*id).is_some_and(|p| p.all_tokens))
+                .collect();
+            let tokens = if tokens.contains(&true) {
+                tokens
+            } else {
+                Vec::new()
+            };
             self.workers[w].busy = true;
             let send = self.workers[w].addr.send(Forward {
                 batch: padded,

@@ -16,6 +16,8 @@ pub enum ErrorKind {
     Validation,
     /// The route or resource does not exist.
     NotFound,
+    /// The request names a model (or model version) this server does not serve.
+    ModelNotFound,
     /// The route exists, the method does not.
     MethodNotAllowed,
     /// The body is larger than allowed.
@@ -47,9 +49,10 @@ pub enum ErrorKind {
 
 impl ErrorKind {
     /// Every kind (what the metrics pre-resolve; the table below must have each).
-    pub const ALL: [ErrorKind; 14] = [
+    pub const ALL: [ErrorKind; 15] = [
         ErrorKind::Validation,
         ErrorKind::NotFound,
+        ErrorKind::ModelNotFound,
         ErrorKind::MethodNotAllowed,
         ErrorKind::PayloadTooLarge,
         ErrorKind::UnsupportedMediaType,
@@ -71,6 +74,7 @@ impl ErrorKind {
         match self {
             ErrorKind::Validation => ("validation", 400, Code::InvalidArgument),
             ErrorKind::NotFound => ("not_found", 404, Code::NotFound),
+            ErrorKind::ModelNotFound => ("model_not_found", 404, Code::NotFound),
             ErrorKind::MethodNotAllowed => ("method_not_allowed", 405, Code::Unimplemented),
             ErrorKind::PayloadTooLarge => ("payload_too_large", 413, Code::ResourceExhausted),
             ErrorKind::UnsupportedMediaType => {

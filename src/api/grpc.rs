@@ -15,6 +15,7 @@ use super::{
     Call, Shared,
     error::{ApiError, ErrorKind},
     predict,
+    telemetry::TraceContext,
 };
 use crate::{actors::router::Timings, model::Task};
 
@@ -256,9 +257,10 @@ impl GrpcApi {
     }
 
     /// The opening every gRPC inference method shares: the deadline (the client's
-    /// `grpc-timeout`) and the request id (the client's, or a new one); then [`served`].
-    /// Returns the response and the request id it must carry.
-    async fn inference<Req, Resp, Fut>(
+    /// `grpc-timeout`), the request id (the client's, or a new one) and the caller's trace
+    /// context (W3C `traceparent` metadata); then [`served`]. Returns the response and the
+    /// request id it must carry.
+    pub(super) async fn inference<Req, Resp, Fut>(
         &self,
         request: Request<Req>,
         route: &'static str,
@@ -269,12 +271,13 @@ impl GrpcApi {
         Fut: std::future::Future<Output = Result<(Resp, usize, Timings), ApiError>>,
     {
         let deadline = client_deadline(&self.shared, &request);
+        let trace = TraceContext::from_grpc(request.metadata());
         let mut req = request.into_inner();
         let id = match req.take_request_id() {
             id if id.is_empty() => super::new_request_id(),
             id => id,
         };
-        let resp = served(&self.shared, route, &id, deadline, |call| work(req, call)).await?;
+        let resp = served(&self.shared, route, &id, deadline, trace, |call| work(req, call)).await?;
         Ok((Response::new(resp), id))
     }
 }
@@ -288,15 +291,17 @@ pub(super) async fn served<Resp, Fut>(
     route: &'static str,
     id: &str,
     deadline: super::Deadline,
+    trace: Option<TraceContext>,
     work: impl FnOnce(Call) -> Fut,
 ) -> Result<Resp, Status>
 where
     Fut: std::future::Future<Output = Result<(Resp, usize, Timings), ApiError>>,
 {
     let call = Call {
-        span: tracing::info_span!("request", transport = "grpc", route, request_id = %id),
+        span: tracing::info_span!("request", transport = "grpc", route, request_id = %id, traceparent = tracing::field::Empty),
         deadline,
     };
+    super::telemetry::continue_trace(&call.span, trace);
     let mut gone = ClientGoneGuard(Some(shared));
     let result = work(call).await;
     gone.0 = None;
@@ -409,6 +414,7 @@ pub async fn serve(
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(super::v2_grpc::FILE_DESCRIPTOR_SET)
     };
     let reflection_v1 = reflection().build_v1()?;
     let reflection_v1alpha = reflection().build_v1alpha()?;
@@ -418,11 +424,15 @@ pub async fn serve(
     let service =
         InferenceServiceServer::new(GrpcApi::new(shared.clone())).max_decoding_message_size(limit);
     let tei = super::tei_grpc::TeiApi::new(shared.clone());
+    // The Open Inference Protocol checks the API key itself (its health and metadata calls
+    // are open, like the HTTP probes).
+    let v2 = super::unavailable::UnavailableAs503(super::v2_grpc::service(shared.clone()));
     tonic::transport::Server::builder()
         .layer(tower::util::MapResponseLayer::new(client_fault_codes))
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
+        .add_service(v2)
         .add_service(guarded(service, &shared))
         .add_service(guarded(
             tei::info_server::InfoServer::new(tei.clone()).max_decoding_message_size(limit),

@@ -23,6 +23,7 @@ use super::{
     Call, Shared,
     error::{ApiError, ErrorKind},
     predict, tei,
+    telemetry::TraceContext,
 };
 use crate::actors::{metrics::Render, router::Timings};
 
@@ -192,15 +193,31 @@ where
     T: Serialize,
     Fut: std::future::Future<Output = Result<Served<T>, ApiError>>,
 {
+    inference_with(shared, req, route, work, |res, body| res.json(body)).await
+}
+
+/// [`inference`] for a route that writes its own body (`respond`), such as the Open Inference
+/// Protocol's binary tensors.
+pub(super) async fn inference_with<T, Fut>(
+    shared: &Shared,
+    req: &HttpRequest,
+    route: &'static str,
+    work: impl FnOnce(Call) -> Fut,
+    respond: impl FnOnce(&mut actix_web::HttpResponseBuilder, T) -> HttpResponse,
+) -> Result<HttpResponse, ApiError>
+where
+    Fut: std::future::Future<Output = Result<Served<T>, ApiError>>,
+{
     let id = req
         .extensions()
         .get::<RequestId>()
         .map(|r| r.0.clone())
         .unwrap_or_else(super::new_request_id);
     let call = Call {
-        span: tracing::info_span!("request", transport = "http", route, request_id = %id),
+        span: tracing::info_span!("request", transport = "http", route, request_id = %id, traceparent = tracing::field::Empty),
         deadline: shared.deadline(None),
     };
+    super::telemetry::continue_trace(&call.span, TraceContext::from_http(req.headers()));
     let result = unless_client_gone(req, work(call))
         .await
         .map(|s| (s.body, s.texts, s.timings));
@@ -208,7 +225,7 @@ where
     let (body, _, timings) = result?;
     let mut res = HttpResponse::Ok();
     with_timings(&mut res, &timings);
-    Ok(res.json(body))
+    Ok(respond(&mut res, body))
 }
 
 /// The process is alive (TEI's `/health`; `/ping` is SageMaker's name for it).
@@ -347,12 +364,14 @@ fn json_error(err: actix_web::error::JsonPayloadError, _req: &HttpRequest) -> ac
 }
 
 /// Routes that never need the API key: probes, always; metrics, info, the OpenAPI document
-/// and the live page unless `server.api_key_protects_metrics`.
+/// and the live page unless `server.api_key_protects_metrics`; the Open Inference Protocol's
+/// own probes and metadata likewise.
 fn is_open_route(method: &actix_web::http::Method, path: &str, protect_metrics: bool) -> bool {
     matches!(path, "/health" | "/ready" | "/ping")
         || (!protect_metrics
             && (matches!(path, "/metrics" | "/info" | "/api-doc/openapi.json")
                 || (path == "/" && method == actix_web::http::Method::GET)))
+        || super::v2::is_open_route(path, protect_metrics)
 }
 
 /// Middleware: with `server.api_key` set, every route but the open ones needs
@@ -463,6 +482,7 @@ pub fn serve(listener: TcpListener, shared: Arc<Shared>) -> std::io::Result<Serv
                     .error_handler(json_error),
             )
             .configure(routes)
+            .configure(super::v2::routes)
             .default_service(web::to(not_found))
             .wrap(actix_web::middleware::from_fn(require_api_key))
             .wrap(actix_web::middleware::from_fn(request_id))

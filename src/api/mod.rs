@@ -5,11 +5,15 @@
 pub mod error;
 pub mod grpc;
 pub mod http;
+pub mod oip;
 pub mod openapi;
 pub mod predict;
 pub mod tei;
 pub mod tei_grpc;
+pub mod telemetry;
 pub mod unavailable;
+pub mod v2;
+pub mod v2_grpc;
 
 use std::{
     net::TcpListener,

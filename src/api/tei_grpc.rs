@@ -15,6 +15,7 @@ use super::{
     Call, Job, Shared,
     error::ApiError,
     grpc::{client_deadline, served, tei as pb},
+    telemetry::TraceContext,
     predict, tei,
 };
 use crate::{
@@ -75,10 +76,11 @@ impl TeiApi {
         Fut: std::future::Future<Output = Answer<Resp>>,
     {
         let deadline = client_deadline(&self.shared, &request);
+        let trace = TraceContext::from_grpc(request.metadata());
         let req = request.into_inner();
         let id = super::new_request_id();
         let shared = self.shared.clone();
-        let resp = served(&self.shared, route, &id, deadline, |call| {
+        let resp = served(&self.shared, route, &id, deadline, trace, |call| {
             work(shared, req, call)
         })
         .await?;
@@ -99,16 +101,19 @@ impl TeiApi {
         Fut: std::future::Future<Output = Answer<Resp>> + Send + 'static,
     {
         let shared = self.shared.clone();
+        // Every message's call continues the stream's trace.
+        let trace = TraceContext::from_grpc(request.metadata());
         let answers = request
             .into_inner()
             .map(move |message| {
                 let shared = shared.clone();
+                let trace = trace.clone();
                 async move {
                     let req = message?;
                     let deadline = shared.deadline(None);
                     let id = super::new_request_id();
                     let worker = shared.clone();
-                    served(&shared, route, &id, deadline, |call| {
+                    served(&shared, route, &id, deadline, trace, |call| {
                         work(worker, req, call)
                     })
                     .await
@@ -493,6 +498,7 @@ impl pb::rerank_server::Rerank for TeiApi {
         request: Request<Streaming<pb::RerankStreamRequest>>,
     ) -> Result<Response<pb::RerankResponse>, Status> {
         let deadline = client_deadline(&self.shared, &request);
+        let trace = TraceContext::from_grpc(request.metadata());
         let mut incoming = request.into_inner();
         let mut texts = Vec::new();
         let mut first: Option<pb::RerankStreamRequest> = None;
@@ -511,6 +517,7 @@ impl pb::rerank_server::Rerank for TeiApi {
             "tei.v1.Rerank/RerankStream",
             &id,
             deadline,
+            trace,
             |call| async move {
                 rank(
                     &shared,
