@@ -199,12 +199,28 @@ pub fn serve(experiment: &std::path::Path, overrides: &config::Overrides, check:
     // "Stopping"); one that escapes anyway ends the System, and the process then exits, and
     // with it every thread, socket and byte of device memory: there is no child process.
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        actix_rt::System::new().block_on(run(config, device.device, listeners))
+        actix_rt::System::new().block_on(async move {
+            let code = run(config, device.device, listeners).await;
+            end_process(code)
+        })
     }))
     .unwrap_or_else(|_| {
         eprintln!("actor-infer: internal error (a panic, logged above); exiting");
         EXIT_FAILURE
     })
+}
+
+/// Ends the process once the stop sequence has said "Shutdown complete": every actor has
+/// stopped, both ports are closed and the model's memory is freed, so nothing is left for
+/// destructors to do. Tearing down the runtime and running libtorch's C++ static destructors
+/// (its CUDA half's especially) is skipped on purpose: once, on CI, they held a stopped
+/// process for the whole shutdown budget until the watchdog killed it with exit 3.
+fn end_process(code: i32) -> ! {
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    let _ = std::io::stderr().flush();
+    // SAFETY: _exit ends the process at once; the logs are written synchronously and flushed.
+    unsafe { libc::_exit(code) }
 }
 
 /// Runs the server on `device` (resolved by `model::device::select`) until it stops; returns
