@@ -194,16 +194,34 @@ pub fn serve(experiment: &std::path::Path, overrides: &config::Overrides, check:
     // "Stopping"); one that escapes anyway ends the System, and the process then exits, and
     // with it every thread, socket and byte of device memory: there is no child process.
     let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        actix_rt::System::new().block_on(run(config, device.device, listeners))
+        actix_rt::System::new().block_on(async move {
+            let code = run(config, device.device, listeners).await;
+            end_process(code, telemetry)
+        })
     }))
     .unwrap_or_else(|_| {
         eprintln!("actor-infer: internal error (a panic, logged above); exiting");
         EXIT_FAILURE
     });
-    if let Some(exporter) = telemetry {
-        exporter.shutdown();
-    }
     code
+}
+
+/// Ends the process once the stop sequence has said "Shutdown complete": every actor has
+/// stopped, both ports are closed and the model's memory is freed, so nothing is left for
+/// destructors to do. Tearing down the runtime and running libtorch's C++ static destructors
+/// (its CUDA half's especially) is skipped on purpose: once, on CI, they held a stopped
+/// process for the whole shutdown budget until the watchdog killed it with exit 3.
+/// OpenTelemetry's exporter, when there is one, sends its last spans first (bounded by its
+/// flush timeout), on a thread of its own since it owns a runtime.
+fn end_process(code: i32, telemetry: Option<api::telemetry::Exporter>) -> ! {
+    use std::io::Write;
+    if let Some(exporter) = telemetry {
+        let _ = std::thread::spawn(move || exporter.shutdown()).join();
+    }
+    let _ = std::io::stdout().flush();
+    let _ = std::io::stderr().flush();
+    // SAFETY: _exit ends the process at once; the logs are written synchronously and flushed.
+    unsafe { libc::_exit(code) }
 }
 
 /// Runs the server on `device` (resolved by `model::device::select`) until it stops; returns

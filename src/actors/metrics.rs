@@ -808,6 +808,11 @@ impl Handler<Snapshot> for Metrics {
     type Result = MessageResult<Snapshot>;
 
     fn handle(&mut self, _msg: Snapshot, _ctx: &mut Self::Context) -> Self::Result {
+        // CPU use is a rate between two samples; one asked before the periodic second sample
+        // (a dashboard read right after start) is taken now, like psutil's does.
+        if self.state.cpu_percent.is_none() {
+            self.sample();
+        }
         MessageResult(self.guarded("rendering the dashboard", |m| m.snapshot()))
     }
 }
