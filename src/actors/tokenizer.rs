@@ -131,7 +131,7 @@ impl Handler<Tokenize> for TokenizerActor {
         let _enter = msg.span.enter();
         // Not entered, so this thread's log lines stay the request's: it only times the work.
         let _tokenize =
-            tracing::debug_span!(parent: &msg.span, "tokenize", texts = msg.texts.len());
+            tracing::debug_span!(parent: &msg.span, "tokenize", texts = msg.inputs.len());
         let start = Instant::now();
         let fault = msg.inputs.iter().find_map(|t| match t {
             TextInput::Text(t) => crate::fault::detect(t),

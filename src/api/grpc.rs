@@ -277,7 +277,10 @@ impl GrpcApi {
             id if id.is_empty() => super::new_request_id(),
             id => id,
         };
-        let resp = served(&self.shared, route, &id, deadline, trace, |call| work(req, call)).await?;
+        let resp = served(&self.shared, route, &id, deadline, trace, |call| {
+            work(req, call)
+        })
+        .await?;
         Ok((Response::new(resp), id))
     }
 }

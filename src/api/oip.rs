@@ -17,7 +17,7 @@
 
 use crate::{
     actors::router::Timings,
-    model::{ModelSpec, Task},
+    model::{ModelSpec, Task, TextInput},
 };
 
 use super::{
@@ -323,7 +323,17 @@ pub async fn infer(
     let mut outputs = Vec::with_capacity(wanted.len());
     let (texts, timings) = match spec.task {
         Task::Embedding => {
-            let out = shared.embed(text, p.normalize, truncate, call).await?;
+            let out = shared
+                .embed(
+                    super::Job {
+                        pairs: None,
+                        normalize: p.normalize,
+                        truncate,
+                        ..super::Job::of(texts_of(text))
+                    },
+                    call,
+                )
+                .await?;
             let n = out.embeddings.len();
             let dim = out.embeddings.first().map_or(spec.dim(), Vec::len);
             outputs.push(OutputTensor {
@@ -334,7 +344,17 @@ pub async fn infer(
             (n, out.timings)
         }
         Task::Classifier => {
-            let out = shared.infer(text, pair, None, truncate, call).await?;
+            let out = shared
+                .infer(
+                    super::Job {
+                        pairs: pair,
+                        normalize: None,
+                        truncate,
+                        ..super::Job::of(texts_of(text))
+                    },
+                    call,
+                )
+                .await?;
             let n = out.embeddings.len();
             let labels = spec
                 .labels
@@ -378,7 +398,17 @@ pub async fn infer(
                 [query] if pair.len() > 1 => vec![query.clone(); pair.len()],
                 _ => text,
             };
-            let out = shared.infer(text, Some(pair), None, truncate, call).await?;
+            let out = shared
+                .infer(
+                    super::Job {
+                        pairs: Some(pair),
+                        normalize: None,
+                        truncate,
+                        ..super::Job::of(texts_of(text))
+                    },
+                    call,
+                )
+                .await?;
             let n = out.embeddings.len();
             let scores = out
                 .embeddings
@@ -406,6 +436,11 @@ pub async fn infer(
         texts,
         timings,
     })
+}
+
+/// The texts of a `BYTES` tensor as the pipeline's inputs.
+fn texts_of(texts: Vec<String>) -> Vec<TextInput> {
+    texts.into_iter().map(TextInput::Text).collect()
 }
 
 #[cfg(test)]

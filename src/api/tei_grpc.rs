@@ -15,8 +15,8 @@ use super::{
     Call, Job, Shared,
     error::ApiError,
     grpc::{client_deadline, served, tei as pb},
-    telemetry::TraceContext,
     predict, tei,
+    telemetry::TraceContext,
 };
 use crate::{
     actors::router::Timings,
