@@ -193,7 +193,7 @@ pub fn serve(experiment: &std::path::Path, overrides: &config::Overrides, check:
     // Every actor's panic is caught where it happens (the Supervisor's table in README
     // "Stopping"); one that escapes anyway ends the System, and the process then exits, and
     // with it every thread, socket and byte of device memory: there is no child process.
-    let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         actix_rt::System::new().block_on(async move {
             let code = run(config, device.device, listeners).await;
             end_process(code, telemetry)
@@ -202,8 +202,7 @@ pub fn serve(experiment: &std::path::Path, overrides: &config::Overrides, check:
     .unwrap_or_else(|_| {
         eprintln!("actor-infer: internal error (a panic, logged above); exiting");
         EXIT_FAILURE
-    });
-    code
+    })
 }
 
 /// Ends the process once the stop sequence has said "Shutdown complete": every actor has
