@@ -59,9 +59,33 @@ flood() { # name, port, extra args
     >"$out/$name-flood.json"
 }
 flood flood "$HTTP_PORT"
-# The peer (TEI with ONNX Runtime) under the same flood, in the same run, when it is here.
+
+# HTTP, one TEI-style `POST /embed` per request: how users compare servers. Run on ours and on
+# the peer with the same arguments, so the two are side by side; peak resident memory of the
+# process (from /proc) is sampled during each scenario.
+peak_rss() { # pid: the largest VmHWM/VmRSS seen, in MiB
+  awk '/^VmHWM:/ {print $2 / 1024}' "/proc/$1/status" 2>/dev/null || echo 0
+}
+http_scenarios() { # prefix, port, pid
+  local prefix=$1 port=$2 pid=$3
+  say "$prefix: HTTP /embed at concurrency 32 and 1, and 64 texts per request at concurrency 4"
+  local common=(--http-port "$port" --grpc-port "$GRPC_PORT" --transport http --http-route tei
+    --duration-seconds "$SECS" --json)
+  "$BIN" bench "${common[@]}" --concurrency 32 --texts-per-request 1 --tokens 12 >"$out/$prefix-c32.json"
+  "$BIN" bench "${common[@]}" --concurrency 1 --texts-per-request 1 --tokens 12 >"$out/$prefix-c1.json"
+  "$BIN" bench "${common[@]}" --concurrency 4 --texts-per-request 64 --tokens 12 >"$out/$prefix-large.json"
+  peak_rss "$pid" >"$out/$prefix-rss.txt"
+}
+http_scenarios http "$HTTP_PORT" "$PID"
+
+# The peer (TEI with ONNX Runtime), in the same run, when it is here: PEER_URL (a server
+# already running, e.g. http://127.0.0.1:18080; no memory figure then) or PEER_RUN (a script
+# taking MODEL_DIR PORT, by default ../shared/anchors/tei-ort/run.sh).
 PEER_RUN=${PEER_RUN:-$root/../shared/anchors/tei-ort/run.sh}
-if [ -x "$PEER_RUN" ] || [ -f "$PEER_RUN" ]; then
+PEER_PORT=""
+if [ -n "${PEER_URL:-}" ]; then
+  PEER_PORT=${PEER_URL##*:}; PEER_PORT=${PEER_PORT%%/*}
+elif [ -x "$PEER_RUN" ] || [ -f "$PEER_RUN" ]; then
   read -r PEER_PORT _ < <(python3 - <<'PY'
 import socket
 s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1], 0)
@@ -74,11 +98,18 @@ PY
     kill -0 "$PEER_PID" 2>/dev/null || break
     sleep 0.1
   done
-  if curl -fsS "http://127.0.0.1:$PEER_PORT/health" >/dev/null 2>&1; then
-    flood peer-flood "$PEER_PORT"
-  else
-    say "the peer did not start (see $out/peer.log)"
-  fi
+fi
+if [ -n "$PEER_PORT" ] && curl -fsS "http://127.0.0.1:$PEER_PORT/health" >/dev/null 2>&1; then
+  flood peer-flood "$PEER_PORT"
+  http_scenarios peer "$PEER_PORT" "${PEER_PID:-0}"
+elif [ -n "$PEER_PORT" ]; then
+  # A peer binary built for another CPU dies at once (SIGILL, exit 132): say so.
+  rc=0; [ -z "$PEER_PID" ] || wait "$PEER_PID" 2>/dev/null || rc=$?
+  PEER_PID=""
+  say "the peer did not start (exit $rc; see $out/peer.log)"
+  echo "exit $rc" >"$out/peer-failed.txt"
+fi
+if [ -n "$PEER_PID" ]; then
   kill -TERM "$PEER_PID" 2>/dev/null || true
   wait "$PEER_PID" 2>/dev/null || true
 fi
@@ -132,6 +163,42 @@ ours = flood_line("flood", "actor-infer")
 peer = flood_line("peer-flood", "TEI-ORT (peer)")
 if ours is not None and peer is not None:
     print(f"\nmetrics flood: actor-infer loses {-ours * 100:.0f}%, the peer {-peer * 100:.0f}% ({'below' if ours > peer else 'NOT below'} the peer's cost)")
+print()
+# Side by side with the peer over HTTP (issue 16's targets), when it ran.
+def jo(n):
+    try:
+        return j(n)
+    except OSError:
+        return None
+def rss_of(prefix):
+    try:
+        return float(open(os.path.join(d, prefix + "-rss.txt")).read().split()[0])
+    except (OSError, IndexError, ValueError):
+        return 0.0
+ours_h = {k: jo("http-" + k) for k in ("c32", "c1", "large")}
+peer_h = {k: jo("peer-" + k) for k in ("c32", "c1", "large")}
+print("| HTTP /embed scenario | actor-infer | TEI-ORT (peer) | ratio | target |")
+print("|---|---|---|---|---|")
+def row(label, k, field, unit, target, better):
+    o, p = ours_h[k], peer_h[k]
+    if o is None:
+        return
+    ov = o["latency_ms"]["p50"] if field == "p50" else o[field]
+    if p is None:
+        print(f"| {label} | {ov:.2f} {unit} | not measured | | {target} |")
+        return
+    pv = p["latency_ms"]["p50"] if field == "p50" else p[field]
+    ratio = ov / pv if pv else float("nan")
+    ok = better(ratio)
+    print(f"| {label} | {ov:.2f} {unit} | {pv:.2f} {unit} | {ratio:.2f} | {target} {'ok' if ok else 'MISSED'} |")
+row("concurrency 32, 1 text", "c32", "requests_per_s", "req/s", ">= 1.2", lambda r: r >= 1.2)
+row("concurrency 1, p50 latency", "c1", "p50", "ms", "<= 1.0", lambda r: r <= 1.0)
+row("concurrency 4, 64 texts/request", "large", "texts_per_s", "texts/s", ">= 1.2", lambda r: r >= 1.2)
+ro, rp = rss_of("http"), rss_of("peer")
+if ro and rp:
+    print(f"| peak RSS after the HTTP scenarios | {ro:.0f} MiB | {rp:.0f} MiB | {ro / rp:.2f} | <= 1.5 {'ok' if ro / rp <= 1.5 else 'MISSED'} |")
+if os.path.exists(os.path.join(d, "peer-failed.txt")):
+    print(f"\nthe peer did not start ({open(os.path.join(d, 'peer-failed.txt')).read().strip()}; exit 132 is SIGILL: a binary built for another CPU)")
 print()
 for name, r in (("c32", c32), ("c1", c1), ("large", large)):
     print(f"{name}: server stages {json.dumps({k: round(v, 2) for k, v in (r.get('server') or {}).items()})}, latency p50/p99 {r['latency_ms']['p50']:.1f}/{r['latency_ms']['p99']:.1f} ms, errors {r['errors']}")

@@ -57,6 +57,10 @@ pub struct Bert {
     eps: f64,
     activation: Activation,
     device: tch::Device,
+    /// Position embeddings plus segment type 0's, summed once at load: the embedding sum of a
+    /// batch whose segment ids are all 0 (every single-text batch) is one gather and one add.
+    /// `None` when positions are RoBERTa's (they depend on the ids) or there are no segments.
+    position_type0: Option<Tensor>,
 }
 
 /// Texts padded to the longest one, as flat row-major arrays (what becomes tensors).
@@ -231,20 +235,28 @@ impl Bert {
                 out_ln_b: w.take(&format!("{p}.output.LayerNorm.bias"), &[h])?,
             });
         }
+        let position = w.take(
+            "embeddings.position_embeddings.weight",
+            &[c.max_position_embeddings, h],
+        )?;
+        let token_type = match family {
+            Family::DistilBert => None,
+            _ => Some(w.take(
+                "embeddings.token_type_embeddings.weight",
+                &[c.type_vocab_size, h],
+            )?),
+        };
+        let position_pad = family.offset_positions().then_some(c.pad_token_id);
+        let position_type0 = match (&token_type, position_pad) {
+            (Some(t), None) => Some(position.f_add(&t.f_get(0)?)?),
+            _ => None,
+        };
         Ok(Bert {
             word: w.take("embeddings.word_embeddings.weight", &[c.vocab_size, h])?,
-            position: w.take(
-                "embeddings.position_embeddings.weight",
-                &[c.max_position_embeddings, h],
-            )?,
-            token_type: match family {
-                Family::DistilBert => None,
-                _ => Some(w.take(
-                    "embeddings.token_type_embeddings.weight",
-                    &[c.type_vocab_size, h],
-                )?),
-            },
-            position_pad: family.offset_positions().then_some(c.pad_token_id),
+            position,
+            token_type,
+            position_pad,
+            position_type0,
             head: match spec.task {
                 Task::Embedding => None,
                 Task::Classifier | Task::Reranker => {
@@ -268,39 +280,56 @@ impl Bert {
     pub fn forward(&self, batch: &Padded) -> Result<(Tensor, Tensor), TchError> {
         let (b, l) = (batch.rows as i64, batch.cols as i64);
         let dev = self.device;
+        // A batch without padding (every single text, and texts of one length) needs no
+        // attention mask (nor the masking work in the attention kernel).
+        let padded = batch.mask.contains(&0);
         let ids = Tensor::f_from_slice(&batch.ids)?
-            .f_view([b, l])?
-            .f_to_device(dev)?;
-        let types = Tensor::f_from_slice(&batch.type_ids)?
             .f_view([b, l])?
             .f_to_device(dev)?;
         let mask = Tensor::f_from_slice(&batch.mask)?
             .f_view([b, l])?
             .f_to_device(dev)?;
-        let positions = match self.position_pad {
-            None => Tensor::f_arange(l, (Kind::Int64, dev))?.f_unsqueeze(0)?,
-            // transformers' create_position_ids_from_input_ids: real tokens count up from
-            // pad + 1, padding tokens sit at pad.
-            Some(pad) => {
-                let real = ids.f_ne(pad)?.f_to_kind(Kind::Int64)?;
-                real.f_cumsum(1, Kind::Int64)?
-                    .f_mul(&real)?
-                    .f_add_scalar(pad)?
+        let h = self.hidden;
+        let word = Tensor::f_embedding(&self.word, &ids, -1, false, false)?;
+        let x = match &self.position_type0 {
+            // BERT's positions are 0..l, the same for every row: a slice broadcast over the
+            // rows, with segment 0 already added in.
+            Some(pt0) if batch.type_ids.iter().all(|&t| t == 0) => {
+                word.f_add(&pt0.f_narrow(0, 0, l)?)?
+            }
+            _ => {
+                let positions = match self.position_pad {
+                    None => Tensor::f_arange(l, (Kind::Int64, dev))?.f_unsqueeze(0)?,
+                    // transformers' create_position_ids_from_input_ids: real tokens count up
+                    // from pad + 1, padding tokens sit at pad.
+                    Some(pad) => {
+                        let real = ids.f_ne(pad)?.f_to_kind(Kind::Int64)?;
+                        real.f_cumsum(1, Kind::Int64)?
+                            .f_mul(&real)?
+                            .f_add_scalar(pad)?
+                    }
+                };
+                let mut x = word.f_add(&Tensor::f_embedding(
+                    &self.position,
+                    &positions,
+                    -1,
+                    false,
+                    false,
+                )?)?;
+                if let Some(token_type) = &self.token_type {
+                    // RoBERTa has one segment type: its tokenizers give no segment ids, so 0.
+                    let types = if self.position_pad.is_some() {
+                        Tensor::f_zeros([b, l], (Kind::Int64, dev))?
+                    } else {
+                        Tensor::f_from_slice(&batch.type_ids)?
+                            .f_view([b, l])?
+                            .f_to_device(dev)?
+                    };
+                    x = x.f_add(&Tensor::f_embedding(token_type, &types, -1, false, false)?)?;
+                }
+                x
             }
         };
-        let h = self.hidden;
-        let mut x = Tensor::f_embedding(&self.word, &ids, -1, false, false)?.f_add(
-            &Tensor::f_embedding(&self.position, &positions, -1, false, false)?,
-        )?;
-        if let Some(token_type) = &self.token_type {
-            // RoBERTa has one segment type: its tokenizers give no segment ids, so use 0.
-            let types = if self.position_pad.is_some() {
-                types.f_zeros_like()?
-            } else {
-                types
-            };
-            x = x.f_add(&Tensor::f_embedding(token_type, &types, -1, false, false)?)?;
-        }
         let mut x = x.f_layer_norm(
             [h],
             Some(&self.emb_ln_w),
@@ -309,55 +338,63 @@ impl Bert {
             true,
         )?;
         // Boolean mask, true where a key may be attended to: [b, 1, 1, l].
-        let attend = mask.f_to_kind(Kind::Bool)?.f_view([b, 1, 1, l])?;
-        let heads = self.heads;
-        let head_dim = h / heads;
+        let attend = if padded {
+            Some(mask.f_to_kind(Kind::Bool)?.f_view([b, 1, 1, l])?)
+        } else {
+            None
+        };
         for layer in &self.layers {
-            let qkv = x
-                .f_linear(&layer.qkv_w, Some(&layer.qkv_b))?
-                .f_view([b, l, 3, heads, head_dim])?
-                .f_permute([2, 0, 3, 1, 4])?;
-            let (q, k, v) = (qkv.f_get(0)?, qkv.f_get(1)?, qkv.f_get(2)?);
-            let ctx = Tensor::f_scaled_dot_product_attention(
-                &q,
-                &k,
-                &v,
-                Some(&attend),
-                0.0,
-                false,
-                None,
-                false,
-            )?
-            .f_transpose(1, 2)?
-            .f_reshape([b, l, h])?;
-            let attn = ctx
-                .f_linear(&layer.attn_out_w, Some(&layer.attn_out_b))?
-                .f_add(&x)?
-                .f_layer_norm(
-                    [h],
-                    Some(&layer.attn_ln_w),
-                    Some(&layer.attn_ln_b),
-                    self.eps,
-                    true,
-                )?;
-            let inter = attn.f_linear(&layer.inter_w, Some(&layer.inter_b))?;
-            let inter = match self.activation {
-                Activation::GeluErf => inter.f_gelu("none")?,
-                Activation::GeluTanh => inter.f_gelu("tanh")?,
-                Activation::Relu => inter.f_relu()?,
-            };
-            x = inter
-                .f_linear(&layer.out_w, Some(&layer.out_b))?
-                .f_add(&attn)?
-                .f_layer_norm(
-                    [h],
-                    Some(&layer.out_ln_w),
-                    Some(&layer.out_ln_b),
-                    self.eps,
-                    true,
-                )?;
+            x = self.layer(layer, &x, attend.as_ref())?;
         }
         Ok((x, mask))
+    }
+
+    /// One encoder layer, op by op: states `[b, l, hidden]` in and out; `attend` is the
+    /// boolean attention mask `[b, 1, 1, l]` (`None` for a batch without padding).
+    fn layer(
+        &self,
+        layer: &Layer,
+        x: &Tensor,
+        attend: Option<&Tensor>,
+    ) -> Result<Tensor, TchError> {
+        let (b, l, h) = x.size3()?;
+        let heads = self.heads;
+        let head_dim = h / heads;
+        let qkv = x
+            .f_linear(&layer.qkv_w, Some(&layer.qkv_b))?
+            .f_view([b, l, 3, heads, head_dim])?
+            .f_permute([2, 0, 3, 1, 4])?;
+        let (q, k, v) = (qkv.f_get(0)?, qkv.f_get(1)?, qkv.f_get(2)?);
+        let ctx =
+            Tensor::f_scaled_dot_product_attention(&q, &k, &v, attend, 0.0, false, None, false)?
+                .f_transpose(1, 2)?
+                .f_reshape([b, l, h])?;
+        let attn = ctx
+            .f_linear(&layer.attn_out_w, Some(&layer.attn_out_b))?
+            .f_add(x)?
+            .f_layer_norm(
+                [h],
+                Some(&layer.attn_ln_w),
+                Some(&layer.attn_ln_b),
+                self.eps,
+                true,
+            )?;
+        let inter = attn.f_linear(&layer.inter_w, Some(&layer.inter_b))?;
+        let inter = match self.activation {
+            Activation::GeluErf => inter.f_gelu("none")?,
+            Activation::GeluTanh => inter.f_gelu("tanh")?,
+            Activation::Relu => inter.f_relu()?,
+        };
+        inter
+            .f_linear(&layer.out_w, Some(&layer.out_b))?
+            .f_add(&attn)?
+            .f_layer_norm(
+                [h],
+                Some(&layer.out_ln_w),
+                Some(&layer.out_ln_b),
+                self.eps,
+                true,
+            )
     }
 
     /// Forward plus pooling: one f32 vector per text, on the CPU, not normalised. A
@@ -372,6 +409,10 @@ impl Bert {
         let _guard = tch::no_grad_guard();
         let (states, mask) = self.forward(batch)?;
         let rows = match &self.head {
+            // Without padding, mean pooling is the plain mean over the tokens.
+            None if pooling == Pooling::Mean && !batch.mask.contains(&0) => {
+                states.f_mean_dim([1i64].as_slice(), false, Kind::Float)?
+            }
             None => pool(&states, &mask, pooling)?,
             Some(head) => head.logits(&states)?,
         };

@@ -5,6 +5,7 @@
 pub mod bert;
 pub mod device;
 pub mod heads;
+pub mod mkl;
 mod tokenize;
 pub mod torchscript;
 
@@ -567,6 +568,12 @@ pub enum Model {
 impl Model {
     /// Loads the model the spec describes onto its device.
     pub fn load(spec: &ModelSpec) -> Result<Model, ModelError> {
+        if spec.device == tch::Device::Cpu {
+            tracing::debug!(
+                overridden = mkl::vendor_check_overridden(),
+                "MKL's CPU vendor check (see model::mkl)"
+            );
+        }
         match spec.format {
             Format::Safetensors(_) => bert::Bert::load(spec).map(Model::Encoder),
             Format::TorchScript { .. } => {
