@@ -206,20 +206,27 @@ pub fn serve(experiment: &std::path::Path, overrides: &config::Overrides, check:
 }
 
 /// Ends the process once the stop sequence has said "Shutdown complete": every actor has
-/// stopped, both ports are closed and the model's memory is freed, so nothing is left for
-/// destructors to do. Tearing down the runtime and running libtorch's C++ static destructors
-/// (its CUDA half's especially) is skipped on purpose: once, on CI, they held a stopped
-/// process for the whole shutdown budget until the watchdog killed it with exit 3.
-/// OpenTelemetry's exporter, when there is one, sends its last spans first (bounded by its
-/// flush timeout), on a thread of its own since it owns a runtime.
+/// stopped, both ports are closed and the model's memory is freed. OpenTelemetry's exporter,
+/// when there is one, sends its last spans first (bounded by its flush timeout), on a thread of
+/// its own since it owns a runtime; then [`exit`].
 fn end_process(code: i32, telemetry: Option<api::telemetry::Exporter>) -> ! {
-    use std::io::Write;
     if let Some(exporter) = telemetry {
         let _ = std::thread::spawn(move || exporter.shutdown()).join();
     }
+    exit(code)
+}
+
+/// How the binary ends, whatever the path: stdout and stderr flushed, then `_exit(code)`,
+/// without the C++ static destructors that `exit()` runs. With libtorch's CUDA half loaded
+/// (`device: auto` or `cuda` on a host that has it), those destructors can hang: on CI a
+/// server that had logged "Shutdown complete" was held until its watchdog's exit 3, and a
+/// refused `device: cuda` (exit 2) did not end within a minute. Nothing is left for them to do:
+/// the process owns no file, socket or child that outlives it.
+pub fn exit(code: i32) -> ! {
+    use std::io::Write;
     let _ = std::io::stdout().flush();
     let _ = std::io::stderr().flush();
-    // SAFETY: _exit ends the process at once; the logs are written synchronously and flushed.
+    // SAFETY: _exit ends the process at once; every writer is unbuffered or flushed above.
     unsafe { libc::_exit(code) }
 }
 

@@ -23,5 +23,6 @@ fn main() {
                 .exit(),
         },
     };
-    std::process::exit(code);
+    // Not std::process::exit: see actor_infer::exit.
+    actor_infer::exit(code);
 }
