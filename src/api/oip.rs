@@ -326,10 +326,8 @@ pub async fn infer(
             let out = shared
                 .embed(
                     super::Job {
-                        pairs: None,
                         normalize: p.normalize,
-                        truncate,
-                        ..super::Job::of(texts_of(text))
+                        ..job(text, None, truncate)
                     },
                     call,
                 )
@@ -344,17 +342,7 @@ pub async fn infer(
             (n, out.timings)
         }
         Task::Classifier => {
-            let out = shared
-                .infer(
-                    super::Job {
-                        pairs: pair,
-                        normalize: None,
-                        truncate,
-                        ..super::Job::of(texts_of(text))
-                    },
-                    call,
-                )
-                .await?;
+            let out = shared.infer(job(text, pair, truncate), call).await?;
             let n = out.embeddings.len();
             let labels = spec
                 .labels
@@ -365,13 +353,7 @@ pub async fn infer(
             for row in &out.embeddings {
                 let s = predict::scores(row, spec.problem_type, raw);
                 let best = predict::order(&s).first().copied().unwrap_or(0);
-                top.push(
-                    spec.labels
-                        .get(best)
-                        .cloned()
-                        .unwrap_or_else(|| format!("LABEL_{best}"))
-                        .into_bytes(),
-                );
+                top.push(predict::label(&spec.labels, best).into_bytes());
                 scores.extend(s);
             }
             outputs.push(OutputTensor {
@@ -398,25 +380,12 @@ pub async fn infer(
                 [query] if pair.len() > 1 => vec![query.clone(); pair.len()],
                 _ => text,
             };
-            let out = shared
-                .infer(
-                    super::Job {
-                        pairs: Some(pair),
-                        normalize: None,
-                        truncate,
-                        ..super::Job::of(texts_of(text))
-                    },
-                    call,
-                )
-                .await?;
+            let out = shared.infer(job(text, Some(pair), truncate), call).await?;
             let n = out.embeddings.len();
             let scores = out
                 .embeddings
                 .iter()
-                .map(|row| {
-                    let x = row.first().copied().unwrap_or(f32::NAN);
-                    if raw { x } else { predict::sigmoid(x) }
-                })
+                .map(|row| predict::relevance(row, raw))
                 .collect();
             outputs.push(OutputTensor {
                 name: "score",
@@ -438,9 +407,13 @@ pub async fn infer(
     })
 }
 
-/// The texts of a `BYTES` tensor as the pipeline's inputs.
-fn texts_of(texts: Vec<String>) -> Vec<TextInput> {
-    texts.into_iter().map(TextInput::Text).collect()
+/// The pipeline's job for the texts of a `BYTES` tensor (and their second segments).
+fn job(texts: Vec<String>, pairs: Option<Vec<String>>, truncate: bool) -> super::Job {
+    super::Job {
+        pairs,
+        truncate,
+        ..super::Job::of(texts.into_iter().map(TextInput::Text).collect())
+    }
 }
 
 #[cfg(test)]

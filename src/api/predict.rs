@@ -72,12 +72,23 @@ pub fn ranked(scores: &[f32], labels: &[String]) -> Vec<Prediction> {
         .into_iter()
         .map(|i| Prediction {
             score: scores[i],
-            label: labels
-                .get(i)
-                .cloned()
-                .unwrap_or_else(|| format!("LABEL_{i}")),
+            label: label(labels, i),
         })
         .collect()
+}
+
+/// Label `i` of the model's `id2label`, or transformers' default name for it.
+pub fn label(labels: &[String], i: usize) -> String {
+    labels
+        .get(i)
+        .cloned()
+        .unwrap_or_else(|| format!("LABEL_{i}"))
+}
+
+/// A reranker's relevance from its output row (one logit): the sigmoid, or the logit if `raw`.
+pub fn relevance(row: &[f32], raw: bool) -> f32 {
+    let x = row.first().copied().unwrap_or(f32::NAN);
+    if raw { x } else { sigmoid(x) }
 }
 
 /// A classifier's output row as labelled scores, highest first: the one conversion `/predict`
@@ -221,13 +232,7 @@ pub struct Ranked {
 
 /// Rerank results, highest score first: `scores` are one logit per text.
 pub fn rerank_results(logits: &[Vec<f32>], raw: bool, texts: Option<Vec<String>>) -> Vec<Ranked> {
-    let scores: Vec<f32> = logits
-        .iter()
-        .map(|row| {
-            let x = row.first().copied().unwrap_or(f32::NAN);
-            if raw { x } else { sigmoid(x) }
-        })
-        .collect();
+    let scores: Vec<f32> = logits.iter().map(|row| relevance(row, raw)).collect();
     let mut texts = texts.map(|t| t.into_iter().map(Some).collect::<Vec<_>>());
     order(&scores)
         .into_iter()
