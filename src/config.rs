@@ -44,8 +44,13 @@ pub struct Config {
     /// Network front ends.
     #[serde(default)]
     pub server: Server,
-    /// The model and how it runs.
-    pub model: Model,
+    /// The model and how it runs, when the experiment serves one (`model:`). Moved into
+    /// [`Config::models`] at load: read it through [`Config::model`].
+    #[serde(default, skip_serializing)]
+    pub model: Option<Model>,
+    /// Every model served, in the file's order (`models:`, or `model:` as a list of one).
+    #[serde(default)]
+    pub models: Vec<Model>,
     /// The tokenizer pool.
     #[serde(default)]
     pub tokenizer: Tokenizer,
@@ -70,6 +75,9 @@ pub struct Config {
     /// OpenTelemetry tracing (off unless `telemetry.otlp_endpoint` is set).
     #[serde(default)]
     pub telemetry: Telemetry,
+    /// Whether the file listed `models:` (error keys then say `models[i]`).
+    #[serde(skip)]
+    listed: bool,
 }
 
 /// An experiment's `workload:` section (read by `bench` and `scripts/run_experiment.sh`).
@@ -166,6 +174,12 @@ pub struct Server {
     /// server's file system to any client).
     #[serde(default)]
     pub expose_model_path: bool,
+    /// With several models: which one serves the routes that carry no model name (TEI's
+    /// `/embed`, `/rerank`, `/predict`, our gRPC calls without `model`), by the kind the
+    /// route needs: `embedding`, `reranker`, `classifier`. A kind left out goes to the first
+    /// model of that kind, else to the first model listed.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub default_models: std::collections::BTreeMap<String, String>,
 }
 
 /// A secret string: compared in constant time, never printed (`Debug` and serialisation show
@@ -256,6 +270,7 @@ impl Default for Server {
             api_key: None,
             api_key_protects_metrics: false,
             expose_model_path: false,
+            default_models: Default::default(),
         }
     }
 }
@@ -303,6 +318,30 @@ pub struct Model {
     /// (plus `token_type_ids`); unset: detected at load by trying 2, then 3.
     #[serde(default)]
     pub torchscript_inputs: Option<usize>,
+    /// This model's tokenizer pool, in place of the top-level `tokenizer:` section.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokenizer: Option<Tokenizer>,
+    /// This model's batching budget, in place of the top-level `batching:` section.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batching: Option<Batching>,
+}
+
+impl Model {
+    /// The name clients use: `name`, else the folder's own name (not a link target's).
+    pub fn served_name(&self) -> String {
+        self.name.clone().unwrap_or_else(|| {
+            self.path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .or_else(|| {
+                    self.path
+                        .canonicalize()
+                        .ok()
+                        .and_then(|d| d.file_name().map(|n| n.to_string_lossy().into_owned()))
+                })
+                .unwrap_or_else(|| "model".into())
+        })
+    }
 }
 
 /// `model.kind`: what the model serves, or that it is a TorchScript module.
@@ -719,8 +758,10 @@ impl Config {
             .parent()
             .map(Path::to_path_buf)
             .unwrap_or_else(|| PathBuf::from("."));
-        if config.model.path.is_relative() {
-            config.model.path = folder.join(&config.model.path);
+        for m in &mut config.models {
+            if m.path.is_relative() {
+                m.path = folder.join(&m.path);
+            }
         }
         if config.experiment.name.is_empty() {
             config.experiment.name = path
@@ -777,11 +818,65 @@ impl Config {
             // A YAML syntax error: config names no key, the file is the best we can say.
             ConfigError::new("file", e.to_string())
         })?;
-        serde_path_to_error::deserialize(raw).map_err(|e| {
+        let mut config: Config = serde_path_to_error::deserialize(raw).map_err(|e| {
             let key = e.path().to_string();
             let key = if key == "." { "file".to_string() } else { key };
             ConfigError::new(key, e.into_inner().to_string().trim())
-        })
+        })?;
+        // `model:` is a list of one; `models:` lists several. Exactly one of the two.
+        match (config.model.take(), config.models.is_empty()) {
+            (Some(_), false) => {
+                return Err(ConfigError::new(
+                    "models",
+                    "give either `model:` (one model) or `models:` (a list), not both",
+                ));
+            }
+            (Some(m), true) => config.models.push(m),
+            (None, true) => {
+                return Err(ConfigError::new(
+                    "model",
+                    "missing: give `model:` with a `path`, or `models:` with a list of them",
+                ));
+            }
+            (None, false) => config.listed = true,
+        }
+        Ok(config)
+    }
+
+    /// The first model listed (the only one of a `model:` experiment).
+    pub fn model(&self) -> &Model {
+        &self.models[0]
+    }
+
+    /// The configuration as one model's pipeline sees it: `models` holds only model `i`, its
+    /// own `tokenizer:` and `batching:` replace the top-level ones, and unset intra-op
+    /// threads are the machine's cores divided by the instances of every model served.
+    pub fn for_model(&self, i: usize) -> Config {
+        let mut view = self.clone();
+        let mut m = self.models[i].clone();
+        if let Some(t) = m.tokenizer.take() {
+            view.tokenizer = t;
+        }
+        if let Some(b) = m.batching.take() {
+            view.batching = b;
+        }
+        if m.intra_op_threads.is_none() {
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+            let all: usize = self.models.iter().map(|m| m.instances).sum();
+            m.intra_op_threads = Some((cores / all.max(1)).max(1));
+        }
+        view.models = vec![m];
+        view.listed = false;
+        view
+    }
+
+    /// Where model `i`'s keys are, as errors name them: `model` or `models[i]`.
+    fn model_key(&self, i: usize) -> String {
+        if self.listed {
+            format!("models[{i}]")
+        } else {
+            "model".to_string()
+        }
     }
 
     /// Checks values that types cannot: ranges, zeros, files that must exist.
@@ -846,86 +941,45 @@ impl Config {
                 "is set but empty; remove it to turn authentication off",
             ));
         }
-        let m = &self.model;
-        if m.instances == 0 {
-            return Err(ConfigError::new("model.instances", "must be at least 1"));
-        }
-        if m.intra_op_threads == Some(0) {
-            return Err(ConfigError::new(
-                "model.intra_op_threads",
-                "must be at least 1",
-            ));
-        }
-        if m.max_seq_length == Some(0) {
-            return Err(ConfigError::new(
-                "model.max_seq_length",
-                "must be at least 1",
-            ));
-        }
-        if !m.path.is_dir() {
-            return Err(ConfigError::new(
-                "model.path",
-                format!(
-                    "{} is not a folder (run `make setup` to fetch the default model)",
-                    m.path.display()
-                ),
-            ));
-        }
-        for file in ["config.json", "tokenizer.json"] {
-            if !m.path.join(file).is_file() {
+        let mut names = std::collections::BTreeMap::new();
+        for (i, m) in self.models.iter().enumerate() {
+            let key = self.model_key(i);
+            validate_model(m, &key)?;
+            let name = m.served_name();
+            if name.is_empty() || name.contains('/') || name.chars().any(char::is_control) {
                 return Err(ConfigError::new(
-                    "model.path",
-                    format!("{} has no {file}", m.path.display()),
+                    format!("{key}.name"),
+                    format!("`{name}` cannot name a model: give a name without `/`"),
+                ));
+            }
+            if let Some(first) = names.insert(name.clone(), key.clone()) {
+                return Err(ConfigError::new(
+                    format!("{key}.name"),
+                    format!(
+                        "`{name}` is also the name of {first}; every model needs its own \
+                         (set `name:`)"
+                    ),
                 ));
             }
         }
-        let weights = if m.kind == ModelKind::Torchscript {
-            &["model.pt"][..]
-        } else {
-            &["model.safetensors", "model.pt"][..]
-        };
-        if !weights.iter().any(|f| m.path.join(f).is_file()) {
-            return Err(ConfigError::new(
-                "model.path",
-                format!("{} has no {}", m.path.display(), weights.join(" or ")),
-            ));
+        for (kind, name) in &self.server.default_models {
+            if !["embedding", "reranker", "classifier"].contains(&kind.as_str()) {
+                return Err(ConfigError::new(
+                    format!("server.default_models.{kind}"),
+                    "is not a kind of route: use `embedding`, `reranker` or `classifier`",
+                ));
+            }
+            if !names.contains_key(name) {
+                return Err(ConfigError::new(
+                    format!("server.default_models.{kind}"),
+                    format!(
+                        "`{name}` is not a model served here ({})",
+                        names.keys().cloned().collect::<Vec<_>>().join(", ")
+                    ),
+                ));
+            }
         }
-        if let Some(n) = m.torchscript_inputs
-            && !(2..=3).contains(&n)
-        {
-            return Err(ConfigError::new(
-                "model.torchscript_inputs",
-                format!("{n} is not 2 (input_ids, attention_mask) or 3 (plus token_type_ids)"),
-            ));
-        }
-        if self.tokenizer.workers == 0 {
-            return Err(ConfigError::new("tokenizer.workers", "must be at least 1"));
-        }
-        let b = &self.batching;
-        if b.max_batch_size == 0 {
-            return Err(ConfigError::new(
-                "batching.max_batch_size",
-                "must be at least 1",
-            ));
-        }
-        if b.max_batch_tokens == 0 {
-            return Err(ConfigError::new(
-                "batching.max_batch_tokens",
-                "must be at least 1",
-            ));
-        }
-        if b.max_queue_texts == 0 {
-            return Err(ConfigError::new(
-                "batching.max_queue_texts",
-                "must be at least 1",
-            ));
-        }
-        if !(b.max_wait_ms.is_finite() && (0.0..=10_000.0).contains(&b.max_wait_ms)) {
-            return Err(ConfigError::new(
-                "batching.max_wait_ms",
-                format!("{} must be between 0 and 10000", b.max_wait_ms),
-            ));
-        }
+        validate_pools(&self.tokenizer, &self.batching, "")?;
         let t = self.shutdown.timeout_seconds;
         if !(t.is_finite() && t > 0.0 && t <= 3600.0) {
             return Err(ConfigError::new(
@@ -954,11 +1008,116 @@ impl Config {
     /// Intra-op threads each worker gets: the configured value, or the machine's cores shared
     /// out between the instances (at least one each).
     pub fn intra_op_threads(&self) -> usize {
-        self.model.intra_op_threads.unwrap_or_else(|| {
+        self.model().intra_op_threads.unwrap_or_else(|| {
             let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-            (cores / self.model.instances).max(1)
+            (cores / self.model().instances).max(1)
         })
     }
+}
+
+/// Checks one model's own keys; `key` is where it sits (`model` or `models[i]`).
+fn validate_model(m: &Model, key: &str) -> Result<(), ConfigError> {
+    if m.instances == 0 {
+        return Err(ConfigError::new(
+            format!("{key}.instances"),
+            "must be at least 1",
+        ));
+    }
+    if m.intra_op_threads == Some(0) {
+        return Err(ConfigError::new(
+            format!("{key}.intra_op_threads"),
+            "must be at least 1",
+        ));
+    }
+    if m.max_seq_length == Some(0) {
+        return Err(ConfigError::new(
+            format!("{key}.max_seq_length"),
+            "must be at least 1",
+        ));
+    }
+    if !m.path.is_dir() {
+        return Err(ConfigError::new(
+            format!("{key}.path"),
+            format!(
+                "{} is not a folder (run `make setup` to fetch the default model)",
+                m.path.display()
+            ),
+        ));
+    }
+    for file in ["config.json", "tokenizer.json"] {
+        if !m.path.join(file).is_file() {
+            return Err(ConfigError::new(
+                format!("{key}.path"),
+                format!("{} has no {file}", m.path.display()),
+            ));
+        }
+    }
+    let weights = if m.kind == ModelKind::Torchscript {
+        &["model.pt"][..]
+    } else {
+        &["model.safetensors", "model.pt"][..]
+    };
+    if !weights.iter().any(|f| m.path.join(f).is_file()) {
+        return Err(ConfigError::new(
+            format!("{key}.path"),
+            format!("{} has no {}", m.path.display(), weights.join(" or ")),
+        ));
+    }
+    if let Some(n) = m.torchscript_inputs
+        && !(2..=3).contains(&n)
+    {
+        return Err(ConfigError::new(
+            format!("{key}.torchscript_inputs"),
+            format!("{n} is not 2 (input_ids, attention_mask) or 3 (plus token_type_ids)"),
+        ));
+    }
+    if m.tokenizer.is_some() || m.batching.is_some() {
+        let t = m.tokenizer.clone().unwrap_or_default();
+        let b = m.batching.clone().unwrap_or_default();
+        validate_pools(&t, &b, &format!("{key}."))?;
+    }
+    Ok(())
+}
+
+/// Checks a tokenizer pool and a batching budget; `prefix` is empty for the top-level
+/// sections, `models[i].` for a model's own.
+fn validate_pools(
+    tokenizer: &Tokenizer,
+    batching: &Batching,
+    prefix: &str,
+) -> Result<(), ConfigError> {
+    if tokenizer.workers == 0 {
+        return Err(ConfigError::new(
+            format!("{prefix}tokenizer.workers"),
+            "must be at least 1",
+        ));
+    }
+    let b = batching;
+    if b.max_batch_size == 0 {
+        return Err(ConfigError::new(
+            format!("{prefix}batching.max_batch_size"),
+            "must be at least 1",
+        ));
+    }
+    if b.max_batch_tokens == 0 {
+        return Err(ConfigError::new(
+            format!("{prefix}batching.max_batch_tokens"),
+            "must be at least 1",
+        ));
+    }
+    if b.max_queue_texts == 0 {
+        return Err(ConfigError::new(
+            format!("{prefix}batching.max_queue_texts"),
+            "must be at least 1",
+        ));
+    }
+    if !(b.max_wait_ms.is_finite() && (0.0..=10_000.0).contains(&b.max_wait_ms)) {
+        return Err(ConfigError::new(
+            format!("{prefix}batching.max_wait_ms"),
+            format!("{} must be between 0 and 10000", b.max_wait_ms),
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -981,10 +1140,71 @@ mod tests {
         assert_eq!(c.server.host, "127.0.0.1");
         assert_eq!(c.server.grpc_port, 50051);
         assert_eq!(c.server.http_port, 8080);
-        assert_eq!(c.model.device, Device::Auto);
-        assert_eq!(c.model.dtype, DType::F32);
-        assert_eq!(c.model.instances, 1);
+        assert_eq!(c.models[0].device, Device::Auto);
+        assert_eq!(c.models[0].dtype, DType::F32);
+        assert_eq!(c.models[0].instances, 1);
         assert_eq!(c.shutdown.timeout_seconds, 10.0);
+    }
+
+    #[test]
+    fn several_models_each_with_their_own_pools_share_the_cores() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in ["a", "b"] {
+            let m = dir.path().join(name);
+            std::fs::create_dir(&m).unwrap();
+            for f in ["config.json", "tokenizer.json", "model.safetensors"] {
+                std::fs::write(m.join(f), "{}").unwrap();
+            }
+        }
+        let yaml = |b_name: &str, extra: &str| {
+            format!(
+                "server:\n  default_models:\n    reranker: r\n{extra}models:\n  - path: {0}/a\n    instances: 2\n  - path: {0}/b\n    name: {b_name}\n    tokenizer:\n      workers: 3\n    batching:\n      max_batch_size: 4\n",
+                dir.path().display()
+            )
+        };
+        let c = load(&yaml("r", ""), &[], &Overrides::default()).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.models.len(), 2);
+        assert_eq!(c.model().served_name(), "a");
+        let (a, b) = (c.for_model(0), c.for_model(1));
+        assert_eq!((a.tokenizer.workers, a.batching.max_batch_size), (1, 64));
+        assert_eq!((b.tokenizer.workers, b.batching.max_batch_size), (3, 4));
+        assert_eq!(b.model().served_name(), "r");
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        assert_eq!(
+            a.intra_op_threads(),
+            (cores / 3).max(1),
+            "three instances in all share the cores"
+        );
+        // Two models of one name, a default naming no model, both `model:` and `models:`.
+        let e = load(&yaml("a", ""), &[], &Overrides::default())
+            .unwrap()
+            .validate()
+            .unwrap_err();
+        assert_eq!(e.key, "models[1].name");
+        assert!(e.problem.contains("models[0]"), "{e}");
+        let e = load(&yaml("x", ""), &[], &Overrides::default())
+            .unwrap()
+            .validate()
+            .unwrap_err();
+        assert_eq!(e.key, "server.default_models.reranker");
+        assert!(e.problem.contains("a, x"), "{e}");
+        let e = load(
+            &yaml("r", "model:\n  path: m\n"),
+            &[],
+            &Overrides::default(),
+        )
+        .unwrap_err();
+        assert_eq!(e.key, "models");
+        let e = load("server:\n  host: h\n", &[], &Overrides::default()).unwrap_err();
+        assert_eq!(e.key, "model");
+        // A model's own sections are checked under its key.
+        let mut c = load(&yaml("r", ""), &[], &Overrides::default()).unwrap();
+        c.models[1].batching.as_mut().unwrap().max_batch_size = 0;
+        assert_eq!(
+            c.validate().unwrap_err().key,
+            "models[1].batching.max_batch_size"
+        );
     }
 
     #[test]
@@ -1025,13 +1245,13 @@ mod tests {
         let c = load(yaml, &env, &o).unwrap();
         assert_eq!(c.server.grpc_port, 2000);
         assert_eq!(c.server.http_port, 3001);
-        assert_eq!(c.model.instances, 3);
+        assert_eq!(c.models[0].instances, 3);
     }
 
     #[test]
     fn impossible_values_are_refused_by_key() {
         let mut c = load(MIN, &[], &Overrides::default()).unwrap();
-        c.model.instances = 0;
+        c.models[0].instances = 0;
         assert_eq!(c.validate().unwrap_err().key, "model.instances");
         let mut c = load(MIN, &[], &Overrides::default()).unwrap();
         c.server.http_port = 70000;
@@ -1044,9 +1264,9 @@ mod tests {
             &[("ACTOR_INFER__MODEL__DEVICE", "cuda:1")],
             &Overrides::default(),
         );
-        assert_eq!(c.unwrap().model.device, Device::Cuda(1));
+        assert_eq!(c.unwrap().models[0].device, Device::Cuda(1));
         let mut c = load(MIN, &[], &Overrides::default()).unwrap();
-        c.model.path = "/nonexistent/model".into();
+        c.models[0].path = "/nonexistent/model".into();
         let e = c.validate().unwrap_err();
         assert_eq!(e.key, "model.path");
         assert!(e.problem.contains("/nonexistent/model"));
@@ -1098,7 +1318,7 @@ mod tests {
             &Overrides::default(),
         )
         .unwrap();
-        assert_eq!(c.model.kind, ModelKind::Reranker);
+        assert_eq!(c.models[0].kind, ModelKind::Reranker);
         let e = load(
             "model:\n  path: m\n  kind: ranker\n",
             &[],
@@ -1111,14 +1331,14 @@ mod tests {
             std::fs::write(dir.path().join(f), "{}").unwrap();
         }
         let mut c = load(MIN, &[], &Overrides::default()).unwrap();
-        c.model.path = dir.path().into();
-        c.model.kind = ModelKind::Torchscript;
+        c.models[0].path = dir.path().into();
+        c.models[0].kind = ModelKind::Torchscript;
         c.validate()
             .expect("model.pt is enough for a TorchScript model");
-        c.model.torchscript_inputs = Some(4);
+        c.models[0].torchscript_inputs = Some(4);
         assert_eq!(c.validate().unwrap_err().key, "model.torchscript_inputs");
         std::fs::remove_file(dir.path().join("model.pt")).unwrap();
-        c.model.torchscript_inputs = None;
+        c.models[0].torchscript_inputs = None;
         let e = c.validate().unwrap_err();
         assert!(
             e.key == "model.path" && e.problem.contains("model.pt"),

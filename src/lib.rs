@@ -23,7 +23,7 @@ pub mod tools;
 
 use std::{
     net::{SocketAddr, TcpListener},
-    sync::{Arc, OnceLock},
+    sync::Arc,
 };
 
 use actix::prelude::*;
@@ -32,12 +32,12 @@ use tokio::sync::{oneshot, watch};
 use actors::{
     ActorTable, Admission, Lifecycle,
     metrics::{Facts, Metrics, Recorder},
+    models::Directory,
     supervisor::{
         Boot, EXIT_CONFIG, EXIT_FAILURE, FrontEnds, Parts, Shutdown, StopReason, Supervisor,
     },
 };
 use config::Config;
-use model::{ModelSpec, TextTokenizer};
 
 /// The two bound sockets. Bound before anything else starts, so a port in use fails the start
 /// at once with a message naming it.
@@ -167,15 +167,20 @@ pub fn serve(experiment: &std::path::Path, overrides: &config::Overrides, check:
             return EXIT_CONFIG;
         }
     };
-    let device = match model::device::select(&config.model) {
-        Ok(choice) => choice,
-        Err(e) => {
-            tracing::error!("configuration error: {e}");
-            eprintln!("actor-infer: configuration error: {e}");
-            return EXIT_CONFIG;
+    let mut devices = Vec::new();
+    for m in &config.models {
+        match model::device::select(m) {
+            Ok(choice) => {
+                log_device(&choice);
+                devices.push(choice.device);
+            }
+            Err(e) => {
+                tracing::error!("configuration error: {e}");
+                eprintln!("actor-infer: configuration error: {e}");
+                return EXIT_CONFIG;
+            }
         }
-    };
-    log_device(&device);
+    }
     let listeners = match Listeners::bind(&config.server) {
         Ok(l) => l,
         Err(e) => {
@@ -195,7 +200,11 @@ pub fn serve(experiment: &std::path::Path, overrides: &config::Overrides, check:
     // with it every thread, socket and byte of device memory: there is no child process.
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         actix_rt::System::new().block_on(async move {
-            let code = run(config, device.device, listeners).await;
+            let source = actors::supervisor::Source {
+                path: experiment.to_path_buf(),
+                overrides: overrides.clone(),
+            };
+            let code = run(config, devices, listeners, source).await;
             end_process(code, telemetry)
         })
     }))
@@ -230,33 +239,24 @@ pub fn exit(code: i32) -> ! {
     unsafe { libc::_exit(code) }
 }
 
-/// Runs the server on `device` (resolved by `model::device::select`) until it stops; returns
-/// the process exit code (`actors::supervisor::EXIT_*`). Must run inside an actix `System`.
-pub async fn run(config: Config, device: tch::Device, listeners: Listeners) -> i32 {
+/// Runs the server, model `i` on `devices[i]` (resolved by `model::device::select`), until it
+/// stops; returns the process exit code (`actors::supervisor::EXIT_*`). `source` is where a
+/// reload reads the experiment again. Must run inside an actix `System`.
+pub async fn run(
+    config: Config,
+    devices: Vec<tch::Device>,
+    listeners: Listeners,
+    source: actors::supervisor::Source,
+) -> i32 {
     let config = Arc::new(config);
     if fault::enabled() {
         tracing::warn!("fault injection is ON ({}=1): for tests only", fault::ENV);
     }
-    let spec = match ModelSpec::load(&config.model, device) {
-        Ok(spec) => Arc::new(spec),
-        Err(e) => {
-            tracing::error!("cannot serve the model: {e}");
-            return EXIT_FAILURE;
-        }
-    };
-    let tokenizer = match TextTokenizer::load(&spec.path, spec.max_seq_length) {
-        Ok(t) => t,
-        Err(e) => {
-            tracing::error!("cannot serve the model: {e}");
-            return EXIT_FAILURE;
-        }
-    };
     let registry = prometheus::Registry::new();
     let outcomes: Vec<&'static str> = std::iter::once("ok")
         .chain(api::error::ErrorKind::ALL.iter().map(|k| k.as_str()))
         .collect();
-    let recorder = Recorder::new(&registry, &outcomes, config.model.instances)
-        .expect("metric names are unique and valid");
+    let recorder = Recorder::new(&registry, &outcomes).expect("metric names are unique and valid");
     let lifecycle = Arc::new(Lifecycle::default());
     let table = Arc::new(ActorTable::default());
     let admission = Admission::new(
@@ -264,7 +264,7 @@ pub async fn run(config: Config, device: tch::Device, listeners: Listeners) -> i
         recorder.admitted.clone(),
         recorder.in_flight.clone(),
     );
-    let router_cell = Arc::new(OnceLock::new());
+    let directory = Arc::new(Directory::default());
     let (exit_tx, exit_rx) = oneshot::channel();
 
     // The Metrics actor on a thread of its own; it reports its panics to the Supervisor.
@@ -276,9 +276,21 @@ pub async fn run(config: Config, device: tch::Device, listeners: Listeners) -> i
             recorder.clone(),
             Facts {
                 experiment: config.experiment.name.clone(),
-                model: spec.name.clone(),
-                device: model::device_name(spec.device),
+                model: config
+                    .models
+                    .iter()
+                    .map(config::Model::served_name)
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                device: devices
+                    .iter()
+                    .map(|d| model::device_name(*d))
+                    .collect::<std::collections::BTreeSet<_>>()
+                    .into_iter()
+                    .collect::<Vec<_>>()
+                    .join(", "),
                 window: std::time::Duration::from_secs_f64(config.metrics.window_seconds),
+                models: directory.clone(),
             },
             lifecycle.clone(),
             admission.clone(),
@@ -290,25 +302,25 @@ pub async fn run(config: Config, device: tch::Device, listeners: Listeners) -> i
         metrics_addr = Some(metrics.clone());
         Supervisor::new(Parts {
             config: config.clone(),
-            spec: spec.clone(),
-            tokenizer,
+            source,
+            devices: devices.clone(),
             lifecycle: lifecycle.clone(),
             table: table.clone(),
             admission: admission.clone(),
             recorder: recorder.clone(),
             metrics,
-            router_cell: router_cell.clone(),
+            directory: directory.clone(),
             exit: exit_tx,
         })
     });
     let shared = Arc::new(api::Shared {
         config: config.clone(),
-        spec,
+        directory,
         lifecycle: lifecycle.clone(),
-        router: router_cell,
         metrics: metrics_addr.expect("set by Supervisor::create"),
         admission,
         recorder,
+        supervisor: supervisor.clone(),
     });
 
     // Front ends first, so /health answers and /ready says 503 while the model loads.

@@ -70,6 +70,10 @@ fn doctor_sees_the_serving_server_and_then_nothing() {
     );
     assert!(out.contains("experiment \"doctored\""), "{out}");
     assert!(out.contains("inference_ms:"), "{out}");
+    assert!(
+        out.contains("model all-MiniLM-L6-v2@1 (embedding, cpu, 1 workers): 1 requests, 0 errors"),
+        "a line per model: {out}"
+    );
     assert!(out.contains("healthy"), "{out}");
     server.stop_clean();
     let (code, out) = doctor(&["--http-port", &http, "--grpc-port", &grpc, "ports"]);

@@ -328,7 +328,7 @@ async fn check_classifier(name: &str, family: &str, activation: &str) {
     }
     eprintln!("{name}: max score diff {worst:e} (tolerance {F32_TOLERANCE:e})");
     let m = client
-        .model_info(ModelInfoRequest {})
+        .model_info(ModelInfoRequest::default())
         .await
         .unwrap()
         .into_inner();

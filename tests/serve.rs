@@ -164,7 +164,7 @@ async fn grpc_model_info_health_and_reflection() {
         .await
         .unwrap();
     let info = grpc
-        .model_info(ModelInfoRequest {})
+        .model_info(ModelInfoRequest::default())
         .await
         .unwrap()
         .into_inner();

@@ -35,7 +35,7 @@ use prometheus::{
 use serde_json::{Value, json};
 
 use super::{
-    ActorId, ActorKind, ActorTable, Admission, Lifecycle, router::Timings,
+    ActorId, ActorKind, ActorTable, Admission, Lifecycle, models::Directory, router::Timings,
     supervisor::ChildPanicked,
 };
 use crate::{
@@ -82,6 +82,12 @@ pub mod names {
     pub const GPU_DEVICE_MEMORY_TOTAL: &str = "gpu_device_memory_total_bytes";
     /// Process CPU use over the last sampling interval, percent of one core.
     pub const CPU_PERCENT: &str = "process_cpu_percent";
+    /// The version of each model serving now; label `model`.
+    pub const MODEL_VERSION: &str = "model_version";
+    /// New versions loaded by reloads; labels `model`, `outcome`.
+    pub const MODEL_LOADS_TOTAL: &str = "model_loads_total";
+    /// Reloads; label `outcome`.
+    pub const RELOADS_TOTAL: &str = "reloads_total";
 }
 
 /// Stages of the pipeline, the `stage` label's values.
@@ -171,6 +177,34 @@ impl Totals {
         }
     }
 
+    /// One request answered: `Ok` with its texts and timings, or failed.
+    fn add(&self, outcome: Result<(usize, &Timings), &str>) {
+        let r = Ordering::Relaxed;
+        self.requests.fetch_add(1, r);
+        match outcome {
+            Ok((texts, timings)) => {
+                self.texts.fetch_add(texts as u64, r);
+                let us = |d: Duration| d.as_micros() as u64;
+                for (i, d) in [
+                    timings.tokenize,
+                    timings.queue,
+                    timings.inference,
+                    timings.handoff,
+                    timings.total,
+                ]
+                .into_iter()
+                .enumerate()
+                {
+                    self.sums_us[i].fetch_add(us(d), r);
+                }
+                self.latency[fine_bucket(timings.total)].fetch_add(1, r);
+            }
+            Err(_) => {
+                self.errors.fetch_add(1, r);
+            }
+        }
+    }
+
     fn sample(&self) -> Sampled {
         let r = Ordering::Relaxed;
         Sampled {
@@ -184,6 +218,28 @@ impl Totals {
 }
 
 impl Sampled {
+    /// The average of stage `i` (tokenize, queue, inference, handoff, total) over successful
+    /// requests, milliseconds; null with none.
+    fn avg_ms(&self, i: usize) -> Value {
+        let ok = self.requests - self.errors;
+        if ok == 0 {
+            Value::Null
+        } else {
+            json!(round3(self.sums_us[i] as f64 / ok as f64 / 1e3))
+        }
+    }
+
+    /// The dashboard's `stage_timings`, under the original server's names.
+    fn stage_timings(&self) -> Value {
+        json!({
+            "avg_tokenize_ms": self.avg_ms(0),
+            "avg_queue_wait_ms": self.avg_ms(1),
+            "avg_inference_ms": self.avg_ms(2),
+            "mp_queue_receive_ms": self.avg_ms(3),
+            "avg_total_ms": self.avg_ms(4),
+        })
+    }
+
     /// `self − earlier`, counter by counter.
     fn since(&self, earlier: &Sampled) -> Sampled {
         Sampled {
@@ -225,13 +281,37 @@ impl Sampled {
     }
 }
 
+/// The metric families whose series carry a `model` label, from which each model's
+/// [`Recorder`] resolves its own series.
+#[derive(Clone)]
+struct Families {
+    requests: IntCounterVec,
+    stages: HistogramVec,
+    batch_size: HistogramVec,
+    batch_tokens: HistogramVec,
+    queue_depth: IntGaugeVec,
+    worker_busy: IntGaugeVec,
+    tokens: IntCounterVec,
+    skipped: IntCounterVec,
+    version: IntGaugeVec,
+    loads: IntCounterVec,
+    reloads: IntCounterVec,
+    /// The models [`Recorder::models`] last published, whose `model_version` series exist.
+    published: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
 /// Cheap, cloneable handles to every metric; shared by all actors and threads. Every method
-/// is a few atomic operations on pre-resolved series: no lock, no allocation.
+/// is a few atomic operations on pre-resolved series: no lock, no allocation. The Recorder
+/// [`Recorder::new`] returns labels its series `model=""` (requests refused before any model
+/// was chosen); [`Recorder::for_model`] gives one model's.
 #[derive(Clone)]
 pub struct Recorder {
+    /// The `model` label of this Recorder's series.
+    model: Arc<str>,
+    families: Families,
     /// `requests_total` by transport, then outcome (pre-resolved for every known outcome).
     requests: Arc<Vec<Vec<(&'static str, IntCounter)>>>,
-    requests_vec: IntCounterVec,
+    outcomes: Arc<Vec<&'static str>>,
     stages: Arc<Vec<Histogram>>,
     batch_size: Histogram,
     batch_tokens: Histogram,
@@ -241,16 +321,15 @@ pub struct Recorder {
     /// Texts admitted (the admission count moves it).
     pub admitted: IntGauge,
     ready: IntGauge,
-    worker_busy: Arc<Vec<IntGauge>>,
-    worker_busy_vec: IntGaugeVec,
     restarts: IntCounterVec,
     tokens: IntCounter,
-    skipped: IntCounterVec,
     gpu_process_memory: IntGaugeVec,
     gpu_device_used: IntGaugeVec,
     gpu_device_total: IntGaugeVec,
     cpu_percent: prometheus::Gauge,
     totals: Arc<Totals>,
+    /// This model's share of `totals` (none for the Recorder of no model).
+    model_totals: Option<Arc<Totals>>,
 }
 
 fn opts(name: &str, help: &str) -> Opts {
@@ -259,67 +338,92 @@ fn opts(name: &str, help: &str) -> Opts {
 
 impl Recorder {
     /// Creates every metric and registers it in `registry`, resolving the series the hot path
-    /// touches: `outcomes` (every `error_type` and `ok`) per transport, and `workers` model
-    /// workers.
-    pub fn new(
-        registry: &Registry,
-        outcomes: &[&'static str],
-        workers: usize,
-    ) -> prometheus::Result<Recorder> {
+    /// touches: `outcomes` (every `error_type` and `ok`) per transport.
+    pub fn new(registry: &Registry, outcomes: &[&'static str]) -> prometheus::Result<Recorder> {
         let latency_buckets = prometheus::exponential_buckets(0.0001, 2.0, 18)?;
-        let requests_vec = IntCounterVec::new(
-            opts(
-                names::REQUESTS_TOTAL,
-                "Requests answered, by transport and outcome.",
-            ),
-            &["transport", "outcome"],
-        )?;
-        let stages_vec = HistogramVec::new(
-            HistogramOpts::from(opts(names::STAGE_SECONDS, "Time per pipeline stage."))
-                .buckets(latency_buckets),
-            &["stage"],
-        )?;
-        let worker_busy_vec = IntGaugeVec::new(
-            opts(names::WORKER_BUSY, "1 while the worker runs a forward."),
-            &["worker"],
-        )?;
+        let families = Families {
+            requests: IntCounterVec::new(
+                opts(
+                    names::REQUESTS_TOTAL,
+                    "Requests answered, by model, transport and outcome.",
+                ),
+                &["model", "transport", "outcome"],
+            )?,
+            stages: HistogramVec::new(
+                HistogramOpts::from(opts(names::STAGE_SECONDS, "Time per pipeline stage."))
+                    .buckets(latency_buckets),
+                &["model", "stage"],
+            )?,
+            batch_size: HistogramVec::new(
+                HistogramOpts::from(opts(names::BATCH_SIZE, "Texts per forward."))
+                    .buckets(prometheus::exponential_buckets(1.0, 2.0, 10)?),
+                &["model"],
+            )?,
+            batch_tokens: HistogramVec::new(
+                HistogramOpts::from(opts(names::BATCH_TOKENS, "Padded tokens per forward."))
+                    .buckets(prometheus::exponential_buckets(8.0, 2.0, 14)?),
+                &["model"],
+            )?,
+            queue_depth: IntGaugeVec::new(
+                opts(names::QUEUE_DEPTH, "Texts waiting for a worker."),
+                &["model"],
+            )?,
+            worker_busy: IntGaugeVec::new(
+                opts(names::WORKER_BUSY, "1 while the worker runs a forward."),
+                &["model", "worker"],
+            )?,
+            tokens: IntCounterVec::new(
+                opts(names::TOKENS_TOTAL, "Tokens run through the model."),
+                &["model"],
+            )?,
+            skipped: IntCounterVec::new(
+                opts(
+                    names::SKIPPED_TOTAL,
+                    "Queued texts dropped before inference.",
+                ),
+                &["model", "reason"],
+            )?,
+            version: IntGaugeVec::new(
+                opts(
+                    names::MODEL_VERSION,
+                    "The version of each model serving now (1 at start, +1 per replacement).",
+                ),
+                &["model"],
+            )?,
+            loads: IntCounterVec::new(
+                opts(
+                    names::MODEL_LOADS_TOTAL,
+                    "New versions loaded by reloads, by model and outcome (ok, failed).",
+                ),
+                &["model", "outcome"],
+            )?,
+            reloads: IntCounterVec::new(
+                opts(names::RELOADS_TOTAL, "Reloads, by outcome (ok, failed)."),
+                &["outcome"],
+            )?,
+            published: Default::default(),
+        };
+        // The Recorder of no model counts requests refused before a model was chosen, under
+        // `model=""`, made on first use; it runs no batches, so its batch handles are
+        // placeholders that are never registered (no empty `model=""` series).
+        let unregistered = |name: &str| {
+            Histogram::with_opts(HistogramOpts::new(name, "placeholder").buckets(vec![1.0]))
+        };
         let r = Recorder {
-            requests: Arc::new(
-                TRANSPORTS
-                    .iter()
-                    .map(|t| {
-                        outcomes
-                            .iter()
-                            .map(|o| (*o, requests_vec.with_label_values(&[t, o])))
-                            .collect()
-                    })
-                    .collect(),
-            ),
+            model: Arc::from(""),
+            requests: Arc::new(Vec::new()),
+            outcomes: Arc::new(outcomes.to_vec()),
             stages: Arc::new(
                 Stage::ALL
                     .iter()
-                    .map(|s| stages_vec.with_label_values(&[s.label()]))
-                    .collect(),
+                    .map(|s| unregistered(s.label()))
+                    .collect::<prometheus::Result<_>>()?,
             ),
-            worker_busy: Arc::new(
-                (0..workers)
-                    .map(|w| worker_busy_vec.with_label_values(&[&w.to_string()]))
-                    .collect(),
-            ),
-            requests_vec,
-            worker_busy_vec,
-            batch_size: Histogram::with_opts(
-                HistogramOpts::from(opts(names::BATCH_SIZE, "Texts per forward."))
-                    .buckets(prometheus::exponential_buckets(1.0, 2.0, 10)?),
-            )?,
-            batch_tokens: Histogram::with_opts(
-                HistogramOpts::from(opts(names::BATCH_TOKENS, "Padded tokens per forward."))
-                    .buckets(prometheus::exponential_buckets(8.0, 2.0, 14)?),
-            )?,
-            queue_depth: IntGauge::with_opts(opts(
-                names::QUEUE_DEPTH,
-                "Texts waiting for a worker.",
-            ))?,
+            batch_size: unregistered("batch_size")?,
+            batch_tokens: unregistered("batch_tokens")?,
+            queue_depth: IntGauge::new("queue_depth", "placeholder")?,
+            tokens: IntCounter::new("tokens", "placeholder")?,
+            families,
             in_flight: IntGauge::with_opts(opts(
                 names::IN_FLIGHT,
                 "Requests admitted, not yet done.",
@@ -332,17 +436,6 @@ impl Recorder {
             restarts: IntCounterVec::new(
                 opts(names::RESTARTS_TOTAL, "Actor restarts after a panic."),
                 &["actor"],
-            )?,
-            tokens: IntCounter::with_opts(opts(
-                names::TOKENS_TOTAL,
-                "Tokens run through the model.",
-            ))?,
-            skipped: IntCounterVec::new(
-                opts(
-                    names::SKIPPED_TOTAL,
-                    "Queued texts dropped before inference.",
-                ),
-                &["reason"],
             )?,
             gpu_process_memory: IntGaugeVec::new(
                 opts(
@@ -367,24 +460,109 @@ impl Recorder {
                 "Process CPU use over the last 2 s, percent of one core.",
             ))?,
             totals: Arc::new(Totals::new()),
+            model_totals: None,
         };
-        registry.register(Box::new(r.requests_vec.clone()))?;
-        registry.register(Box::new(stages_vec))?;
-        registry.register(Box::new(r.batch_size.clone()))?;
-        registry.register(Box::new(r.batch_tokens.clone()))?;
-        registry.register(Box::new(r.queue_depth.clone()))?;
+        let f = &r.families;
+        registry.register(Box::new(f.requests.clone()))?;
+        registry.register(Box::new(f.stages.clone()))?;
+        registry.register(Box::new(f.batch_size.clone()))?;
+        registry.register(Box::new(f.batch_tokens.clone()))?;
+        registry.register(Box::new(f.queue_depth.clone()))?;
+        registry.register(Box::new(f.worker_busy.clone()))?;
+        registry.register(Box::new(f.tokens.clone()))?;
+        registry.register(Box::new(f.skipped.clone()))?;
+        registry.register(Box::new(f.version.clone()))?;
+        registry.register(Box::new(f.loads.clone()))?;
+        registry.register(Box::new(f.reloads.clone()))?;
         registry.register(Box::new(r.in_flight.clone()))?;
         registry.register(Box::new(r.admitted.clone()))?;
         registry.register(Box::new(r.ready.clone()))?;
-        registry.register(Box::new(r.worker_busy_vec.clone()))?;
         registry.register(Box::new(r.restarts.clone()))?;
-        registry.register(Box::new(r.tokens.clone()))?;
-        registry.register(Box::new(r.skipped.clone()))?;
         registry.register(Box::new(r.gpu_process_memory.clone()))?;
         registry.register(Box::new(r.gpu_device_used.clone()))?;
         registry.register(Box::new(r.gpu_device_total.clone()))?;
         registry.register(Box::new(r.cpu_percent.clone()))?;
         Ok(r)
+    }
+
+    /// The same metrics, with this model's series (`model="name"`) pre-resolved. Names come
+    /// from the experiment file, so the label stays bounded.
+    pub fn for_model(&self, name: &str) -> Recorder {
+        let f = &self.families;
+        Recorder {
+            model: Arc::from(name),
+            requests: Arc::new(
+                TRANSPORTS
+                    .iter()
+                    .map(|t| {
+                        self.outcomes
+                            .iter()
+                            .map(|o| (*o, f.requests.with_label_values(&[name, t, o])))
+                            .collect()
+                    })
+                    .collect(),
+            ),
+            stages: Arc::new(
+                Stage::ALL
+                    .iter()
+                    .map(|s| f.stages.with_label_values(&[name, s.label()]))
+                    .collect(),
+            ),
+            batch_size: f.batch_size.with_label_values(&[name]),
+            batch_tokens: f.batch_tokens.with_label_values(&[name]),
+            queue_depth: f.queue_depth.with_label_values(&[name]),
+            tokens: f.tokens.with_label_values(&[name]),
+            model_totals: Some(Arc::new(Totals::new())),
+            ..self.clone()
+        }
+    }
+
+    /// This model's figures since its version started, in the JSON dashboard's terms.
+    pub fn model_figures(&self) -> Value {
+        let Some(t) = &self.model_totals else {
+            return Value::Null;
+        };
+        let s = t.sample();
+        json!({
+            "requests": s.requests,
+            "errors": s.errors,
+            "texts": s.texts,
+            "avg_ms": s.avg_ms(4),
+            "p99_ms": s.quantile_ms(0.99).map_or(Value::Null, |v| json!(round3(v))),
+            "stage_timings": s.stage_timings(),
+            "queue_depth": self.queue_depth.get(),
+        })
+    }
+
+    /// The models serving now and their versions (`model_version`); models no longer served
+    /// lose their series.
+    pub fn models(&self, serving: &[(&str, u64)]) {
+        let f = &self.families;
+        let mut published = f.published.lock().unwrap_or_else(|p| p.into_inner());
+        for old in published.iter() {
+            if !serving.iter().any(|(n, _)| n == old) {
+                let _ = f.version.remove_label_values(&[old]);
+            }
+        }
+        for (name, version) in serving {
+            f.version.with_label_values(&[name]).set(*version as i64);
+        }
+        *published = serving.iter().map(|(n, _)| n.to_string()).collect();
+    }
+
+    /// A reload ended, every model loaded (`ok`) or not.
+    pub fn reload(&self, ok: bool) {
+        let outcome = if ok { "ok" } else { "failed" };
+        self.families.reloads.with_label_values(&[outcome]).inc();
+    }
+
+    /// A reload loaded a new version of `model`, or failed to.
+    pub fn model_load(&self, model: &str, ok: bool) {
+        let outcome = if ok { "ok" } else { "failed" };
+        self.families
+            .loads
+            .with_label_values(&[model, outcome])
+            .inc();
     }
 
     /// One request answered over `transport` (`http` or `grpc`): `Ok` with its texts and
@@ -397,38 +575,17 @@ impl Recorder {
         let known = TRANSPORTS
             .iter()
             .position(|t| *t == transport)
-            .and_then(|t| self.requests[t].iter().find(|(o, _)| *o == label));
+            .and_then(|t| self.requests.get(t)?.iter().find(|(o, _)| *o == label));
         match known {
             Some((_, counter)) => counter.inc(),
             None => self
-                .requests_vec
-                .with_label_values(&[transport, label])
+                .families
+                .requests
+                .with_label_values(&[&*self.model, transport, label])
                 .inc(),
         }
-        let t = &self.totals;
-        let r = Ordering::Relaxed;
-        t.requests.fetch_add(1, r);
-        match outcome {
-            Ok((texts, timings)) => {
-                t.texts.fetch_add(texts as u64, r);
-                let us = |d: Duration| d.as_micros() as u64;
-                for (i, d) in [
-                    timings.tokenize,
-                    timings.queue,
-                    timings.inference,
-                    timings.handoff,
-                    timings.total,
-                ]
-                .into_iter()
-                .enumerate()
-                {
-                    t.sums_us[i].fetch_add(us(d), r);
-                }
-                t.latency[fine_bucket(timings.total)].fetch_add(1, r);
-            }
-            Err(_) => {
-                t.errors.fetch_add(1, r);
-            }
+        for t in std::iter::once(&self.totals).chain(self.model_totals.as_ref()) {
+            t.add(outcome);
         }
     }
 
@@ -456,13 +613,10 @@ impl Recorder {
 
     /// Worker `index` entered or left a forward.
     pub fn worker_busy(&self, index: usize, busy: bool) {
-        match self.worker_busy.get(index) {
-            Some(g) => g.set(i64::from(busy)),
-            None => self
-                .worker_busy_vec
-                .with_label_values(&[&index.to_string()])
-                .set(i64::from(busy)),
-        }
+        self.families
+            .worker_busy
+            .with_label_values(&[&*self.model, &index.to_string()])
+            .set(i64::from(busy));
     }
 
     /// An actor of `kind` was restarted after a panic (or, for the Router and the Supervisor,
@@ -473,7 +627,10 @@ impl Recorder {
 
     /// Queued texts dropped before inference for `reason`.
     pub fn skipped(&self, reason: &str, n: usize) {
-        self.skipped.with_label_values(&[reason]).inc_by(n as u64);
+        self.families
+            .skipped
+            .with_label_values(&[&*self.model, reason])
+            .inc_by(n as u64);
     }
 }
 
@@ -487,6 +644,8 @@ pub struct Facts {
     pub device: String,
     /// The rolling window.
     pub window: Duration,
+    /// The models serving now (their rows in the dashboard).
+    pub models: Arc<Directory>,
 }
 
 /// How often the Metrics actor samples CPU, memory and GPU memory.
@@ -652,14 +811,7 @@ impl Metrics {
             .unwrap_or((self.started, Sampled::default()));
         let w = totals.since(&base);
         let span = now.duration_since(since).as_secs_f64().max(1e-3);
-        let ok = w.requests - w.errors;
-        let avg = |i: usize| -> Value {
-            if ok == 0 {
-                Value::Null
-            } else {
-                json!(round3(w.sums_us[i] as f64 / ok as f64 / 1e3))
-            }
-        };
+        let avg = |i: usize| w.avg_ms(i);
         let pct = |q: f64| w.quantile_ms(q).map_or(Value::Null, |v| json!(round3(v)));
         let states = |kind: ActorKind| -> Value {
             self.table
@@ -676,6 +828,26 @@ impl Metrics {
         };
         let mb = |b: u64| round3(b as f64 / 1048576.0);
         let me = std::process::id();
+        let catalog = self.facts.models.catalog();
+        let models: Vec<Value> = catalog
+            .models
+            .iter()
+            .map(|m| {
+                let mut v = m.recorder.model_figures();
+                v["name"] = json!(m.name);
+                v["version"] = json!(m.version);
+                v["kind"] = json!(m.spec.task.as_str());
+                v["device"] = json!(crate::model::device_name(m.spec.device));
+                v["workers"] = json!(m.config.model().instances);
+                v["in_flight"] = json!(m.leases());
+                v
+            })
+            .collect();
+        let queue_depth: i64 = catalog
+            .models
+            .iter()
+            .map(|m| m.recorder.queue_depth.get())
+            .sum();
         json!({
             "experiment": self.facts.experiment,
             "model": self.facts.model,
@@ -697,14 +869,9 @@ impl Metrics {
             "p50_ms": pct(0.50),
             "p95_ms": pct(0.95),
             "p99_ms": pct(0.99),
-            "stage_timings": {
-                "avg_tokenize_ms": avg(0),
-                "avg_queue_wait_ms": avg(1),
-                "avg_inference_ms": avg(2),
-                "mp_queue_receive_ms": avg(3),
-                "avg_total_ms": avg(4),
-            },
-            "queue_depth": self.recorder.queue_depth.get(),
+            "stage_timings": w.stage_timings(),
+            "queue_depth": queue_depth,
+            "models": models,
             "in_flight": self.admission.requests(),
             "admitted_texts": self.admission.texts(),
             "workers": states(ActorKind::ModelWorker),
@@ -856,7 +1023,7 @@ mod tests {
     #[test]
     fn the_window_is_a_difference_of_samples() {
         let registry = Registry::new();
-        let r = Recorder::new(&registry, &["ok", "validation"], 1).unwrap();
+        let r = Recorder::new(&registry, &["ok", "validation"]).unwrap();
         let timings = Timings {
             total: Duration::from_millis(4),
             ..Default::default()
@@ -865,8 +1032,9 @@ mod tests {
         let before = r.totals.sample();
         r.request("grpc", Ok((2, &timings)));
         r.request("grpc", Err("validation"));
+        r.for_model("reranker").request("grpc", Err("validation"));
         let w = r.totals.sample().since(&before);
-        assert_eq!((w.requests, w.errors, w.texts), (2, 1, 2));
+        assert_eq!((w.requests, w.errors, w.texts), (3, 2, 2));
         assert_eq!(w.sums_us[4], 4000);
         let text = {
             let mut buf = Vec::new();
@@ -877,9 +1045,11 @@ mod tests {
         };
         assert!(
             text.contains(
-                "actor_infer_requests_total{outcome=\"validation\",transport=\"grpc\"} 1"
+                "actor_infer_requests_total{model=\"\",outcome=\"validation\",transport=\"grpc\"} 1"
+            ) && text.contains(
+                "actor_infer_requests_total{model=\"reranker\",outcome=\"validation\",transport=\"grpc\"} 1"
             ),
-            "{text}"
+            "each model's requests are counted under its name: {text}"
         );
     }
 }

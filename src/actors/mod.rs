@@ -11,6 +11,7 @@ pub mod batcher;
 mod error;
 pub mod metrics;
 pub mod model_worker;
+pub mod models;
 pub mod router;
 pub mod supervisor;
 pub mod tokenizer;
@@ -195,8 +196,8 @@ pub enum ActorId {
     ModelWorker(usize),
     /// Tokenizer thread N.
     Tokenizer(usize),
-    /// The Router.
-    Router,
+    /// Router N (one per model version; the first is 0).
+    Router(usize),
 }
 
 impl ActorId {
@@ -207,7 +208,7 @@ impl ActorId {
             ActorId::Metrics => ActorKind::Metrics,
             ActorId::ModelWorker(_) => ActorKind::ModelWorker,
             ActorId::Tokenizer(_) => ActorKind::Tokenizer,
-            ActorId::Router => ActorKind::Router,
+            ActorId::Router(_) => ActorKind::Router,
         }
     }
 }
@@ -220,7 +221,8 @@ impl fmt::Display for ActorId {
             ActorId::Metrics => f.write_str("metrics"),
             ActorId::ModelWorker(n) => write!(f, "model-worker-{n}"),
             ActorId::Tokenizer(n) => write!(f, "tokenizer-{n}"),
-            ActorId::Router => f.write_str("router"),
+            ActorId::Router(0) => f.write_str("router"),
+            ActorId::Router(n) => write!(f, "router-{n}"),
         }
     }
 }
@@ -288,6 +290,14 @@ impl ActorTable {
         states
             .iter()
             .filter(|(id, s)| id.kind() == kind && **s != ActorState::Stopped)
+            .count()
+    }
+
+    /// How many of `ids` have not stopped (an actor never recorded counts as stopped).
+    pub fn running_among(&self, ids: &[ActorId]) -> usize {
+        let states = self.states.lock().unwrap_or_else(|p| p.into_inner());
+        ids.iter()
+            .filter(|id| states.get(id).is_some_and(|s| *s != ActorState::Stopped))
             .count()
     }
 

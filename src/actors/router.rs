@@ -141,6 +141,8 @@ struct Slot {
 
 /// The Router actor.
 pub struct Router {
+    /// `router` for the first model's, `router-N` for later ones.
+    id: ActorId,
     tokenizers: Addr<TokenizerActor>,
     workers: Vec<Slot>,
     queue: Queue<Pending>,
@@ -162,6 +164,7 @@ impl Router {
     /// A Router over the given pools.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
+        index: usize,
         tokenizers: Addr<TokenizerActor>,
         workers: Vec<Addr<ModelWorker>>,
         batching: Batching,
@@ -173,6 +176,7 @@ impl Router {
         supervisor: Addr<Supervisor>,
     ) -> Router {
         Router {
+            id: ActorId::Router(index),
             tokenizers,
             workers: workers
                 .into_iter()
@@ -202,7 +206,7 @@ impl Router {
             tracing::error!(actor = "router", %message, "the router panicked while {what}");
             self.failed = true;
             let error = InferError::Panicked {
-                actor: ActorId::Router,
+                actor: self.id,
                 message: message.clone(),
             };
             for p in self.queue.drain() {
@@ -410,7 +414,7 @@ impl Router {
         );
         for p in failed {
             let _ = p.reply.send(Err(InferError::Panicked {
-                actor: ActorId::Router,
+                actor: self.id,
                 message: "a batch came back with the wrong number of rows".into(),
             }));
         }
@@ -521,11 +525,11 @@ impl Actor for Router {
     type Context = Context<Self>;
 
     fn started(&mut self, _ctx: &mut Self::Context) {
-        self.table.set(ActorId::Router, ActorState::Idle);
+        self.table.set(self.id, ActorState::Idle);
     }
 
     fn stopped(&mut self, _ctx: &mut Self::Context) {
-        self.table.set(ActorId::Router, ActorState::Stopped);
+        self.table.set(self.id, ActorState::Stopped);
         tracing::debug!(actor = "router", "stopped");
     }
 }
@@ -535,7 +539,7 @@ impl Handler<Embed> for Router {
 
     fn handle(&mut self, msg: Embed, ctx: &mut Self::Context) -> Self::Result {
         let mut result = Err(InferError::Panicked {
-            actor: ActorId::Router,
+            actor: self.id,
             message: "accepting the request".into(),
         });
         self.guarded("accepting a request", |act| result = act.accept(msg, ctx));

@@ -22,7 +22,7 @@
 use std::{
     future::Future,
     pin::Pin,
-    sync::{Arc, OnceLock},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -33,11 +33,16 @@ use tokio::sync::{oneshot, watch};
 use super::{
     ActorId, ActorKind, ActorTable, Admission, Lifecycle,
     metrics::{Metrics, Recorder},
-    model_worker::{Load, ModelWorker, Release},
+    model_worker::{Load, LoadReport, ModelWorker, Release},
+    models::{Catalog, Directory, Served},
     router::{self, Router},
     tokenizer::TokenizerActor,
 };
-use crate::{config::Config, fault::Fault, model::ModelSpec, model::TextTokenizer};
+use crate::{
+    config::{Config, Overrides},
+    fault::Fault,
+    model::{ModelSpec, TextTokenizer},
+};
 
 /// Clean stop.
 pub const EXIT_OK: i32 = 0;
@@ -99,36 +104,128 @@ pub struct FrontEnds {
 #[rtype(result = "()")]
 pub struct Boot(pub FrontEnds);
 
-/// The Supervisor actor.
-pub struct Supervisor {
+/// Re-read the experiment file and apply its `models:` (SIGHUP, `POST /admin/reload`): models
+/// added or changed load and warm up beside the running versions, then take over new requests
+/// in one swap; replaced and removed versions drain and stop. Refused while another reload or
+/// the stop runs.
+#[derive(Message)]
+#[rtype(result = "Result<ReloadReport, ReloadRefused>")]
+pub struct Reload;
+
+/// Why a reload did not start.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ReloadRefused {
+    /// One is running; reloads never interleave.
+    #[error("a reload is already in progress; retry when it has finished")]
+    InProgress,
+    /// The server is still loading its first models.
+    #[error("the server is still starting; reload once it is ready")]
+    Starting,
+    /// The server is stopping.
+    #[error("the server is shutting down")]
+    Stopping,
+}
+
+/// What a reload did (logged, and the admin route's answer).
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct ReloadReport {
+    /// True when every model of the file serves its new settings.
+    pub ok: bool,
+    /// Models new to the server, now serving (`name@version`).
+    pub added: Vec<String>,
+    /// Models whose settings or files changed: `name@old -> name@new`.
+    pub replaced: Vec<String>,
+    /// Models no longer in the file, drained and stopped.
+    pub removed: Vec<String>,
+    /// Models left as they were.
+    pub unchanged: Vec<String>,
+    /// Models that failed to load or warm up (the old version, if any, keeps serving), or the
+    /// file itself when it was refused.
+    pub failed: Vec<ReloadFailure>,
+    /// Sections that changed but only apply at the next start (ports, limits, ...).
+    pub not_applied: Vec<String>,
+    /// How long the whole reload took, retiring the old versions included.
+    pub elapsed_ms: u64,
+}
+
+/// One model a reload could not load.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ReloadFailure {
+    /// The model (or `experiment` when the file was refused).
+    pub model: String,
+    /// Why.
+    pub error: String,
+}
+
+/// Where the experiment came from, to read it again on reload.
+#[derive(Debug, Clone)]
+pub struct Source {
+    /// The experiment file.
+    pub path: std::path::PathBuf,
+    /// The command line's overrides.
+    pub overrides: Overrides,
+}
+
+/// One running version of one model and the actors that serve it.
+struct Group {
+    served: Arc<Served>,
+    /// What decides whether a reload replaces it: its settings and its files.
+    fingerprint: String,
+    workers: Vec<Addr<ModelWorker>>,
+    tokenizers: Addr<TokenizerActor>,
+    /// Its actors, for the actor table.
+    ids: Vec<ActorId>,
+}
+
+/// A model's workers, loading.
+struct Loading {
+    index: usize,
+    version: u64,
     config: Arc<Config>,
     spec: Arc<ModelSpec>,
     tokenizer: TextTokenizer,
+    fingerprint: String,
+    workers: Vec<Addr<ModelWorker>>,
+    worker_ids: Vec<usize>,
+    recorder: Recorder,
+}
+
+type LoadResults = Vec<Result<Result<LoadReport, crate::model::ModelError>, MailboxError>>;
+
+/// The Supervisor actor.
+pub struct Supervisor {
+    config: Arc<Config>,
+    source: Source,
+    /// The devices chosen at start, one per model.
+    devices: Vec<tch::Device>,
     lifecycle: Arc<Lifecycle>,
     table: Arc<ActorTable>,
     admission: Arc<Admission>,
     recorder: Recorder,
     metrics: Addr<Metrics>,
     front: Option<FrontEnds>,
-    tokenizers: Option<Addr<TokenizerActor>>,
-    workers: Vec<Addr<ModelWorker>>,
-    router: Option<Addr<Router>>,
-    /// Where the front ends find the Router once it runs.
-    router_cell: Arc<OnceLock<Addr<Router>>>,
+    groups: Vec<Group>,
+    directory: Arc<Directory>,
     /// Where the exit code goes when the stop sequence ends (`lib::run` waits on it).
     exit: Option<oneshot::Sender<i32>>,
     stopping: bool,
+    ready: bool,
+    reloading: bool,
     restarts: Vec<Instant>,
+    /// The next free worker, tokenizer and router numbers (names stay unique across reloads).
+    next_ids: (usize, usize, usize),
+    /// The last version number given to each model name.
+    versions: std::collections::BTreeMap<String, u64>,
 }
 
 /// What [`Supervisor::new`] takes.
 pub struct Parts {
     /// The validated configuration.
     pub config: Arc<Config>,
-    /// The model's facts.
-    pub spec: Arc<ModelSpec>,
-    /// The tokenizer each tokenizer thread clones.
-    pub tokenizer: TextTokenizer,
+    /// Where it came from.
+    pub source: Source,
+    /// The device of each model, chosen at start.
+    pub devices: Vec<tch::Device>,
     /// Readiness and the stop flag.
     pub lifecycle: Arc<Lifecycle>,
     /// Every actor's state.
@@ -139,8 +236,8 @@ pub struct Parts {
     pub recorder: Recorder,
     /// The Metrics actor.
     pub metrics: Addr<Metrics>,
-    /// Where the Router's address goes once it runs.
-    pub router_cell: Arc<OnceLock<Addr<Router>>>,
+    /// Where the running versions are published.
+    pub directory: Arc<Directory>,
     /// Where the exit code goes.
     pub exit: oneshot::Sender<i32>,
 }
@@ -150,21 +247,23 @@ impl Supervisor {
     pub fn new(p: Parts) -> Supervisor {
         Supervisor {
             config: p.config,
-            spec: p.spec,
-            tokenizer: p.tokenizer,
+            source: p.source,
+            devices: p.devices,
             lifecycle: p.lifecycle,
             table: p.table,
             admission: p.admission,
             recorder: p.recorder,
             metrics: p.metrics,
             front: None,
-            tokenizers: None,
-            workers: Vec::new(),
-            router: None,
-            router_cell: p.router_cell,
+            groups: Vec::new(),
+            directory: p.directory,
             exit: Some(p.exit),
             stopping: false,
+            ready: false,
+            reloading: false,
             restarts: Vec::new(),
+            next_ids: (0, 0, 0),
+            versions: Default::default(),
         }
     }
 
@@ -197,43 +296,199 @@ impl Supervisor {
         }
     }
 
-    fn boot(&mut self, front: FrontEnds, ctx: &mut Context<Self>) {
-        self.front = Some(front);
-        let me = ctx.address().recipient::<ChildPanicked>();
-        let threads = self.config.intra_op_threads();
-        let instances = self.config.model.instances;
+    /// Starts model `index` of `config` (its metadata, tokenizer and workers; the weights load
+    /// on the workers' threads). An error names what could not be read.
+    fn start_model(
+        &mut self,
+        config: &Config,
+        index: usize,
+        device: tch::Device,
+        ctx: &mut Context<Self>,
+    ) -> Result<Loading, String> {
+        let view = Arc::new(config.for_model(index));
+        let m = view.model();
+        let spec = Arc::new(ModelSpec::load(m, device).map_err(|e| e.to_string())?);
+        let tokenizer =
+            TextTokenizer::load(&spec.path, spec.max_seq_length).map_err(|e| e.to_string())?;
+        let fingerprint = fingerprint(&view);
+        let version = {
+            let v = self.versions.entry(spec.name.clone()).or_insert(0);
+            *v += 1;
+            *v
+        };
+        let threads = view.intra_op_threads();
+        let instances = m.instances;
         tracing::info!(
-            model = %self.spec.name,
-            device = %crate::model::device_name(self.spec.device),
-            dtype = self.spec.dtype.as_str(),
+            model = %spec.name,
+            version,
+            device = %crate::model::device_name(spec.device),
+            dtype = spec.dtype.as_str(),
             instances,
             intra_op_threads = threads,
             "starting model workers"
         );
+        let me = ctx.address().recipient::<ChildPanicked>();
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        self.workers = (0..instances)
-            .map(|index| {
-                let pin = self.config.model.pin_cores.then(|| {
-                    (index * threads..(index + 1) * threads)
+        let recorder = self.recorder.for_model(&spec.name);
+        let first = self.next_ids.0;
+        self.next_ids.0 += instances;
+        let worker_ids: Vec<usize> = (first..first + instances).collect();
+        let workers = worker_ids
+            .iter()
+            .enumerate()
+            .map(|(i, &id)| {
+                let pin = m.pin_cores.then(|| {
+                    (i * threads..(i + 1) * threads)
                         .map(|c| c % cores)
                         .collect()
                 });
                 ModelWorker::start(
-                    index,
-                    self.spec.clone(),
+                    id,
+                    spec.clone(),
                     threads,
                     pin,
                     self.table.clone(),
-                    self.recorder.clone(),
+                    recorder.clone(),
                     me.clone(),
                 )
             })
             .collect();
-        let loads = futures::future::join_all(self.workers.iter().map(|w| w.send(Load)));
+        Ok(Loading {
+            index,
+            version,
+            config: view,
+            spec,
+            tokenizer,
+            fingerprint,
+            workers,
+            worker_ids,
+            recorder,
+        })
+    }
+
+    /// A model whose workers loaded: its tokenizer pool and Router start, and it can serve.
+    /// An error (a worker that could not load) releases the workers.
+    fn finish_model(
+        &mut self,
+        loading: Loading,
+        results: LoadResults,
+        ctx: &mut Context<Self>,
+    ) -> Result<Group, String> {
+        let name = loading.spec.name.clone();
+        for (i, r) in results.into_iter().enumerate() {
+            let error = match r {
+                Ok(Ok(report)) => {
+                    tracing::info!(
+                        model = %name,
+                        version = loading.version,
+                        worker = loading.worker_ids[i],
+                        load_ms = report.load.as_millis() as u64,
+                        warmup_ms = report.warmup.as_millis() as u64,
+                        "model worker ready"
+                    );
+                    continue;
+                }
+                Ok(Err(e)) => format!("model worker {i} could not load the model: {e}"),
+                Err(e) => format!("model worker {i} died while loading: {e}"),
+            };
+            release(loading.workers);
+            return Err(error);
+        }
+        if self.stopping {
+            release(loading.workers);
+            return Err("the server is stopping".into());
+        }
+        let me = ctx.address().recipient::<ChildPanicked>();
+        let threads = loading.config.tokenizer.workers;
+        let first = self.next_ids.1;
+        self.next_ids.1 += threads;
+        let tokenizers = TokenizerActor::start_pool(
+            first,
+            threads,
+            loading.tokenizer.clone(),
+            self.table.clone(),
+            me,
+        );
+        let router_index = self.next_ids.2;
+        self.next_ids.2 += 1;
+        let recorder = loading.recorder.clone();
+        let router = Router::new(
+            router_index,
+            tokenizers.clone(),
+            loading.workers.clone(),
+            loading.config.batching.clone(),
+            loading.spec.clone(),
+            self.lifecycle.clone(),
+            self.admission.clone(),
+            recorder.clone(),
+            self.table.clone(),
+            ctx.address(),
+        )
+        .start();
+        let mut ids: Vec<ActorId> = loading
+            .worker_ids
+            .iter()
+            .map(|&i| ActorId::ModelWorker(i))
+            .collect();
+        ids.extend((first..first + threads).map(ActorId::Tokenizer));
+        ids.push(ActorId::Router(router_index));
+        Ok(Group {
+            served: Arc::new(Served::new(
+                loading.version,
+                loading.config,
+                loading.spec,
+                router,
+                recorder,
+            )),
+            fingerprint: loading.fingerprint,
+            workers: loading.workers,
+            tokenizers,
+            ids,
+        })
+    }
+
+    /// Publishes the running versions, in the experiment's order.
+    fn publish(&self) {
+        self.directory.publish(Catalog {
+            models: self.groups.iter().map(|g| g.served.clone()).collect(),
+            defaults: self.config.server.default_models.clone(),
+        });
+        self.recorder.models(
+            &self
+                .groups
+                .iter()
+                .map(|g| (g.served.name.as_str(), g.served.version))
+                .collect::<Vec<_>>(),
+        );
+    }
+
+    fn boot(&mut self, front: FrontEnds, ctx: &mut Context<Self>) {
+        self.front = Some(front);
+        let config = self.config.clone();
+        let mut loading = Vec::new();
+        for i in 0..config.models.len() {
+            let device = self.devices[i];
+            match self.start_model(&config, i, device, ctx) {
+                Ok(l) => loading.push(l),
+                Err(e) => {
+                    for l in loading {
+                        release(l.workers);
+                    }
+                    return self.stop(
+                        StopReason::Fatal(format!(
+                            "cannot serve the model {}: {e}",
+                            config.models[i].served_name()
+                        )),
+                        ctx,
+                    );
+                }
+            }
+        }
+        let loads = load_all(&loading);
         ctx.spawn(
-            actix::fut::wrap_future(loads).map(|results, act: &mut Supervisor, ctx| {
-                act.guarded("starting the router", ctx, |act, ctx| {
-                    act.loaded(results, ctx)
+            actix::fut::wrap_future(loads).map(move |results, act: &mut Supervisor, ctx| {
+                act.guarded("starting the routers", ctx, |act, ctx| {
+                    act.loaded(loading, results, ctx)
                 });
             }),
         );
@@ -241,68 +496,214 @@ impl Supervisor {
 
     fn loaded(
         &mut self,
-        results: Vec<
-            Result<Result<super::model_worker::LoadReport, crate::model::ModelError>, MailboxError>,
-        >,
+        loading: Vec<Loading>,
+        results: Vec<LoadResults>,
         ctx: &mut Context<Self>,
     ) {
-        for (index, r) in results.into_iter().enumerate() {
-            match r {
-                Ok(Ok(report)) => tracing::info!(
-                    worker = index,
-                    load_ms = report.load.as_millis() as u64,
-                    warmup_ms = report.warmup.as_millis() as u64,
-                    "model worker ready"
-                ),
-                Ok(Err(e)) => {
-                    return self.stop(
-                        StopReason::Fatal(format!(
-                            "model worker {index} could not load the model: {e}"
-                        )),
-                        ctx,
-                    );
-                }
-                Err(e) => {
-                    return self.stop(
-                        StopReason::Fatal(format!("model worker {index} died while loading: {e}")),
-                        ctx,
-                    );
-                }
+        let mut error = None;
+        for (l, r) in loading.into_iter().zip(results) {
+            if error.is_some() {
+                release(l.workers);
+                continue;
             }
+            let name = l.spec.name.clone();
+            match self.finish_model(l, r, ctx) {
+                Ok(g) => self.groups.push(g),
+                Err(e) => error = Some(format!("cannot serve the model {name}: {e}")),
+            }
+        }
+        if let Some(e) = error {
+            return self.stop(StopReason::Fatal(e), ctx);
         }
         if self.stopping {
             return;
         }
-        let me = ctx.address().recipient::<ChildPanicked>();
-        let tokenizers = TokenizerActor::start_pool(
-            self.config.tokenizer.workers,
-            self.tokenizer.clone(),
-            self.table.clone(),
-            me,
-        );
-        let router = Router::new(
-            tokenizers.clone(),
-            self.workers.clone(),
-            self.config.batching.clone(),
-            self.spec.clone(),
-            self.lifecycle.clone(),
-            self.admission.clone(),
-            self.recorder.clone(),
-            self.table.clone(),
-            ctx.address(),
-        )
-        .start();
-        self.tokenizers = Some(tokenizers);
-        self.router = Some(router.clone());
-        let _ = self.router_cell.set(router);
+        self.publish();
+        self.ready = true;
         self.lifecycle.set_ready();
         self.recorder.ready(true);
         if let Some(front) = &self.front {
             let _ = front.readiness.send(true);
         }
-        tracing::info!(experiment = %self.config.experiment.name, "ready");
+        tracing::info!(
+            experiment = %self.config.experiment.name,
+            models = ?self.groups.iter().map(|g| g.served.tag()).collect::<Vec<_>>(),
+            "ready"
+        );
     }
 
+    /// Starts a reload; the future answers with its report.
+    fn reload(
+        &mut self,
+        ctx: &mut Context<Self>,
+    ) -> Result<Pin<Box<dyn ActorFuture<Self, Output = ReloadReport>>>, ReloadRefused> {
+        if self.stopping {
+            return Err(ReloadRefused::Stopping);
+        }
+        if !self.ready {
+            return Err(ReloadRefused::Starting);
+        }
+        if self.reloading {
+            return Err(ReloadRefused::InProgress);
+        }
+        let started = Instant::now();
+        tracing::info!(experiment = %self.source.path.display(), "reload: reading the experiment");
+        let mut report = ReloadReport::default();
+        let config = match Config::load(&self.source.path, &self.source.overrides) {
+            Ok(c) => c,
+            Err(e) => {
+                report.failed.push(ReloadFailure {
+                    model: "experiment".into(),
+                    error: e.to_string(),
+                });
+                report.elapsed_ms = started.elapsed().as_millis() as u64;
+                self.recorder.reload(false);
+                tracing::error!(error = %e, "reload refused: the experiment file is not valid; every model keeps serving");
+                return Ok(Box::pin(actix::fut::ready(report)));
+            }
+        };
+        self.reloading = true;
+        report.not_applied = not_applied(&self.config, &config);
+        let config = Arc::new(config);
+        // Which models load: those that are new or whose settings or files changed.
+        let mut loading = Vec::new();
+        for (i, m) in config.models.iter().enumerate() {
+            let name = m.served_name();
+            let view = config.for_model(i);
+            let unchanged = self
+                .groups
+                .iter()
+                .any(|g| g.served.name == name && g.fingerprint == fingerprint(&view));
+            if unchanged {
+                report.unchanged.push(name);
+                continue;
+            }
+            let device = match crate::model::device::select(m) {
+                Ok(choice) => choice.device,
+                Err(e) => {
+                    report.failed.push(ReloadFailure {
+                        model: name,
+                        error: e.to_string(),
+                    });
+                    continue;
+                }
+            };
+            match self.start_model(&config, i, device, ctx) {
+                Ok(l) => loading.push(l),
+                Err(error) => report.failed.push(ReloadFailure { model: name, error }),
+            }
+        }
+        let loads = load_all(&loading);
+        Ok(Box::pin(actix::fut::wrap_future(loads).then(
+            move |results, act: &mut Supervisor, ctx| {
+                let mut retired = Vec::new();
+                if let Err(message) = super::catch(|| {
+                    retired = act.swap(config, loading, results, &mut report, ctx);
+                }) {
+                    act.reloading = false;
+                    act.stop(
+                        StopReason::Fatal(format!("the supervisor panicked during a reload ({message})")),
+                        ctx,
+                    );
+                }
+                let deadline = Instant::now() + act.budget();
+                let table = act.table.clone();
+                let retire = futures::future::join_all(
+                    retired.into_iter().map(move |g| retire(g, deadline, table.clone())),
+                );
+                actix::fut::wrap_future(retire).map(move |_, act: &mut Supervisor, _| {
+                    act.reloading = false;
+                    report.ok = report.failed.is_empty();
+                    report.elapsed_ms = started.elapsed().as_millis() as u64;
+                    act.recorder.reload(report.ok);
+                    if report.ok {
+                        tracing::info!(?report, "reload done");
+                    } else {
+                        tracing::error!(?report, "reload done with failures; the old versions of failed models keep serving");
+                    }
+                    report
+                })
+            },
+        )))
+    }
+
+    /// The new versions that loaded take over in one swap; returns the versions to retire.
+    fn swap(
+        &mut self,
+        config: Arc<Config>,
+        loading: Vec<Loading>,
+        results: Vec<LoadResults>,
+        report: &mut ReloadReport,
+        ctx: &mut Context<Self>,
+    ) -> Vec<Group> {
+        let mut fresh = std::collections::BTreeMap::new();
+        for (l, r) in loading.into_iter().zip(results) {
+            let (index, name) = (l.index, l.spec.name.clone());
+            match self.finish_model(l, r, ctx) {
+                Ok(g) => {
+                    fresh.insert(index, g);
+                }
+                Err(error) => {
+                    tracing::error!(model = %name, %error, "reload: the new version did not load");
+                    self.recorder.model_load(&name, false);
+                    report.failed.push(ReloadFailure { model: name, error });
+                }
+            }
+        }
+        if self.stopping {
+            return fresh.into_values().collect();
+        }
+        let mut old: Vec<Option<Group>> = std::mem::take(&mut self.groups)
+            .into_iter()
+            .map(Some)
+            .collect();
+        let mut take_old = |name: &str| {
+            old.iter_mut()
+                .find(|g| g.as_ref().is_some_and(|g| g.served.name == name))
+                .and_then(Option::take)
+        };
+        let mut groups = Vec::new();
+        let mut retired = Vec::new();
+        for (i, m) in config.models.iter().enumerate() {
+            let name = m.served_name();
+            let previous = take_old(&name);
+            match (fresh.remove(&i), previous) {
+                (Some(new), Some(prev)) => {
+                    self.recorder.model_load(&name, true);
+                    report
+                        .replaced
+                        .push(format!("{} -> {}", prev.served.tag(), new.served.tag()));
+                    retired.push(prev);
+                    groups.push(new);
+                }
+                (Some(new), None) => {
+                    self.recorder.model_load(&name, true);
+                    report.added.push(new.served.tag());
+                    groups.push(new);
+                }
+                (None, Some(prev)) => groups.push(prev),
+                (None, None) => {}
+            }
+        }
+        for prev in old.into_iter().flatten() {
+            report.removed.push(prev.served.tag());
+            retired.push(prev);
+        }
+        let mut kept = (*config).clone();
+        kept.models
+            .retain(|m| groups.iter().any(|g| g.served.name == m.served_name()));
+        // The server-level sections stay as started; only the models and their defaults move.
+        let mut next = (*self.config).clone();
+        next.models = kept.models;
+        next.server.default_models = config.server.default_models.clone();
+        self.config = Arc::new(next);
+        self.groups = groups;
+        self.publish();
+        for g in &retired {
+            tracing::info!(model = %g.served.tag(), leases = g.served.leases(), "retiring: draining, then stopping");
+        }
+        retired
+    }
     fn child_panicked(&mut self, msg: ChildPanicked, ctx: &mut Context<Self>) {
         self.recorder.restart(msg.actor.kind());
         let now = Instant::now();
@@ -362,15 +763,21 @@ impl Supervisor {
         if let Some(front) = &front {
             let _ = front.readiness.send(false);
         }
-        let plan = StopPlan {
+        let groups = std::mem::take(&mut self.groups);
+        let mut plan = StopPlan {
             admission: self.admission.clone(),
             table: self.table.clone(),
             front: front.map(|f| f.stop),
-            router: self.router.take(),
-            tokenizers: self.tokenizers.take(),
-            workers: std::mem::take(&mut self.workers),
+            routers: Vec::new(),
+            tokenizers: Vec::new(),
+            workers: Vec::new(),
             deadline,
         };
+        for g in groups {
+            plan.routers.push(g.served.router.clone());
+            plan.tokenizers.push(g.tokenizers);
+            plan.workers.extend(g.workers);
+        }
         let exit = self.exit.take();
         let table = self.table.clone();
         let run = std::panic::AssertUnwindSafe(plan.run()).catch_unwind();
@@ -415,6 +822,24 @@ impl Handler<Boot> for Supervisor {
     }
 }
 
+impl Handler<Reload> for Supervisor {
+    type Result = ResponseActFuture<Self, Result<ReloadReport, ReloadRefused>>;
+
+    fn handle(&mut self, _msg: Reload, ctx: &mut Self::Context) -> Self::Result {
+        let mut started = Err(ReloadRefused::Stopping);
+        self.guarded("starting a reload", ctx, |act, ctx| {
+            started = act.reload(ctx)
+        });
+        match started {
+            Ok(f) => Box::pin(f.map(|report, _, _| Ok(report))),
+            Err(refused) => {
+                tracing::warn!(%refused, "reload refused");
+                Box::pin(actix::fut::ready(Err(refused)))
+            }
+        }
+    }
+}
+
 impl Handler<ChildPanicked> for Supervisor {
     type Result = ();
 
@@ -451,8 +876,8 @@ struct StopPlan {
     admission: Arc<Admission>,
     table: Arc<ActorTable>,
     front: Option<StopFrontEnds>,
-    router: Option<Addr<Router>>,
-    tokenizers: Option<Addr<TokenizerActor>>,
+    routers: Vec<Addr<Router>>,
+    tokenizers: Vec<Addr<TokenizerActor>>,
     workers: Vec<Addr<ModelWorker>>,
     deadline: Instant,
 }
@@ -480,12 +905,15 @@ impl StopPlan {
             );
         }
 
-        // 3. Router: fails anything still queued and drops its handles to the pools.
-        if let Some(router) = self.router.take() {
+        // 3. Routers (one per model): each fails anything still queued and drops its
+        //    handles to its pools.
+        let routers = std::mem::take(&mut self.routers);
+        if !routers.is_empty() {
             let start = Instant::now();
             tracing::info!(stage = "router", "stage start");
-            let _ = tokio::time::timeout_at(self.deadline.into(), router.send(router::Stop)).await;
-            drop(router);
+            let stops = futures::future::join_all(routers.iter().map(|r| r.send(router::Stop)));
+            let _ = tokio::time::timeout_at(self.deadline.into(), stops).await;
+            drop(routers);
             self.stage_wait("router", start, |p| {
                 p.table.running_of(ActorKind::Router) == 0
             })
@@ -495,7 +923,7 @@ impl StopPlan {
         // 4. Tokenizers: the pool's threads end when the last handle is dropped.
         let start = Instant::now();
         tracing::info!(stage = "tokenizers", "stage start");
-        drop(self.tokenizers.take());
+        drop(std::mem::take(&mut self.tokenizers));
         self.stage_wait("tokenizers", start, |p| {
             p.table.running_of(ActorKind::Tokenizer) == 0
         })
@@ -527,32 +955,185 @@ impl StopPlan {
     /// Polls `done` until true, logging who is still running every [`PROGRESS_EVERY`];
     /// aborts the process when the budget is spent.
     async fn stage_wait(&self, name: &'static str, start: Instant, done: impl Fn(&Self) -> bool) {
-        let mut next_log = Instant::now() + PROGRESS_EVERY;
-        while !done(self) {
-            if Instant::now() >= self.deadline {
-                abort_now(
-                    EXIT_ABORT,
-                    &format!("stage `{name}` did not finish"),
-                    &self.table,
-                );
-            }
-            if Instant::now() >= next_log {
-                tracing::info!(
-                    stage = name,
-                    in_flight = self.admission.requests(),
-                    running = ?self.table.running(),
-                    "still stopping"
-                );
-                next_log += PROGRESS_EVERY;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        tracing::info!(
-            stage = name,
-            elapsed_ms = start.elapsed().as_millis() as u64,
-            "stage end"
-        );
+        let admission = self.admission.clone();
+        wait_stage(
+            name,
+            start,
+            self.deadline,
+            &self.table,
+            || done(self),
+            || admission.requests(),
+        )
+        .await;
     }
+}
+
+/// Polls `done` until true, logging who is still running every [`PROGRESS_EVERY`] (with
+/// `in_flight()` requests); aborts the process with [`EXIT_ABORT`] when `deadline` passes.
+async fn wait_stage(
+    name: &str,
+    start: Instant,
+    deadline: Instant,
+    table: &ActorTable,
+    done: impl Fn() -> bool,
+    in_flight: impl Fn() -> usize,
+) {
+    let mut next_log = Instant::now() + PROGRESS_EVERY;
+    while !done() {
+        if Instant::now() >= deadline {
+            abort_now(EXIT_ABORT, &format!("stage `{name}` did not finish"), table);
+        }
+        if Instant::now() >= next_log {
+            tracing::info!(
+                stage = name,
+                in_flight = in_flight(),
+                running = ?table.running(),
+                "still stopping"
+            );
+            next_log += PROGRESS_EVERY;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tracing::info!(
+        stage = name,
+        elapsed_ms = start.elapsed().as_millis() as u64,
+        "stage end"
+    );
+}
+
+/// Stops one retired version under the full stop's rules, within `deadline`: its leases are
+/// returned (its queued and in-flight requests answered), its Router stops, its tokenizer
+/// threads end, its workers drop their weights; then freed heap goes back to the system.
+async fn retire(g: Group, deadline: Instant, table: Arc<ActorTable>) {
+    let tag = g.served.tag();
+    let start = Instant::now();
+    let served = g.served.clone();
+    wait_stage(
+        &format!("drain {tag}"),
+        start,
+        deadline,
+        &table,
+        || served.leases() == 0,
+        || served.leases(),
+    )
+    .await;
+    let _ = tokio::time::timeout_at(deadline.into(), g.served.router.send(router::Stop)).await;
+    drop(g.tokenizers);
+    let releases = futures::future::join_all(g.workers.iter().map(|w| w.send(Release)));
+    let _ = tokio::time::timeout_at(deadline.into(), releases).await;
+    drop(g.workers);
+    let ids = g.ids;
+    wait_stage(
+        &format!("stop {tag}"),
+        start,
+        deadline,
+        &table,
+        || table.running_among(&ids) == 0,
+        || 0,
+    )
+    .await;
+    trim_heap();
+    tracing::info!(model = %tag, elapsed_ms = start.elapsed().as_millis() as u64, "retired");
+}
+
+/// Hands freed heap back to the system (glibc keeps it otherwise), so a retired version's
+/// memory shows in RSS.
+fn trim_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases free memory at the top of glibc's arenas.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+/// Drops workers that will not serve: their weights go with them.
+fn release(workers: Vec<Addr<ModelWorker>>) {
+    for w in &workers {
+        w.do_send(Release);
+    }
+}
+
+/// Loads the weights on every worker of every model, answering when all have answered.
+fn load_all(loading: &[Loading]) -> impl Future<Output = Vec<LoadResults>> + use<> {
+    futures::future::join_all(
+        loading
+            .iter()
+            .map(|l| {
+                futures::future::join_all(
+                    l.workers.iter().map(|w| w.send(Load)).collect::<Vec<_>>(),
+                )
+            })
+            .collect::<Vec<_>>(),
+    )
+}
+
+/// What decides whether a reload replaces a model: its settings as its pipeline sees them,
+/// and the name, size and modification time of every file in its folder.
+fn fingerprint(view: &Config) -> String {
+    let m = view.model();
+    let mut files = Vec::new();
+    let mut stack = vec![(m.path.clone(), 0)];
+    while let Some((dir, depth)) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let path = e.path();
+            let Ok(meta) = std::fs::metadata(&path) else {
+                continue;
+            };
+            if meta.is_dir() {
+                if depth < 3 {
+                    stack.push((path, depth + 1));
+                }
+            } else {
+                let modified = meta
+                    .modified()
+                    .ok()
+                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                    .map_or(0, |d| d.as_nanos());
+                files.push(format!("{}:{}:{modified}", path.display(), meta.len()));
+            }
+        }
+    }
+    files.sort();
+    serde_json::json!({
+        "model": m,
+        "tokenizer": view.tokenizer,
+        "batching": view.batching,
+        "intra_op_threads": view.intra_op_threads(),
+        "files": files,
+    })
+    .to_string()
+}
+
+/// The sections that differ between `old` and `new` but only apply at a start.
+fn not_applied(old: &Config, new: &Config) -> Vec<String> {
+    let (a, b) = (
+        serde_json::to_value(old).unwrap_or_default(),
+        serde_json::to_value(new).unwrap_or_default(),
+    );
+    let mut changed = Vec::new();
+    if let (Some(a), Some(b)) = (a.as_object(), b.as_object()) {
+        for (key, value) in b {
+            if key == "models" || key == "tokenizer" || key == "batching" {
+                continue;
+            }
+            let mut value = value.clone();
+            let mut before = a.get(key).cloned().unwrap_or_default();
+            if key == "server" {
+                for v in [&mut value, &mut before] {
+                    if let Some(o) = v.as_object_mut() {
+                        o.remove("default_models");
+                    }
+                }
+            }
+            if value != before {
+                changed.push(key.clone());
+            }
+        }
+    }
+    changed
 }
 
 /// Logs which actors are still running and ends the process with `code`, without running
@@ -588,17 +1169,23 @@ fn spawn_watchdog(deadline: Instant, table: Arc<ActorTable>) {
         .expect("spawning the watchdog thread");
 }
 
-/// The only owner of SIGTERM and SIGINT: a plain thread, so a second signal aborts even if
-/// the actix runtime is stuck.
+/// The only owner of SIGTERM, SIGINT and SIGHUP: a plain thread, so a second stop signal
+/// aborts even if the actix runtime is stuck. SIGHUP asks for a [`Reload`] (its report is
+/// logged).
 fn spawn_signal_thread(supervisor: Addr<Supervisor>, table: Arc<ActorTable>) {
-    use signal_hook::consts::{SIGINT, SIGTERM};
-    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])
-        .expect("installing SIGTERM/SIGINT handlers");
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])
+        .expect("installing SIGTERM/SIGINT/SIGHUP handlers");
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
             let mut seen = 0;
             for sig in signals.forever() {
+                if sig == SIGHUP {
+                    tracing::info!(signal = "SIGHUP", "reload requested");
+                    supervisor.do_send(Reload);
+                    continue;
+                }
                 let name = if sig == SIGTERM { "SIGTERM" } else { "SIGINT" };
                 seen += 1;
                 if seen == 1 {

@@ -86,14 +86,15 @@ thread_local! {
 }
 
 impl TokenizerActor {
-    /// Starts the pool of `threads` tokenizer threads.
+    /// Starts the pool of `threads` tokenizer threads, named from `tokenizer-{first}` on.
     pub fn start_pool(
+        first: usize,
         threads: usize,
         tokenizer: TextTokenizer,
         table: Arc<ActorTable>,
         supervisor: Recipient<ChildPanicked>,
     ) -> Addr<TokenizerActor> {
-        let next = Arc::new(AtomicUsize::new(0));
+        let next = Arc::new(AtomicUsize::new(first));
         SyncArbiter::start(threads, move || {
             let slot = SLOT.with(|s| match s.get() {
                 Some(slot) => slot,

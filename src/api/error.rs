@@ -35,6 +35,8 @@ pub enum ErrorKind {
     NotReady,
     /// The server is stopping and takes no new work.
     ShuttingDown,
+    /// The request conflicts with work under way (a reload while another runs).
+    Conflict,
     /// The request's deadline passed before it could be served.
     DeadlineExceeded,
     /// The loaded model cannot serve this route (rerank on an embedding model, embed on a
@@ -49,7 +51,7 @@ pub enum ErrorKind {
 
 impl ErrorKind {
     /// Every kind (what the metrics pre-resolve; the table below must have each).
-    pub const ALL: [ErrorKind; 15] = [
+    pub const ALL: [ErrorKind; 16] = [
         ErrorKind::Validation,
         ErrorKind::NotFound,
         ErrorKind::ModelNotFound,
@@ -61,6 +63,7 @@ impl ErrorKind {
         ErrorKind::Overloaded,
         ErrorKind::NotReady,
         ErrorKind::ShuttingDown,
+        ErrorKind::Conflict,
         ErrorKind::DeadlineExceeded,
         ErrorKind::WrongModelKind,
         ErrorKind::ClientGone,
@@ -85,6 +88,7 @@ impl ErrorKind {
             ErrorKind::Overloaded => ("overloaded", 429, Code::ResourceExhausted),
             ErrorKind::NotReady => ("not_ready", 503, Code::Unavailable),
             ErrorKind::ShuttingDown => ("shutting_down", 503, Code::Unavailable),
+            ErrorKind::Conflict => ("conflict", 409, Code::Aborted),
             ErrorKind::DeadlineExceeded => ("deadline_exceeded", 504, Code::DeadlineExceeded),
             ErrorKind::WrongModelKind => ("wrong_model_kind", 400, Code::FailedPrecondition),
             // 499 as nginx logs it; no client ever sees this answer.

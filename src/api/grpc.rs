@@ -17,7 +17,10 @@ use super::{
     predict,
     telemetry::TraceContext,
 };
-use crate::{actors::router::Timings, model::Task};
+use crate::{
+    actors::{models::Pick, router::Timings},
+    model::Task,
+};
 
 /// Code generated from `proto/actor_infer/v1/inference.proto`.
 pub mod pb {
@@ -76,13 +79,13 @@ pub struct GrpcApi {
 }
 
 /// Records a call dropped before its answer (the client cancelled it) as `client_gone`.
-struct ClientGoneGuard<'a>(Option<&'a Shared>);
+struct ClientGoneGuard<'a>(Option<(&'a Shared, super::Chosen)>);
 
 impl Drop for ClientGoneGuard<'_> {
     fn drop(&mut self) {
-        if let Some(shared) = self.0 {
-            shared
-                .recorder
+        if let Some((shared, chosen)) = &self.0 {
+            chosen
+                .recorder(shared)
                 .request("grpc", Err(ErrorKind::ClientGone.as_str()));
         }
     }
@@ -106,7 +109,8 @@ impl InferenceService for GrpcApi {
     ) -> Result<Response<pb::InferResponse>, Status> {
         let shared = &self.shared;
         self.inference(request, "Infer", |req: pb::InferRequest, call| async move {
-            let classifier = shared.spec.task != Task::Embedding;
+            let m = call.model(shared, pick(&req.model, Task::Embedding))?;
+            let classifier = m.spec.task != Task::Embedding;
             let pairs = if req.text_pairs.is_empty() {
                 None
             } else if !classifier {
@@ -120,7 +124,7 @@ impl InferenceService for GrpcApi {
             job.pairs = pairs;
             job.normalize = req.normalize;
             job.truncate = req.truncate.unwrap_or(true);
-            let out = shared.infer(job, call).await?;
+            let out = shared.infer(&m, job, call).await?;
             let raw = req.raw_scores.unwrap_or(false);
             let outputs: Vec<pb::Output> = out
                 .embeddings
@@ -131,7 +135,7 @@ impl InferenceService for GrpcApi {
                         pb::Output {
                             embedding: Vec::new(),
                             token_count,
-                            predictions: predict::predictions(&row, &shared.spec, raw)
+                            predictions: predict::predictions(&row, &m.spec, raw)
                                 .into_iter()
                                 .map(|p| pb::Prediction {
                                     label: p.label,
@@ -153,7 +157,7 @@ impl InferenceService for GrpcApi {
                 pb::InferResponse {
                     outputs,
                     timings: Some(timings(&out.timings)),
-                    model: shared.spec.name.clone(),
+                    model: m.name.clone(),
                     request_id: String::new(),
                 },
                 texts,
@@ -169,25 +173,29 @@ impl InferenceService for GrpcApi {
 
     async fn model_info(
         &self,
-        _request: Request<pb::ModelInfoRequest>,
+        request: Request<pb::ModelInfoRequest>,
     ) -> Result<Response<pb::ModelInfoResponse>, Status> {
-        let i = self.shared.info();
-        Ok(Response::new(pb::ModelInfoResponse {
-            name: i.model,
-            path: i.path.unwrap_or_default(),
-            embedding_dim: i.embedding_dim as u32,
-            max_sequence_length: i.max_sequence_length as u32,
-            device: i.device,
-            dtype: i.dtype.into(),
-            pooling: i.pooling.into(),
-            normalize: i.normalize,
-            workers: i.workers as u32,
-            tokenizer_workers: i.tokenizer_workers as u32,
-            kind: i.kind.into(),
-            family: i.family.into(),
-            routes: i.routes.iter().map(|r| r.to_string()).collect(),
-            labels: i.labels,
-            activation: i.activation.into(),
+        let name = request.into_inner().model;
+        let pick = if name.is_empty() {
+            Pick::First
+        } else {
+            Pick::Named(&name)
+        };
+        let m = self.shared.model(pick).map_err(Status::from)?;
+        Ok(Response::new(model_info(self.shared.info(&m))))
+    }
+
+    async fn list_models(
+        &self,
+        _request: Request<pb::ListModelsRequest>,
+    ) -> Result<Response<pb::ListModelsResponse>, Status> {
+        let catalog = self.shared.catalog();
+        Ok(Response::new(pb::ListModelsResponse {
+            models: catalog
+                .models
+                .iter()
+                .map(|m| model_info(self.shared.info(m)))
+                .collect(),
         }))
     }
 
@@ -203,8 +211,10 @@ impl InferenceService for GrpcApi {
                 let n = req.texts.len();
                 let keep = req.return_text.then(|| req.texts.clone());
                 let truncate = req.truncate.unwrap_or(true);
-                let out = predict::rerank_pairs(shared, req.query, req.texts, truncate, None, call)
-                    .await?;
+                let m = call.model(shared, pick(&req.model, Task::Reranker))?;
+                let out =
+                    predict::rerank_pairs(shared, &m, req.query, req.texts, truncate, None, call)
+                        .await?;
                 Ok((
                     pb::RerankResponse {
                         results: predict::rerank_results(&out.embeddings, req.raw_scores, keep)
@@ -216,7 +226,7 @@ impl InferenceService for GrpcApi {
                             })
                             .collect(),
                         timings: Some(timings(&out.timings)),
-                        model: shared.spec.name.clone(),
+                        model: m.name.clone(),
                         request_id: String::new(),
                     },
                     n,
@@ -229,6 +239,37 @@ impl InferenceService for GrpcApi {
             r.get_mut().request_id = id;
             r
         })
+    }
+}
+
+/// The model a request's `model` field names, or the default for `task` when it is empty.
+fn pick(model: &str, task: Task) -> Pick<'_> {
+    if model.is_empty() {
+        Pick::Default(task)
+    } else {
+        Pick::Named(model)
+    }
+}
+
+/// `ModelInfo`'s answer for one model.
+fn model_info(i: super::ModelInfo) -> pb::ModelInfoResponse {
+    pb::ModelInfoResponse {
+        name: i.model,
+        path: i.path.unwrap_or_default(),
+        embedding_dim: i.embedding_dim as u32,
+        max_sequence_length: i.max_sequence_length as u32,
+        device: i.device,
+        dtype: i.dtype.into(),
+        pooling: i.pooling.into(),
+        normalize: i.normalize,
+        workers: i.workers as u32,
+        tokenizer_workers: i.tokenizer_workers as u32,
+        kind: i.kind.into(),
+        family: i.family.into(),
+        routes: i.routes.iter().map(|r| r.to_string()).collect(),
+        labels: i.labels,
+        activation: i.activation.into(),
+        version: i.model_version,
     }
 }
 
@@ -300,15 +341,16 @@ pub(super) async fn served<Resp, Fut>(
 where
     Fut: std::future::Future<Output = Result<(Resp, usize, Timings), ApiError>>,
 {
-    let call = Call {
-        span: tracing::info_span!("request", transport = "grpc", route, request_id = %id, traceparent = tracing::field::Empty),
+    let call = Call::new(
+        tracing::info_span!("request", transport = "grpc", route, request_id = %id, traceparent = tracing::field::Empty),
         deadline,
-    };
+    );
+    let chosen = call.chosen.clone();
     super::telemetry::continue_trace(&call.span, trace);
-    let mut gone = ClientGoneGuard(Some(shared));
+    let mut gone = ClientGoneGuard(Some((shared, chosen.clone())));
     let result = work(call).await;
     gone.0 = None;
-    super::record(&shared.recorder, "grpc", &result);
+    super::record(chosen.recorder(shared), "grpc", &result);
     let (resp, _, _) = result.map_err(Status::from)?;
     Ok(resp)
 }

@@ -25,7 +25,7 @@ use super::{
     predict, tei,
     telemetry::TraceContext,
 };
-use crate::actors::{metrics::Render, router::Timings};
+use crate::actors::{metrics::Render, models::Pick, router::Timings};
 
 /// Every error's body.
 #[derive(Serialize, ToSchema)]
@@ -213,18 +213,22 @@ where
         .get::<RequestId>()
         .map(|r| r.0.clone())
         .unwrap_or_else(super::new_request_id);
-    let call = Call {
-        span: tracing::info_span!("request", transport = "http", route, request_id = %id, traceparent = tracing::field::Empty),
-        deadline: shared.deadline(None),
-    };
+    let call = Call::new(
+        tracing::info_span!("request", transport = "http", route, request_id = %id, traceparent = tracing::field::Empty),
+        shared.deadline(None),
+    );
+    let chosen = call.chosen.clone();
     super::telemetry::continue_trace(&call.span, TraceContext::from_http(req.headers()));
     let result = unless_client_gone(req, work(call))
         .await
         .map(|s| (s.body, s.texts, s.timings));
-    super::record(&shared.recorder, "http", &result);
+    super::record(chosen.recorder(shared), "http", &result);
     let (body, _, timings) = result?;
     let mut res = HttpResponse::Ok();
     with_timings(&mut res, &timings);
+    if let Some(m) = chosen.get() {
+        res.insert_header(("x-model-version", m.tag()));
+    }
     Ok(respond(&mut res, body))
 }
 
@@ -253,10 +257,62 @@ pub async fn ready(shared: web::Data<Shared>) -> Result<HttpResponse, ApiError> 
     }
 }
 
-/// What is served: TEI's `/info` fields, and ours.
+/// What is served: TEI's `/info` fields for the default embedding model (the first model
+/// when none embeds), and ours; `models` lists every model served, each with the same fields.
 #[utoipa::path(get, path = "/info", responses((status = 200, description = "The model", body = super::ModelInfo)))]
-pub async fn info(shared: web::Data<Shared>) -> HttpResponse {
-    HttpResponse::Ok().json(shared.info())
+pub async fn info(shared: web::Data<Shared>) -> Result<HttpResponse, ApiError> {
+    let m = shared.model(Pick::Default(crate::model::Task::Embedding))?;
+    let mut body = serde_json::to_value(shared.info(&m))
+        .map_err(|e| ApiError::internal(format!("cannot encode /info: {e}")))?;
+    let models: Vec<super::ModelInfo> = shared
+        .catalog()
+        .models
+        .iter()
+        .map(|m| shared.info(m))
+        .collect();
+    body["models"] = serde_json::to_value(models)
+        .map_err(|e| ApiError::internal(format!("cannot encode /info: {e}")))?;
+    Ok(HttpResponse::Ok().json(body))
+}
+
+/// OpenAI's model list: every model served (`id` is the name `model` takes).
+#[utoipa::path(get, path = "/v1/models", responses((status = 200, description = "The models served")))]
+pub async fn list_models(shared: web::Data<Shared>) -> HttpResponse {
+    let data: Vec<serde_json::Value> = shared
+        .catalog()
+        .models
+        .iter()
+        .map(|m| {
+            serde_json::json!({
+                "id": m.name,
+                "object": "model",
+                "created": 0,
+                "owned_by": "actor-infer",
+                "kind": m.spec.task.as_str(),
+                "version": m.version,
+            })
+        })
+        .collect();
+    HttpResponse::Ok().json(serde_json::json!({"object": "list", "data": data}))
+}
+
+/// Re-reads the experiment file and applies its models (as SIGHUP does): new and changed
+/// models load and warm up beside the running ones, then take over; replaced and removed ones
+/// drain and stop. Answers the report once the old versions have stopped: 200 when every
+/// model loaded, 500 `reload_failed`-style report with `ok: false` when one did not (the old
+/// version keeps serving), 409 while another reload runs.
+#[utoipa::path(post, path = "/admin/reload", responses(
+    (status = 200, description = "Every model of the file serves"),
+    (status = 409, description = "A reload is running", body = ErrorBody),
+    (status = 500, description = "A model failed to load; its old version keeps serving")))]
+pub async fn reload(shared: web::Data<Shared>) -> Result<HttpResponse, ApiError> {
+    use crate::actors::supervisor::{Reload, ReloadRefused};
+    match shared.supervisor.send(Reload).await {
+        Ok(Ok(report)) if report.ok => Ok(HttpResponse::Ok().json(report)),
+        Ok(Ok(report)) => Ok(HttpResponse::InternalServerError().json(report)),
+        Ok(Err(ReloadRefused::Stopping)) | Err(_) => Err(ApiError::shutting_down()),
+        Ok(Err(refused)) => Err(ApiError::new(ErrorKind::Conflict, refused.to_string())),
+    }
 }
 
 /// True when the client asks for Prometheus's text format (Prometheus's own scrapes name
@@ -428,6 +484,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/ping"),
     ("GET", "/ready"),
     ("GET", "/info"),
+    ("GET", "/v1/models"),
+    ("POST", "/admin/reload"),
     ("GET", "/metrics"),
     ("GET", "/api-doc/openapi.json"),
 ];
@@ -452,6 +510,8 @@ fn handler(method: &str, path: &str) -> actix_web::Route {
         ("GET", "/ping") => web::get().to(ping),
         ("GET", "/ready") => web::get().to(ready),
         ("GET", "/info") => web::get().to(info),
+        ("GET", "/v1/models") => web::get().to(list_models),
+        ("POST", "/admin/reload") => web::post().to(reload),
         ("GET", "/metrics") => web::get().to(metrics),
         ("GET", "/api-doc/openapi.json") => web::get().to(openapi_json),
         _ => unreachable!("{method} {path} is in ROUTES without a handler"),

@@ -17,7 +17,7 @@ pub mod v2_grpc;
 
 use std::{
     net::TcpListener,
-    sync::{Arc, OnceLock},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -30,31 +30,33 @@ use crate::{
     actors::{
         Admission, Lifecycle,
         metrics::{Metrics, Recorder, Snapshot},
-        router::{Embed, EmbedOutput, Router, Timings, TokenizerWork, Tokens},
+        models::{Catalog, Directory, Lease, Pick, Served},
+        router::{Embed, EmbedOutput, Timings, TokenizerWork, Tokens},
         supervisor::{Shutdown, StopReason, Supervisor},
     },
     config::Config,
-    model::{Direction, ModelSpec, Task, TextInput, device_name},
+    model::{Direction, Task, TextInput, device_name},
 };
 use error::{ApiError, ErrorKind};
 
-/// What both front ends share. The Router's address appears once the model is loaded;
+/// What both front ends share. The models appear in the directory once they are loaded;
 /// until then inference routes answer "not ready".
 pub struct Shared {
-    /// The validated configuration.
+    /// The validated configuration, as the server started (a model's own is
+    /// [`Served::config`]).
     pub config: Arc<Config>,
-    /// The model's facts.
-    pub spec: Arc<ModelSpec>,
+    /// The models serving now.
+    pub directory: Arc<Directory>,
     /// Readiness and stop flags.
     pub lifecycle: Arc<Lifecycle>,
-    /// Set by the Supervisor once the Router runs.
-    pub router: Arc<OnceLock<Addr<Router>>>,
     /// The Metrics actor (renders `/metrics`).
     pub metrics: Addr<Metrics>,
     /// Metric handles.
     pub recorder: Recorder,
     /// Texts in flight against `server.max_concurrent_requests`.
     pub admission: Arc<Admission>,
+    /// The Supervisor (reloads).
+    pub supervisor: Addr<Supervisor>,
 }
 
 /// The running front ends: actix-web on the System's arbiter, tonic on an arbiter of its own.
@@ -167,6 +169,48 @@ pub struct Call {
     pub span: tracing::Span,
     /// When it must be answered by.
     pub deadline: Deadline,
+    /// The model version the request went to, once chosen (its metrics label, the
+    /// `X-Model-Version` header).
+    pub chosen: Chosen,
+}
+
+/// Where a [`Call`] notes the model version it went to.
+#[derive(Clone, Default)]
+pub struct Chosen(Arc<std::sync::OnceLock<Arc<Served>>>);
+
+impl Chosen {
+    /// The version chosen, if any.
+    pub fn get(&self) -> Option<&Arc<Served>> {
+        self.0.get()
+    }
+
+    /// The metric handles of the chosen model (`model=""` when none was chosen).
+    pub fn recorder<'a>(&'a self, shared: &'a Shared) -> &'a Recorder {
+        self.get().map_or(&shared.recorder, |m| &m.recorder)
+    }
+}
+
+impl Call {
+    /// A new call's opening.
+    pub fn new(span: tracing::Span, deadline: Deadline) -> Call {
+        Call {
+            span,
+            deadline,
+            chosen: Chosen::default(),
+        }
+    }
+
+    /// [`Shared::model`], noting the version chosen for this call.
+    pub fn model(&self, shared: &Shared, pick: Pick<'_>) -> Result<Lease, ApiError> {
+        let lease = shared.model(pick)?;
+        self.chose(&lease);
+        Ok(lease)
+    }
+
+    /// Notes the version this call went to (the first noted stays).
+    pub fn chose(&self, lease: &Lease) {
+        let _ = self.chosen.0.set(lease.served());
+    }
 }
 
 /// When a request must be answered by, and why.
@@ -258,6 +302,9 @@ pub struct ModelInfo {
     pub tokenizer_workers: usize,
     /// Experiment name.
     pub experiment: String,
+    /// Which version of the model this is: 1 at start, one more each time a reload replaces
+    /// it (as `X-Model-Version` says `name@version`).
+    pub model_version: u64,
 }
 
 /// What a route asks of the model: its inputs and how to run them.
@@ -304,24 +351,41 @@ pub fn direction(s: Option<&str>) -> Result<Direction, ApiError> {
 }
 
 impl Shared {
-    /// Embeds through the Router: [`Shared::infer`] for embedding models only (a classifier
-    /// answers `wrong_model_kind`).
-    pub async fn embed(&self, job: Job, call: Call) -> Result<EmbedOutput, ApiError> {
-        self.require(&[Task::Embedding], "embeddings (/embed, /v1/embeddings)")?;
-        self.infer(job, call).await
+    /// A lease on the model `pick` chooses, for one request: it is not stopped by a reload
+    /// until the lease is dropped. A name no model has answers `model_not_found`, listing the
+    /// models served.
+    pub fn model(&self, pick: Pick<'_>) -> Result<Lease, ApiError> {
+        self.directory.lease(pick).map_err(|catalog| {
+            if self.lifecycle.is_stopping() {
+                ApiError::shutting_down()
+            } else if catalog.models.is_empty() {
+                ApiError::not_ready()
+            } else {
+                let name = match pick {
+                    Pick::Named(n) | Pick::NamedOrOnly(n) => n,
+                    _ => "",
+                };
+                ApiError::new(
+                    ErrorKind::ModelNotFound,
+                    format!(
+                        "model `{name}` is not served here; the models are: {}",
+                        catalog.names().join(", ")
+                    ),
+                )
+            }
+        })
     }
 
-    /// Refuses a route the loaded model does not serve.
-    pub fn require(&self, tasks: &[Task], route: &str) -> Result<(), ApiError> {
-        if tasks.contains(&self.spec.task) {
-            Ok(())
-        } else {
-            Err(ApiError::wrong_model_kind(
-                route,
-                self.spec.task.as_str(),
-                self.spec.task.routes(),
-            ))
-        }
+    /// The models serving now.
+    pub fn catalog(&self) -> Arc<Catalog> {
+        self.directory.catalog()
+    }
+
+    /// Embeds through the Router: [`Shared::infer`] for embedding models only (a classifier
+    /// answers `wrong_model_kind`).
+    pub async fn embed(&self, m: &Served, job: Job, call: Call) -> Result<EmbedOutput, ApiError> {
+        require(m, &[Task::Embedding], "embeddings (/embed, /v1/embeddings)")?;
+        self.infer(m, job, call).await
     }
 
     /// Prepends sentence-transformers' prompt to each text: the one `prompt_name` names, else
@@ -329,10 +393,11 @@ impl Shared {
     /// listing the prompts there are.
     pub fn prompted(
         &self,
+        m: &Served,
         inputs: Vec<TextInput>,
         prompt_name: Option<&str>,
     ) -> Result<Vec<TextInput>, ApiError> {
-        let prompts = &self.spec.prompts;
+        let prompts = &m.spec.prompts;
         let prompt = match prompt_name {
             Some(name) => Some(prompts.get(name).ok_or_else(|| {
                 ApiError::validation(format!(
@@ -345,11 +410,7 @@ impl Shared {
                     }
                 ))
             })?),
-            None => self
-                .spec
-                .default_prompt
-                .as_ref()
-                .and_then(|n| prompts.get(n)),
+            None => m.spec.default_prompt.as_ref().and_then(|n| prompts.get(n)),
         };
         let Some(prompt) = prompt.filter(|p| !p.is_empty()) else {
             return Ok(inputs);
@@ -372,8 +433,8 @@ impl Shared {
     /// characters each; the server is ready and not stopping; the inputs fit under
     /// `server.max_concurrent_requests` (admission control, before any queue). Dropping the
     /// returned future cancels the request's queued work.
-    pub async fn infer(&self, job: Job, call: Call) -> Result<EmbedOutput, ApiError> {
-        let Call { span, deadline } = call;
+    pub async fn infer(&self, m: &Served, job: Job, call: Call) -> Result<EmbedOutput, ApiError> {
+        let Call { span, deadline, .. } = call;
         if let Some(p) = &job.pairs {
             if p.len() != job.inputs.len() {
                 return Err(ApiError::validation(format!(
@@ -388,9 +449,9 @@ impl Shared {
         self.check_count(job.inputs.len())?;
         self.check_lengths(job.inputs.iter().map(|t| (t.len_bound(), || t.chars())))?;
         let permit = self.admit(job.inputs.len())?;
-        let router = self.router.get().ok_or_else(ApiError::not_ready)?;
         let n = job.inputs.len();
-        let receiver = router
+        let receiver = m
+            .router
             .send(Embed {
                 inputs: job.inputs,
                 pairs: job.pairs,
@@ -444,11 +505,15 @@ impl Shared {
 
     /// Tokenizer work (`/tokenize`, `/decode`) on the tokenizer pool, through the Router, under
     /// the same limits and admission as inference.
-    pub async fn tokenizer(&self, work: TokenizerWork, count: usize) -> Result<Tokens, ApiError> {
+    pub async fn tokenizer(
+        &self,
+        m: &Served,
+        work: TokenizerWork,
+        count: usize,
+    ) -> Result<Tokens, ApiError> {
         self.check_count(count)?;
         let _permit = self.admit(count)?;
-        let router = self.router.get().ok_or_else(ApiError::not_ready)?;
-        Ok(router
+        Ok(m.router
             .send(work)
             .await
             .map_err(|_| ApiError::shutting_down())??)
@@ -510,10 +575,10 @@ impl Shared {
         }
     }
 
-    /// The model facts for `/info` and `ModelInfo`.
-    pub fn info(&self) -> ModelInfo {
-        let s = &self.spec;
-        let c = &self.config;
+    /// Model `m`'s facts for `/info` and `ModelInfo`.
+    pub fn info(&self, m: &Served) -> ModelInfo {
+        let s = &m.spec;
+        let c = &m.config;
         let classes = || {
             serde_json::json!({
                 "id2label": s.labels.iter().enumerate()
@@ -569,11 +634,25 @@ impl Shared {
             dtype: s.dtype.as_str(),
             pooling: s.pooling.as_str(),
             normalize: s.normalize,
-            workers: self.config.model.instances,
-            tokenizer_workers: self.config.tokenizer.workers,
+            workers: c.model().instances,
+            tokenizer_workers: c.tokenizer.workers,
+            model_version: m.version,
             experiment: self.config.experiment.name.clone(),
             version: env!("CARGO_PKG_VERSION"),
         }
+    }
+}
+
+/// Refuses a route model `m` does not serve (`wrong_model_kind`, naming what it serves).
+pub fn require(m: &Served, tasks: &[Task], route: &str) -> Result<(), ApiError> {
+    if tasks.contains(&m.spec.task) {
+        Ok(())
+    } else {
+        Err(ApiError::wrong_model_kind(
+            route,
+            m.spec.task.as_str(),
+            m.spec.task.routes(),
+        ))
     }
 }
 

@@ -16,8 +16,11 @@
 //! protocol allows.
 
 use crate::{
-    actors::router::Timings,
-    model::{ModelSpec, Task, TextInput},
+    actors::{
+        models::{Lease, Pick, Served as Version},
+        router::Timings,
+    },
+    model::{Task, TextInput},
 };
 
 use super::{
@@ -25,9 +28,6 @@ use super::{
     error::{ApiError, ErrorKind},
     predict,
 };
-
-/// The one version of a model this server reports.
-pub const MODEL_VERSION: &str = "1";
 
 /// The server's name in the server metadata.
 pub const SERVER_NAME: &str = "actor-infer";
@@ -38,26 +38,18 @@ pub const EXTENSIONS: &[&str] = &["binary_tensor_data", "parameters"];
 /// The one place a request's model name (and version) is resolved: a name or version this
 /// server does not serve is `model_not_found` (404 / NOT_FOUND), naming what it serves. An empty
 /// version (gRPC's default) means "the server's choice".
-pub fn model<'a>(
-    shared: &'a Shared,
-    name: &str,
-    version: Option<&str>,
-) -> Result<&'a ModelSpec, ApiError> {
-    let spec = &*shared.spec;
-    if name != spec.name {
-        return Err(ApiError::new(
-            ErrorKind::ModelNotFound,
-            format!(
-                "model `{name}` is not served here; this server serves: {}",
-                spec.name
-            ),
-        ));
-    }
+pub fn model(shared: &Shared, name: &str, version: Option<&str>) -> Result<Lease, ApiError> {
+    let m = shared.model(Pick::Named(name))?;
     match version {
-        None | Some("") | Some(MODEL_VERSION) => Ok(spec),
+        None | Some("") => Ok(m),
+        Some(v) if v == m.version.to_string() => Ok(m),
         Some(v) => Err(ApiError::new(
             ErrorKind::ModelNotFound,
-            format!("model `{name}` has no version `{v}`; it serves version {MODEL_VERSION}"),
+            format!(
+                "model `{name}` has no version `{v}`; it serves version {} (a reload that \
+                 replaces a model serves the next number)",
+                m.version
+            ),
         )),
     }
 }
@@ -78,8 +70,9 @@ pub struct TensorMetadata {
 pub struct ModelMetadata {
     /// The model's name.
     pub name: String,
-    /// Its versions (`["1"]`).
-    pub versions: Vec<&'static str>,
+    /// Its version serving now (`["1"]` at start; a reload that replaces the model serves
+    /// the next number).
+    pub versions: Vec<String>,
     /// `actor-infer_<kind>`.
     pub platform: String,
     /// Input tensors.
@@ -93,7 +86,8 @@ const fn bytes(name: &'static str) -> (&'static str, &'static str) {
 }
 
 /// The metadata of `spec`: its tensors, by kind (see the module's table).
-pub fn metadata(spec: &ModelSpec) -> ModelMetadata {
+pub fn metadata(m: &Version) -> ModelMetadata {
+    let spec = &*m.spec;
     let t = |(name, datatype): (&'static str, &'static str), shape: Vec<i64>| TensorMetadata {
         name,
         datatype,
@@ -118,7 +112,7 @@ pub fn metadata(spec: &ModelSpec) -> ModelMetadata {
     };
     ModelMetadata {
         name: spec.name.clone(),
-        versions: vec![MODEL_VERSION],
+        versions: vec![m.version.to_string()],
         platform: format!("actor-infer_{}", spec.task.as_str()),
         inputs,
         outputs,
@@ -274,11 +268,12 @@ pub struct Inferred {
 /// [`Shared::infer`]: the same limits, admission control and deadline as every route.
 pub async fn infer(
     shared: &Shared,
+    m: &Version,
     request: InferRequest,
     call: Call,
 ) -> Result<Inferred, ApiError> {
-    let spec = &*shared.spec;
-    let meta = metadata(spec);
+    let spec = &*m.spec;
+    let meta = metadata(m);
     let names: Vec<&'static str> = meta.outputs.iter().map(|t| t.name).collect();
     let wanted: Vec<&'static str> = match &request.outputs {
         None => names.clone(),
@@ -325,6 +320,7 @@ pub async fn infer(
         Task::Embedding => {
             let out = shared
                 .embed(
+                    m,
                     super::Job {
                         normalize: p.normalize,
                         ..job(text, None, truncate)
@@ -342,7 +338,7 @@ pub async fn infer(
             (n, out.timings)
         }
         Task::Classifier => {
-            let out = shared.infer(job(text, pair, truncate), call).await?;
+            let out = shared.infer(m, job(text, pair, truncate), call).await?;
             let n = out.embeddings.len();
             let labels = spec
                 .labels
@@ -380,7 +376,9 @@ pub async fn infer(
                 [query] if pair.len() > 1 => vec![query.clone(); pair.len()],
                 _ => text,
             };
-            let out = shared.infer(job(text, Some(pair), truncate), call).await?;
+            let out = shared
+                .infer(m, job(text, Some(pair), truncate), call)
+                .await?;
             let n = out.embeddings.len();
             let scores = out
                 .embeddings

@@ -35,6 +35,8 @@ use super::{http, predict, tei};
         http::ping,
         http::ready,
         http::info,
+        http::list_models,
+        http::reload,
         http::metrics,
     )
 )]

@@ -17,7 +17,10 @@ use super::{
     error::ApiError,
     http::{Served, inference, typed},
 };
-use crate::model::{ProblemType, Task, TextInput};
+use crate::{
+    actors::models::{Pick, Served as Version},
+    model::{ProblemType, Task, TextInput},
+};
 
 /// The activation `problem_type` implies, as `/info` names it.
 pub fn activation(problem: ProblemType) -> &'static str {
@@ -275,7 +278,8 @@ pub async fn predict_route(
     body: serde_json::Value,
 ) -> Result<HttpResponse, ApiError> {
     inference(shared, req, route, |call| async {
-        shared.require(&[Task::Classifier, Task::Reranker], "/predict")?;
+        let m = call.model(shared, Pick::Default(Task::Classifier))?;
+        super::require(&m, &[Task::Classifier, Task::Reranker], "/predict")?;
         let body: PredictRequest = typed(body)?;
         let has_parameters = body.parameters.is_some();
         let input = predict_input(body.inputs)?;
@@ -307,8 +311,8 @@ pub async fn predict_route(
         job.pairs = any_pair.then_some(pairs);
         job.truncate = body.truncate.unwrap_or(true);
         job.direction = super::direction(body.truncation_direction.as_deref())?;
-        let out = shared.infer(job, call).await?;
-        let spec = &shared.spec;
+        let out = shared.infer(&m, job, call).await?;
+        let spec = &m.spec;
         let hf = body.parameters.unwrap_or_default();
         let (problem, raw) = match hf.function_to_apply.as_deref() {
             None => (spec.problem_type, body.raw_scores),
@@ -350,19 +354,20 @@ pub async fn predict_route(
 /// gRPC `Rerank` share (a reranker model only; one (query, text) pair per text).
 pub async fn rerank_pairs(
     shared: &Shared,
+    m: &Version,
     query: String,
     texts: Vec<String>,
     truncate: bool,
     direction: Option<&str>,
     call: super::Call,
 ) -> Result<crate::actors::router::EmbedOutput, ApiError> {
-    shared.require(&[Task::Reranker], "/rerank, gRPC Rerank")?;
+    super::require(m, &[Task::Reranker], "/rerank, gRPC Rerank")?;
     let n = texts.len();
     let mut job = Job::of(vec![TextInput::Text(query); n]);
     job.pairs = Some(texts);
     job.truncate = truncate;
     job.direction = super::direction(direction)?;
-    shared.infer(job, call).await
+    shared.infer(m, job, call).await
 }
 
 /// Rank texts by relevance to a query with the cross-encoder (TEI).
@@ -390,7 +395,11 @@ pub async fn rerank_route(
         let keep = body.return_text.then(|| body.texts.clone());
         let truncate = body.truncate.unwrap_or(true);
         let direction = body.truncation_direction.as_deref();
-        let out = rerank_pairs(shared, body.query, body.texts, truncate, direction, call).await?;
+        let m = call.model(shared, Pick::Default(Task::Reranker))?;
+        let out = rerank_pairs(
+            shared, &m, body.query, body.texts, truncate, direction, call,
+        )
+        .await?;
         Ok(Served {
             body: rerank_results(&out.embeddings, body.raw_scores, keep),
             texts: n,

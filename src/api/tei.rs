@@ -17,6 +17,7 @@ use super::{
     http::{Served, inference, typed},
 };
 use crate::{
+    actors::models::{Pick, Served as Version},
     actors::router::{TokenizerWork, Tokens},
     actors::tokenizer::{Decode, Inspect},
     model::{Task, TextInput, normalize_l2},
@@ -314,24 +315,25 @@ pub fn shorten(
 /// rows normalised after any Matryoshka cut (so the Router is asked not to normalise).
 pub async fn embed_rows(
     shared: &Shared,
+    m: &Version,
     inputs: Vec<TextInput>,
     options: EmbedOptions,
     call: super::Call,
 ) -> Result<crate::actors::router::EmbedOutput, ApiError> {
-    shared.require(&[Task::Embedding], "/embed, /v1/embeddings, gRPC Embed")?;
-    let mut job = Job::of(shared.prompted(inputs, options.prompt_name.as_deref())?);
+    super::require(m, &[Task::Embedding], "/embed, /v1/embeddings, gRPC Embed")?;
+    let mut job = Job::of(shared.prompted(m, inputs, options.prompt_name.as_deref())?);
     job.normalize = Some(false);
     job.truncate = options.truncate.unwrap_or(true);
     job.direction = super::direction(options.truncation_direction.as_deref())?;
     // Checked before any work is queued.
-    shorten(&mut [], options.dimensions, false, shared.spec.dim())?;
-    let mut out = shared.embed(job, call).await?;
-    let normalize = options.normalize.unwrap_or(shared.spec.normalize);
+    shorten(&mut [], options.dimensions, false, m.spec.dim())?;
+    let mut out = shared.embed(m, job, call).await?;
+    let normalize = options.normalize.unwrap_or(m.spec.normalize);
     shorten(
         &mut out.embeddings,
         options.dimensions,
         normalize,
-        shared.spec.dim(),
+        m.spec.dim(),
     )?;
     Ok(out)
 }
@@ -380,7 +382,8 @@ async fn embed_body(
         prompt_name: body.prompt_name,
         dimensions: body.dimensions,
     };
-    let out = embed_rows(shared, body.inputs.0, options, call).await?;
+    let m = call.model(shared, Pick::Default(Task::Embedding))?;
+    let out = embed_rows(shared, &m, body.inputs.0, options, call).await?;
     Ok(Served {
         texts: out.embeddings.len(),
         timings: out.timings,
@@ -426,8 +429,10 @@ pub async fn embed_all(
 ) -> Result<HttpResponse, ApiError> {
     inference(&shared, &req, "/embed_all", |call| async {
         let body: EmbedAllRequest = typed(body.into_inner())?;
+        let m = call.model(&shared, Pick::Default(Task::Embedding))?;
         let out = token_states(
             &shared,
+            &m,
             body.inputs.0,
             body.truncate,
             body.truncation_direction.as_deref(),
@@ -447,19 +452,20 @@ pub async fn embed_all(
 /// Every real token's state per input, `[tokens][width]` (`/embed_all`, gRPC `EmbedAll`).
 pub async fn token_states(
     shared: &Shared,
+    m: &Version,
     inputs: Vec<TextInput>,
     truncate: Option<bool>,
     direction: Option<&str>,
     prompt_name: Option<&str>,
     call: super::Call,
 ) -> Result<(Vec<Vec<Vec<f32>>>, crate::actors::router::Timings), ApiError> {
-    shared.require(&[Task::Embedding], "/embed_all, gRPC EmbedAll")?;
-    let mut job = Job::of(shared.prompted(inputs, prompt_name)?);
+    super::require(m, &[Task::Embedding], "/embed_all, gRPC EmbedAll")?;
+    let mut job = Job::of(shared.prompted(m, inputs, prompt_name)?);
     job.truncate = truncate.unwrap_or(true);
     job.direction = super::direction(direction)?;
     job.all_tokens = true;
-    let out = shared.infer(job, call).await?;
-    let width = shared.spec.dim().max(1);
+    let out = shared.infer(m, job, call).await?;
+    let width = m.spec.dim().max(1);
     let states = out
         .embeddings
         .into_iter()
@@ -472,10 +478,11 @@ pub async fn token_states(
 #[utoipa::path(post, path = "/embed_sparse", request_body = EmbedAllRequest,
     responses((status = 400, description = "Not a SPLADE model", body = super::http::ErrorBody)))]
 pub async fn embed_sparse(shared: web::Data<Shared>) -> Result<HttpResponse, ApiError> {
+    let m = shared.model(Pick::Default(Task::Embedding))?;
     Err(ApiError::wrong_model_kind(
         "/embed_sparse (SPLADE pooling)",
-        shared.spec.task.as_str(),
-        shared.spec.task.routes(),
+        m.spec.task.as_str(),
+        m.spec.task.routes(),
     ))
 }
 
@@ -495,7 +502,13 @@ pub async fn openai_embeddings(
             dimensions: body.dimensions,
             ..Default::default()
         };
-        let out = embed_rows(&shared, body.input.0, options, call).await?;
+        // Any name is taken while one model is served, as TEI does: OpenAI clients send a
+        // model name of their own.
+        let m = match body.model.as_deref() {
+            Some(name) => call.model(&shared, Pick::NamedOrOnly(name))?,
+            None => call.model(&shared, Pick::Default(Task::Embedding))?,
+        };
+        let out = embed_rows(&shared, &m, body.input.0, options, call).await?;
         let tokens: u64 = out.token_counts.iter().map(|&n| u64::from(n)).sum();
         let texts = out.embeddings.len();
         let data = out
@@ -512,7 +525,7 @@ pub async fn openai_embeddings(
             body: OpenAiResponse {
                 object: "list",
                 data,
-                model: shared.spec.name.clone(),
+                model: m.name.clone(),
                 usage: OpenAiUsage {
                     prompt_tokens: tokens,
                     total_tokens: tokens,
@@ -572,7 +585,8 @@ async fn similarity_body(
         prompt_name: p.prompt_name,
         ..Default::default()
     };
-    let out = embed_rows(shared, texts, options, call).await?;
+    let m = call.model(shared, Pick::Default(Task::Embedding))?;
+    let out = embed_rows(shared, &m, texts, options, call).await?;
     Ok(Served {
         body: cosines(&out.embeddings),
         texts: out.embeddings.len(),
@@ -589,19 +603,21 @@ pub async fn tokenize(
     body: web::Json<serde_json::Value>,
 ) -> Result<HttpResponse, ApiError> {
     let body: TokenizeRequest = typed(body.into_inner())?;
-    let texts = tokenize_texts(&shared, body.inputs.0, body.prompt_name.as_deref())?;
-    let tokens = inspect(&shared, texts, body.add_special_tokens).await?;
+    let m = shared.model(Pick::Default(Task::Embedding))?;
+    let texts = tokenize_texts(&shared, &m, body.inputs.0, body.prompt_name.as_deref())?;
+    let tokens = inspect(&shared, &m, texts, body.add_special_tokens).await?;
     Ok(HttpResponse::Ok().json(tokens))
 }
 
 /// The texts `/tokenize` (and gRPC `Tokenize`) takes: texts only, prompted, within limits.
 pub fn tokenize_texts(
     shared: &Shared,
+    m: &Version,
     inputs: Vec<TextInput>,
     prompt_name: Option<&str>,
 ) -> Result<Vec<String>, ApiError> {
     shared
-        .prompted(inputs, prompt_name)?
+        .prompted(m, inputs, prompt_name)?
         .into_iter()
         .enumerate()
         .map(|(i, input)| match input {
@@ -616,6 +632,7 @@ pub fn tokenize_texts(
 /// Every token of each text, through the tokenizer pool.
 pub async fn inspect(
     shared: &Shared,
+    m: &Version,
     texts: Vec<String>,
     add_special_tokens: bool,
 ) -> Result<Vec<Vec<SimpleToken>>, ApiError> {
@@ -625,7 +642,7 @@ pub async fn inspect(
         texts,
         add_special_tokens,
     });
-    match shared.tokenizer(work, n).await? {
+    match shared.tokenizer(m, work, n).await? {
         Tokens::Inspected(per_text) => Ok(per_text
             .into_iter()
             .map(|tokens| {
@@ -650,6 +667,7 @@ pub async fn inspect(
 /// The texts of token ids, through the tokenizer pool.
 pub async fn decode_ids(
     shared: &Shared,
+    m: &Version,
     ids: Vec<Vec<u32>>,
     skip_special_tokens: bool,
 ) -> Result<Vec<String>, ApiError> {
@@ -658,7 +676,7 @@ pub async fn decode_ids(
         ids,
         skip_special_tokens,
     });
-    match shared.tokenizer(work, n).await? {
+    match shared.tokenizer(m, work, n).await? {
         Tokens::Decoded(texts) => Ok(texts),
         Tokens::Inspected(_) => Err(ApiError::internal(
             "the tokenizer answered another question",
@@ -679,7 +697,8 @@ pub async fn decode(
         InputIds::Single(ids) => vec![ids],
         InputIds::Batch(ids) => ids,
     };
-    Ok(HttpResponse::Ok().json(decode_ids(&shared, ids, body.skip_special_tokens).await?))
+    let m = shared.model(Pick::Default(Task::Embedding))?;
+    Ok(HttpResponse::Ok().json(decode_ids(&shared, &m, ids, body.skip_special_tokens).await?))
 }
 
 /// TEI's default route: what the loaded model's kind answers — `/embed` for an embedding model
@@ -699,7 +718,9 @@ pub async fn default_route(
         "/invocations" => "/invocations",
         _ => "/",
     };
-    match shared.spec.task {
+    // The model the bare route serves: the first listed.
+    let task = shared.model(Pick::First)?.spec.task;
+    match task {
         Task::Embedding if body["inputs"].get("source_sentence").is_some() => {
             inference(&shared, &req, route, |call| async {
                 similarity_body(&shared, typed(body)?, call).await

@@ -19,6 +19,7 @@ use super::{
     telemetry::TraceContext,
 };
 use crate::{
+    actors::models::Pick,
     actors::router::Timings,
     model::{Task, TextInput},
 };
@@ -137,7 +138,15 @@ async fn embed(
         prompt_name: req.prompt_name,
         dimensions: None,
     };
-    let out = tei::embed_rows(&shared, vec![TextInput::Text(req.inputs)], options, call).await?;
+    let m = call.model(&shared, Pick::Default(Task::Embedding))?;
+    let out = tei::embed_rows(
+        &shared,
+        &m,
+        vec![TextInput::Text(req.inputs)],
+        options,
+        call,
+    )
+    .await?;
     let tokens = out.token_counts.iter().sum();
     let resp = pb::EmbedResponse {
         metadata: Some(metadata(chars, tokens, &out.timings)),
@@ -152,8 +161,10 @@ async fn embed_all(
     call: Call,
 ) -> Answer<pb::EmbedAllResponse> {
     let chars = req.inputs.chars().count();
+    let m = call.model(&shared, Pick::Default(Task::Embedding))?;
     let (states, timings) = tei::token_states(
         &shared,
+        &m,
         vec![TextInput::Text(req.inputs)],
         Some(true),
         direction(req.truncation_direction).as_deref(),
@@ -177,10 +188,11 @@ async fn embed_sparse(
     _req: pb::EmbedSparseRequest,
     _call: Call,
 ) -> Answer<pb::EmbedSparseResponse> {
+    let m = shared.model(Pick::Default(Task::Embedding))?;
     Err(ApiError::wrong_model_kind(
         "EmbedSparse (SPLADE pooling)",
-        shared.spec.task.as_str(),
-        shared.spec.task.routes(),
+        m.spec.task.as_str(),
+        m.spec.task.routes(),
     ))
 }
 
@@ -193,16 +205,21 @@ async fn classify(
     truncation_direction: i32,
     call: Call,
 ) -> Answer<pb::PredictResponse> {
-    shared.require(&[Task::Classifier, Task::Reranker], "Predict, PredictPair")?;
+    let m = call.model(shared, Pick::Default(Task::Classifier))?;
+    super::require(
+        &m,
+        &[Task::Classifier, Task::Reranker],
+        "Predict, PredictPair",
+    )?;
     let chars = text.chars().count() + pair.as_ref().map_or(0, |p| p.chars().count());
     let mut job = Job::of(vec![TextInput::Text(text)]);
     job.pairs = pair.map(|p| vec![p]);
     job.direction = super::direction(direction(truncation_direction).as_deref())?;
-    let out = shared.infer(job, call).await?;
+    let out = shared.infer(&m, job, call).await?;
     let tokens = out.token_counts.iter().sum();
     let row = out.embeddings.into_iter().next().unwrap_or_default();
     let resp = pb::PredictResponse {
-        predictions: predict::predictions(&row, &shared.spec, raw_scores)
+        predictions: predict::predictions(&row, &m.spec, raw_scores)
             .into_iter()
             .map(|p| pb::Prediction {
                 score: p.score,
@@ -267,7 +284,8 @@ async fn rank(
     let n = texts.len();
     let keep = return_text.then(|| texts.clone());
     let dir = direction(truncation_direction);
-    let out = predict::rerank_pairs(shared, query, texts, true, dir.as_deref(), call).await?;
+    let m = call.model(shared, Pick::Default(Task::Reranker))?;
+    let out = predict::rerank_pairs(shared, &m, query, texts, true, dir.as_deref(), call).await?;
     let tokens = out.token_counts.iter().sum();
     let resp = pb::RerankResponse {
         ranks: predict::rerank_results(&out.embeddings, raw_scores, keep)
@@ -288,12 +306,14 @@ async fn encode(
     req: pb::EncodeRequest,
     _call: Call,
 ) -> Answer<pb::EncodeResponse> {
+    let m = shared.model(Pick::Default(Task::Embedding))?;
     let texts = tei::tokenize_texts(
         &shared,
+        &m,
         vec![TextInput::Text(req.inputs)],
         req.prompt_name.as_deref(),
     )?;
-    let tokens = tei::inspect(&shared, texts, req.add_special_tokens)
+    let tokens = tei::inspect(&shared, &m, texts, req.add_special_tokens)
         .await?
         .into_iter()
         .next()
@@ -318,7 +338,8 @@ async fn decode(
     req: pb::DecodeRequest,
     _call: Call,
 ) -> Answer<pb::DecodeResponse> {
-    let text = tei::decode_ids(&shared, vec![req.ids], req.skip_special_tokens)
+    let m = shared.model(Pick::Default(Task::Embedding))?;
+    let text = tei::decode_ids(&shared, &m, vec![req.ids], req.skip_special_tokens)
         .await?
         .into_iter()
         .next()
@@ -332,7 +353,11 @@ impl pb::info_server::Info for TeiApi {
         &self,
         _request: Request<pb::InfoRequest>,
     ) -> Result<Response<pb::InfoResponse>, Status> {
-        let i = self.shared.info();
+        let m = self
+            .shared
+            .model(Pick::Default(Task::Embedding))
+            .map_err(Status::from)?;
+        let i = self.shared.info(&m);
         let u = |n: usize| n.min(u32::MAX as usize) as u32;
         Ok(Response::new(pb::InfoResponse {
             version: i.version.to_string(),
@@ -341,7 +366,7 @@ impl pb::info_server::Info for TeiApi {
             model_id: i.model_id,
             model_sha: None,
             model_dtype: i.model_dtype.to_string(),
-            model_type: match self.shared.spec.task {
+            model_type: match m.spec.task {
                 Task::Embedding => pb::ModelType::Embedding,
                 Task::Classifier => pb::ModelType::Classifier,
                 Task::Reranker => pb::ModelType::Reranker,

@@ -21,6 +21,8 @@ use futures::StreamExt as _;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use crate::actors::models::Lease;
+
 use super::{
     Shared,
     error::{ApiError, ErrorKind},
@@ -65,10 +67,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 }
 
 /// The model a `/v2/models/{name}[/versions/{version}]` path names.
-fn model_of<'a>(
-    shared: &'a Shared,
-    req: &HttpRequest,
-) -> Result<&'a crate::model::ModelSpec, ApiError> {
+fn model_of(shared: &Shared, req: &HttpRequest) -> Result<Lease, ApiError> {
     let m = req.match_info();
     oip::model(shared, m.get("name").unwrap_or(""), m.get("version"))
 }
@@ -106,17 +105,17 @@ async fn model_ready(
     shared: web::Data<Shared>,
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
-    let spec = model_of(&shared, &req)?;
+    let m = model_of(&shared, &req)?;
     readiness(&shared)?;
-    Ok(HttpResponse::Ok().json(serde_json::json!({ "name": spec.name, "ready": true })))
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "name": m.name, "ready": true })))
 }
 
 async fn model_metadata(
     shared: web::Data<Shared>,
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
-    let spec = model_of(&shared, &req)?;
-    Ok(HttpResponse::Ok().json(oip::metadata(spec)))
+    let m = model_of(&shared, &req)?;
+    Ok(HttpResponse::Ok().json(oip::metadata(&m)))
 }
 
 /// An inference request's JSON (the header, with the binary extension).
@@ -152,7 +151,7 @@ struct OutputRequestJson {
 #[derive(Serialize)]
 struct ResponseJson {
     model_name: String,
-    model_version: &'static str,
+    model_version: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     id: Option<String>,
     outputs: Vec<OutputJson>,
@@ -387,7 +386,7 @@ impl Binary {
 
 /// Encodes the outputs: JSON `data`, or `binary_data_size` and the bytes after the header.
 fn encode(
-    spec: &crate::model::ModelSpec,
+    m: &crate::actors::models::Served,
     id: Option<String>,
     outputs: Vec<oip::OutputTensor>,
     binary: &Binary,
@@ -426,8 +425,8 @@ fn encode(
         }
     }
     let json = serde_json::to_vec(&ResponseJson {
-        model_name: spec.name.clone(),
-        model_version: oip::MODEL_VERSION,
+        model_name: m.name.clone(),
+        model_version: m.version.to_string(),
         id,
         outputs: json,
     })
@@ -448,13 +447,14 @@ async fn infer(
         &req,
         "/v2/models/{name}/infer",
         |call| async {
-            let spec = model_of(&shared, &req)?;
+            let m = model_of(&shared, &req)?;
+            call.chose(&m);
             let body = read_body(&req, payload, shared.config.server.max_request_bytes).await?;
             let (request, id, binary) = decode(&req, &body)?;
             drop(body);
-            let out = oip::infer(&shared, request, call).await?;
+            let out = oip::infer(&shared, &m, request, call).await?;
             Ok(Served {
-                body: encode(spec, id, out.outputs, &binary)?,
+                body: encode(&m, id, out.outputs, &binary)?,
                 texts: out.texts,
                 timings: out.timings,
             })

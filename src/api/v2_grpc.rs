@@ -188,7 +188,8 @@ impl GrpcInferenceService for V2Grpc {
     ) -> Result<Response<pb::ModelMetadataResponse>, Status> {
         self.authorize(&request, true)?;
         let r = request.get_ref();
-        let m = oip::metadata(oip::model(&self.shared, &r.name, Some(&r.version))?);
+        let lease = oip::model(&self.shared, &r.name, Some(&r.version))?;
+        let m = oip::metadata(&lease);
         Ok(Response::new(pb::ModelMetadataResponse {
             name: m.name,
             versions: m.versions.iter().map(|v| v.to_string()).collect(),
@@ -210,9 +211,10 @@ impl GrpcInferenceService for V2Grpc {
                 request,
                 "ModelInfer",
                 |req: pb::ModelInferRequest, call| async move {
-                    let spec = oip::model(shared, &req.model_name, Some(&req.model_version))?;
+                    let m = oip::model(shared, &req.model_name, Some(&req.model_version))?;
+                    call.chose(&m);
                     let id = req.id.clone();
-                    let out = oip::infer(shared, decode(req)?, call).await?;
+                    let out = oip::infer(shared, &m, decode(req)?, call).await?;
                     let (outputs, raw) = out
                         .outputs
                         .into_iter()
@@ -229,8 +231,8 @@ impl GrpcInferenceService for V2Grpc {
                         .unzip();
                     Ok((
                         pb::ModelInferResponse {
-                            model_name: spec.name.clone(),
-                            model_version: oip::MODEL_VERSION.into(),
+                            model_name: m.name.clone(),
+                            model_version: m.version.to_string(),
                             id,
                             parameters: Default::default(),
                             outputs,

@@ -563,7 +563,8 @@ mod tests {
             &config::Overrides::default(),
         )
         .unwrap()
-        .model
+        .models
+        .remove(0)
     }
 
     fn text(ids: &[i64]) -> Encoded {

@@ -495,18 +495,25 @@ async fn server_metrics(base: &str) -> Option<Value> {
         .map(|text| parse_stage_sums(&text))
 }
 
-/// `{stage: [sum_seconds, count]}` from the Prometheus text.
+/// `{stage: [sum_seconds, count]}` from the Prometheus text, added up over the models.
 fn parse_stage_sums(text: &str) -> Value {
     let mut out = serde_json::Map::new();
     for line in text.lines() {
         for (suffix, idx) in [("_sum{", 0), ("_count{", 1)] {
-            let prefix = format!("actor_infer_stage_duration_seconds{suffix}stage=\"");
-            if let Some(rest) = line.strip_prefix(&prefix)
-                && let Some((stage, value)) = rest.split_once("\"} ")
-                && let Ok(v) = value.trim().parse::<f64>()
-            {
+            let prefix = format!("actor_infer_stage_duration_seconds{suffix}");
+            let Some(rest) = line.strip_prefix(&prefix) else {
+                continue;
+            };
+            let Some((labels, value)) = rest.split_once("} ") else {
+                continue;
+            };
+            let stage = labels
+                .split(',')
+                .find_map(|l| l.strip_prefix("stage=\""))
+                .map(|s| s.trim_end_matches('"'));
+            if let (Some(stage), Ok(v)) = (stage, value.trim().parse::<f64>()) {
                 let e = out.entry(stage.to_string()).or_insert(json!([0.0, 0.0]));
-                e[idx] = json!(v);
+                e[idx] = json!(e[idx].as_f64().unwrap_or(0.0) + v);
             }
         }
     }
@@ -567,14 +574,14 @@ fn print_report(r: &Value) {
 /// The limit: tokenize + pad + forward in this process, one thread of control, for each
 /// batch size, with the experiment's intra-op threads.
 fn raw(args: &BenchArgs, plan: &Plan, config: &Config) -> i32 {
-    let device = match crate::model::device::select(&config.model) {
+    let device = match crate::model::device::select(config.model()) {
         Ok(choice) => choice.device,
         Err(e) => {
             eprintln!("actor-infer bench --raw: configuration error: {e}");
             return 2;
         }
     };
-    let spec = match ModelSpec::load(&config.model, device) {
+    let spec = match ModelSpec::load(config.model(), device) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("actor-infer bench --raw: {e}");

@@ -534,6 +534,26 @@ pub fn diagnose(t: &Target) -> Report {
                 };
                 let _ = writeln!(out, "  {k}: {v}");
             }
+            for md in m["models"].as_array().into_iter().flatten() {
+                let ms = |v: &Value| v.as_f64().map_or("n/a".to_string(), |x| format!("{x:.2}"));
+                let _ = writeln!(
+                    out,
+                    "  model {}@{} ({}, {}, {} workers): {} requests, {} errors, avg {} ms \
+                     (tokenize {}, queue {}, inference {}), queue {}",
+                    md["name"].as_str().unwrap_or("?"),
+                    md["version"],
+                    md["kind"].as_str().unwrap_or("?"),
+                    md["device"].as_str().unwrap_or("?"),
+                    md["workers"],
+                    md["requests"],
+                    md["errors"],
+                    ms(&md["avg_ms"]),
+                    ms(&md["stage_timings"]["avg_tokenize_ms"]),
+                    ms(&md["stage_timings"]["avg_queue_wait_ms"]),
+                    ms(&md["stage_timings"]["avg_inference_ms"]),
+                    md["queue_depth"],
+                );
+            }
             let tok = st["avg_tokenize_ms"].as_f64().unwrap_or(0.0);
             let inf = st["avg_inference_ms"].as_f64().unwrap_or(0.0);
             tokenizer_bound = tok > 1.0 && tok > 0.5 * inf;

@@ -341,15 +341,40 @@ pub fn floats(v: &serde_json::Value) -> Vec<f32> {
         .collect()
 }
 
-/// The value of one Prometheus sample, e.g.
-/// `actor_infer_skipped_texts_total{reason="deadline"}`, from the server's `/metrics` (0 when
-/// absent: counters with labels appear on first use).
+/// The value of a Prometheus sample, e.g.
+/// `actor_infer_skipped_texts_total{reason="deadline"}`, from the server's `/metrics`: the sum
+/// over every series of that name whose labels include the ones given (so it adds up the
+/// series of each `model`), 0 when there is none (counters with labels appear on first use).
 pub fn scrape(server: &Server, sample: &str) -> f64 {
     let (_, text) = http_get(&server.http_addr, "/metrics?format=prometheus").unwrap();
+    let (name, want) = parse_sample(sample);
     text.lines()
-        .find(|l| l.starts_with(sample) && l[sample.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-        .unwrap_or(0.0)
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let (n, labels) = parse_sample(series);
+            (n == name && want.iter().all(|w| labels.contains(w)))
+                .then(|| value.parse::<f64>().ok())
+                .flatten()
+        })
+        .sum()
+}
+
+/// `name{a="x",b="y"}` as its name and its label pairs.
+fn parse_sample(sample: &str) -> (&str, Vec<(String, String)>) {
+    let Some((name, rest)) = sample.split_once('{') else {
+        return (sample, Vec::new());
+    };
+    let labels = rest
+        .trim_end_matches('}')
+        .split("\",")
+        .filter(|p| !p.is_empty())
+        .filter_map(|p| {
+            let (k, v) = p.split_once("=\"")?;
+            Some((k.to_string(), v.trim_end_matches('"').to_string()))
+        })
+        .collect();
+    (name, labels)
 }
 
 /// POSTs `{"inputs": text}` to `/embed` on `addr`.
