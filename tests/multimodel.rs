@@ -313,6 +313,41 @@ async fn an_embedder_a_reranker_and_a_classifier_serve_side_by_side() {
     server.stop_clean();
 }
 
+/// `configs/multi.yaml`, the README's example, as shipped: each kind of TEI route goes to the
+/// model `server.default_models` names.
+#[tokio::test]
+async fn the_shipped_multi_model_example_routes_each_kind_to_its_model() {
+    let server = Server::start(Experiment {
+        dir: tempfile::tempdir().unwrap(),
+        path: root().join("configs/multi.yaml"),
+    });
+    let list = get(&server, "/v1/models").await;
+    let ids: Vec<&str> = list["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["minilm", "reranker", "sentiment"], "{list}");
+    for (path, body, model) in [
+        ("/embed", json!({"inputs": "a"}), "minilm@1"),
+        (
+            "/rerank",
+            json!({"query": "q", "texts": ["a", "b"]}),
+            "reranker@1",
+        ),
+        ("/predict", json!({"inputs": "a"}), "sentiment@1"),
+    ] {
+        let (status, body, version) = post(&server, path, body).await;
+        assert_eq!(
+            (status, version.as_deref()),
+            (200, Some(model)),
+            "{path}: {body}"
+        );
+    }
+    server.stop_clean();
+}
+
 /// The two versions the reload test alternates: the same weights, with a different
 /// `max_seq_length` (so a long text's answer tells which served it).
 const SHORT: usize = 16;
