@@ -564,6 +564,17 @@ async fn ten_reloads_under_load_fail_no_request_and_give_memory_back() {
     );
     let log = server.log();
     assert_eq!(log.matches("retired").count(), 10, "{log}");
+    // The dashboard and the metrics list the serving workers only, not the ten retired ones.
+    let dash = get(&server, "/metrics?format=json").await;
+    assert_eq!(dash["workers"].as_array().unwrap().len(), 2, "{dash}");
+    let (_, text) = common::http_get(&server.http_addr, "/metrics?format=prometheus").unwrap();
+    assert_eq!(
+        text.lines()
+            .filter(|l| l.starts_with("actor_infer_worker_busy{"))
+            .count(),
+        2,
+        "{text}"
+    );
     Arc::into_inner(server).unwrap().stop_clean();
 }
 

@@ -550,6 +550,16 @@ impl Recorder {
         *published = serving.iter().map(|(n, _)| n.to_string()).collect();
     }
 
+    /// Workers that stopped for good (a retired version's) lose their `worker_busy` series.
+    pub fn forget_workers(&self, workers: &[usize]) {
+        for w in workers {
+            let _ = self
+                .families
+                .worker_busy
+                .remove_label_values(&[&*self.model, &w.to_string()]);
+        }
+    }
+
     /// A reload ended, every model loaded (`ok`) or not.
     pub fn reload(&self, ok: bool) {
         let outcome = if ok { "ok" } else { "failed" };

@@ -258,12 +258,24 @@ impl ActorState {
 #[derive(Debug, Default)]
 pub struct ActorTable {
     states: Mutex<BTreeMap<ActorId, ActorState>>,
+    /// Actors of retired model versions: gone for good (numbers are never reused), so a late
+    /// "stopped" from their thread does not bring them back.
+    forgotten: Mutex<std::collections::BTreeSet<ActorId>>,
 }
 
 impl ActorTable {
     /// Records `actor`'s state.
     pub fn set(&self, actor: ActorId, state: ActorState) {
         let mut states = self.states.lock().unwrap_or_else(|p| p.into_inner());
+        if state == ActorState::Stopped
+            && self
+                .forgotten
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains(&actor)
+        {
+            return;
+        }
         states.insert(actor, state);
     }
 
@@ -299,6 +311,20 @@ impl ActorTable {
         ids.iter()
             .filter(|id| states.get(id).is_some_and(|s| *s != ActorState::Stopped))
             .count()
+    }
+
+    /// Drops stopped actors from the table (a retired model version's), so that what it lists
+    /// stays bounded however many reloads there were. Actors still running stay.
+    pub fn forget(&self, ids: &[ActorId]) {
+        let mut states = self.states.lock().unwrap_or_else(|p| p.into_inner());
+        let mut forgotten = self.forgotten.lock().unwrap_or_else(|p| p.into_inner());
+        states.retain(|id, s| {
+            let gone = ids.contains(id) && *s == ActorState::Stopped;
+            if gone {
+                forgotten.insert(*id);
+            }
+            !gone
+        });
     }
 
     /// Every actor of `kind` with its state.
@@ -362,6 +388,23 @@ mod tests {
         t.set(ActorId::ModelWorker(1), ActorState::Stopped);
         t.set(ActorId::Tokenizer(0), ActorState::Starting);
         assert_eq!(t.running_of(ActorKind::ModelWorker), 1);
+        assert_eq!(
+            t.running_among(&[ActorId::ModelWorker(1), ActorId::Tokenizer(0)]),
+            1
+        );
+        t.forget(&[ActorId::ModelWorker(0), ActorId::ModelWorker(1)]);
+        assert_eq!(
+            t.of(ActorKind::ModelWorker),
+            vec![(ActorId::ModelWorker(0), ActorState::Idle)],
+            "only stopped actors are forgotten"
+        );
+        t.set(ActorId::ModelWorker(1), ActorState::Stopped);
+        assert_eq!(t.running_of(ActorKind::ModelWorker), 1);
+        assert_eq!(
+            t.of(ActorKind::ModelWorker).len(),
+            1,
+            "a late stop stays forgotten"
+        );
         assert_eq!(
             t.running(),
             vec!["model-worker-0", "tokenizer-0 (starting)"]

@@ -1032,6 +1032,16 @@ async fn retire(g: Group, deadline: Instant, table: Arc<ActorTable>) {
         || 0,
     )
     .await;
+    // What is gone leaves the actor table and the metrics: they stay bounded over reloads.
+    table.forget(&ids);
+    let workers: Vec<usize> = ids
+        .iter()
+        .filter_map(|id| match id {
+            ActorId::ModelWorker(n) => Some(*n),
+            _ => None,
+        })
+        .collect();
+    g.served.recorder.forget_workers(&workers);
     trim_heap();
     tracing::info!(model = %tag, elapsed_ms = start.elapsed().as_millis() as u64, "retired");
 }
