@@ -327,7 +327,8 @@ pub struct Model {
 }
 
 impl Model {
-    /// The name clients use: `name`, else the folder's own name (not a link target's).
+    /// The name clients use: `name`, else the folder's own name (not the link target's:
+    /// models/all-MiniLM-L6-v2 is a link into the cache), unless the path ends in `.` or `..`.
     pub fn served_name(&self) -> String {
         self.name.clone().unwrap_or_else(|| {
             self.path

@@ -621,12 +621,12 @@ impl Recorder {
         self.ready.set(i64::from(ready));
     }
 
-    /// Worker `index` entered or left a forward.
-    pub fn worker_busy(&self, index: usize, busy: bool) {
+    /// Worker `index`'s `worker_busy` gauge (1 inside a forward), resolved once by the worker
+    /// so the forward's path neither allocates nor looks it up.
+    pub fn worker_busy(&self, index: usize) -> IntGauge {
         self.families
             .worker_busy
             .with_label_values(&[&*self.model, &index.to_string()])
-            .set(i64::from(busy));
     }
 
     /// An actor of `kind` was restarted after a panic (or, for the Router and the Supervisor,

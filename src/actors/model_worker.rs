@@ -79,11 +79,11 @@ pub struct Release;
 /// One model instance.
 pub struct ModelWorker {
     id: ActorId,
-    index: usize,
     spec: Arc<ModelSpec>,
     model: Option<Model>,
     table: Arc<ActorTable>,
-    metrics: Recorder,
+    /// Its `worker_busy` gauge.
+    busy: prometheus::IntGauge,
     supervisor: Recipient<ChildPanicked>,
 }
 
@@ -110,11 +110,10 @@ impl ModelWorker {
             table.set(id, ActorState::Starting);
             ModelWorker {
                 id,
-                index,
                 spec: spec.clone(),
                 model: None,
                 table: table.clone(),
-                metrics: metrics.clone(),
+                busy: metrics.worker_busy(index),
                 supervisor: supervisor.clone(),
             }
         })
@@ -241,10 +240,10 @@ impl Handler<Forward> for ModelWorker {
         let started = Instant::now();
         tracing::debug!(actor = %self.id, texts = msg.batch.rows, "forward");
         self.table.set(self.id, ActorState::Busy(started));
-        self.metrics.worker_busy(self.index, true);
+        self.busy.set(1);
         let result = super::catch(|| self.run(&msg.batch, &msg.tokens, msg.fault));
         let elapsed = started.elapsed();
-        self.metrics.worker_busy(self.index, false);
+        self.busy.set(0);
         self.table.set(self.id, ActorState::Idle);
         match result {
             Ok(Ok(embeddings)) => Ok(ForwardOutput {

@@ -1,10 +1,16 @@
-//! Supervisor: starts every other actor, owns SIGTERM and SIGINT, and runs the stop sequence.
+//! Supervisor: starts every other actor, owns SIGTERM, SIGINT and SIGHUP, runs the stop
+//! sequence and reloads.
 //!
-//! Owns: the handles to the Metrics actor, the ModelWorkers, the Tokenizer pool, the Router,
-//! and the front ends' stop handle and readiness switch (given by `lib::run`: this layer does
-//! not know the front ends). Sent to by: the signal thread and the front ends ([`Shutdown`]),
-//! the pools and Metrics ([`ChildPanicked`]), the Router ([`InjectFault`], tests only),
-//! `lib::run` ([`Boot`]).
+//! Owns: the handle to the Metrics actor; per model served, one group (its ModelWorkers, its
+//! Tokenizer pool and its Router, published to the front ends through the
+//! [`Directory`](super::models::Directory)); and the front ends' stop handle and readiness
+//! switch (given by `lib::run`: this layer does not know the front ends). Sent to by: the
+//! signal thread and the front ends ([`Shutdown`], [`Reload`]), the pools and Metrics
+//! ([`ChildPanicked`]), the Routers ([`InjectFault`], tests only), `lib::run` ([`Boot`]).
+//!
+//! A reload starts the groups of new and changed models beside the running ones, publishes
+//! them in one swap, and retires the groups they replace: each drains its leases, then stops
+//! Router → Tokenizers → ModelWorkers under the same budget and abort as the full stop.
 //!
 //! The stop sequence spends one budget (`shutdown.timeout_seconds`) stage by stage, each stage
 //! getting what the one before left: readiness off and new work refused at once → drain
@@ -209,7 +215,6 @@ pub struct Supervisor {
     /// Where the exit code goes when the stop sequence ends (`lib::run` waits on it).
     exit: Option<oneshot::Sender<i32>>,
     stopping: bool,
-    ready: bool,
     reloading: bool,
     restarts: Vec<Instant>,
     /// The next free worker, tokenizer and router numbers (names stay unique across reloads).
@@ -259,7 +264,6 @@ impl Supervisor {
             directory: p.directory,
             exit: Some(p.exit),
             stopping: false,
-            ready: false,
             reloading: false,
             restarts: Vec::new(),
             next_ids: (0, 0, 0),
@@ -519,7 +523,6 @@ impl Supervisor {
             return;
         }
         self.publish();
-        self.ready = true;
         self.lifecycle.set_ready();
         self.recorder.ready(true);
         if let Some(front) = &self.front {
@@ -540,7 +543,7 @@ impl Supervisor {
         if self.stopping {
             return Err(ReloadRefused::Stopping);
         }
-        if !self.ready {
+        if !self.lifecycle.is_ready() {
             return Err(ReloadRefused::Starting);
         }
         if self.reloading {
@@ -689,12 +692,14 @@ impl Supervisor {
             report.removed.push(prev.served.tag());
             retired.push(prev);
         }
-        let mut kept = (*config).clone();
-        kept.models
-            .retain(|m| groups.iter().any(|g| g.served.name == m.served_name()));
         // The server-level sections stay as started; only the models and their defaults move.
         let mut next = (*self.config).clone();
-        next.models = kept.models;
+        next.models = config
+            .models
+            .iter()
+            .filter(|m| groups.iter().any(|g| g.served.name == m.served_name()))
+            .cloned()
+            .collect();
         next.server.default_models = config.server.default_models.clone();
         self.config = Arc::new(next);
         self.groups = groups;

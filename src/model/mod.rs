@@ -514,18 +514,7 @@ impl ModelSpec {
                  its prompts"
             )));
         }
-        // The folder's own name (not the link target's: models/all-MiniLM-L6-v2 is a link
-        // into the cache), unless the path ends in `.` or `..`.
-        let name = cfg.name.clone().unwrap_or_else(|| {
-            dir.file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .or_else(|| {
-                    dir.canonicalize()
-                        .ok()
-                        .and_then(|d| d.file_name().map(|n| n.to_string_lossy().into_owned()))
-                })
-                .unwrap_or_else(|| "model".into())
-        });
+        let name = cfg.served_name();
         Ok(ModelSpec {
             name,
             path: dir.clone(),
