@@ -1,8 +1,9 @@
 //! actor-infer: an inference server for text models, written as an actor system.
 //!
-//! One process. A Supervisor starts a Metrics actor, a pool of ModelWorkers (libtorch through
-//! tch), a pool of Tokenizers (Hugging Face `tokenizers`) and a Router; the HTTP (actix-web)
-//! and gRPC (tonic) front ends send typed requests to the Router. Stopping cascades down the
+//! One process. A Supervisor starts a Metrics actor and, for each model served, a pool of
+//! ModelWorkers (libtorch through tch), a pool of Tokenizers (Hugging Face `tokenizers`) and a
+//! Router; the HTTP (actix-web) and gRPC (tonic) front ends send typed requests to the Router
+//! of the model a request names (or its route's default). Stopping cascades down the
 //! tree within one budget and escalates to a hard abort, so nothing outlives the process: no
 //! worker processes exist to be orphaned, and ports and device memory go with the process.
 //!

@@ -8,25 +8,14 @@
 
 mod common;
 
-use std::path::PathBuf;
-
 use actor_infer::api::grpc::pb::{
     InferRequest, ModelInfoRequest, RerankRequest, inference_service_client::InferenceServiceClient,
 };
-use common::{Server, experiment, floats, max_abs_diff, root};
+use common::{Server, experiment, fixture, fixture_reference, floats, max_abs_diff, strings};
 use serde_json::{Value, json};
 
 /// f32 parity: per embedding component, per logit and per score.
 const F32_TOLERANCE: f32 = 1e-4;
-
-fn fixture(name: &str) -> PathBuf {
-    root().join("tests/fixtures/models").join(name)
-}
-
-fn reference(name: &str) -> Value {
-    let path = fixture(name).join("reference.json");
-    serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
-}
 
 /// Serves the fixture `name` on the CPU; `extra` is more YAML under `model:`.
 fn serve(name: &str, extra: &str) -> Server {
@@ -34,14 +23,6 @@ fn serve(name: &str, extra: &str) -> Server {
         "experiment:\n  name: {name}\nmodel:\n  path: {}\n  device: cpu\n{extra}",
         fixture(name).display()
     )))
-}
-
-fn strings(v: &Value) -> Vec<String> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_str().unwrap().to_string())
-        .collect()
 }
 
 async fn post(server: &Server, path: &str, body: Value) -> (u16, Value) {
@@ -85,7 +66,7 @@ async fn refuses(server: &Server, path: &str, body: Value, kind: &str) {
 /// Embedding models: every text alone and all together, over HTTP and gRPC.
 async fn check_embedding(name: &str, family: &str, extra: &str) {
     let server = serve(name, extra);
-    let r = reference(name);
+    let r = fixture_reference(name);
     let texts = strings(&r["texts"]);
     let want: Vec<Vec<f32>> = r["embeddings"]
         .as_array()
@@ -247,7 +228,7 @@ fn same_scores(name: &str, text: &str, got: &[(String, f32)], want: &[(String, f
 /// routes it does not serve.
 async fn check_classifier(name: &str, family: &str, activation: &str) {
     let server = serve(name, "");
-    let r = reference(name);
+    let r = fixture_reference(name);
     let texts = strings(&r["texts"]);
     let labels = strings(&r["labels"]);
     let i = info(&server).await;
@@ -390,7 +371,7 @@ async fn torchscript_logits_serve_as_a_classifier() {
 #[tokio::test]
 async fn classifier_reads_text_pairs_with_two_segments() {
     let server = serve("bert-classifier", "");
-    let r = reference("bert-classifier");
+    let r = fixture_reference("bert-classifier");
     let pairs = r["pairs"].as_array().unwrap();
     let (status, body) = post(
         &server,
@@ -466,7 +447,7 @@ async fn classifier_reads_text_pairs_with_two_segments() {
 #[tokio::test]
 async fn reranker_matches_cross_encoder_over_http_and_grpc() {
     let server = serve("bert-reranker", "");
-    let r = reference("bert-reranker");
+    let r = fixture_reference("bert-reranker");
     let query = r["query"].as_str().unwrap();
     let texts = strings(&r["texts"]);
     let scores = floats(&r["scores"]);

@@ -6,7 +6,7 @@
 mod common;
 
 use std::{
-    path::{Path, PathBuf},
+    path::Path,
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, AtomicUsize, Ordering},
@@ -18,17 +18,11 @@ use actor_infer::api::grpc::pb::{
     InferRequest, ListModelsRequest, ModelInfoRequest, RerankRequest,
     inference_service_client::InferenceServiceClient,
 };
-use common::{Experiment, Server, TOLERANCE, default_model, floats, max_abs_diff, root, scrape};
+use common::{
+    Experiment, Server, TOLERANCE, default_model, fixture, fixture_reference, floats, max_abs_diff,
+    root, scrape, strings,
+};
 use serde_json::{Value, json};
-
-fn fixture(name: &str) -> PathBuf {
-    root().join("tests/fixtures/models").join(name)
-}
-
-fn reference(name: &str) -> Value {
-    let path = fixture(name).join("reference.json");
-    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
-}
 
 /// An experiment file (written as given: `models:` lists every model).
 fn experiment(yaml: &str) -> Experiment {
@@ -48,14 +42,6 @@ fn entry(name: &str, path: &Path, extra: &str) -> String {
 
 fn minilm(extra: &str) -> String {
     entry("minilm", &default_model(), extra)
-}
-
-fn strings(v: &Value) -> Vec<String> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_str().unwrap().to_string())
-        .collect()
 }
 
 async fn post(server: &Server, path: &str, body: Value) -> (u16, Value, Option<String>) {
@@ -135,8 +121,8 @@ async fn an_embedder_a_reranker_and_a_classifier_serve_side_by_side() {
     );
     let server = Server::start(experiment(&yaml));
     let cases = common::reference();
-    let rr = reference("bert-reranker");
-    let cr = reference("bert-classifier");
+    let rr = fixture_reference("bert-reranker");
+    let cr = fixture_reference("bert-classifier");
 
     // Every model is listed, with its own settings.
     let info = get(&server, "/info").await;
@@ -378,7 +364,7 @@ async fn ten_reloads_under_load_fail_no_request_and_give_memory_back() {
         .map(|c| (c.text.clone(), c.tokens, c.embedding.clone()))
         .unwrap();
     assert!(long.1 as usize > SHORT, "the reference has a long text");
-    let rr = reference("bert-reranker");
+    let rr = fixture_reference("bert-reranker");
     let query = rr["query"].as_str().unwrap().to_string();
     let texts = strings(&rr["texts"]);
     let scores = floats(&rr["scores"]);
@@ -547,8 +533,16 @@ async fn ten_reloads_under_load_fail_no_request_and_give_memory_back() {
         10.0
     );
 
-    // Ten retired versions gave back their threads and their memory.
-    let (rss_after, threads_after) = rss_and_threads(server.pid);
+    // Ten retired versions gave back their threads and their memory (a released worker's
+    // thread ends a moment after it says it stopped).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let (rss_after, threads_after) = loop {
+        let now = rss_and_threads(server.pid);
+        if now.1 <= threads_before || Instant::now() >= deadline {
+            break now;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     eprintln!(
         "{total} answers; RSS {:.0} MiB before the reloads, {:.0} MiB after; threads {threads_before} -> {threads_after}",
         rss_before as f64 / 1048576.0,
@@ -614,7 +608,7 @@ async fn a_broken_model_or_file_keeps_the_old_version_serving() {
     );
     assert_eq!(report["unchanged"], json!(["minilm"]));
     // The old reranker still answers, as version 1.
-    let rr = reference("bert-reranker");
+    let rr = fixture_reference("bert-reranker");
     let (status, body, version) = post(
         &server,
         "/rerank",
@@ -638,13 +632,19 @@ async fn a_broken_model_or_file_keeps_the_old_version_serving() {
         1.0
     );
     assert!(server.log().contains("the new version did not load"));
-    // Nothing of the failed version is left running.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let (_, threads_after) = rss_and_threads(server.pid);
-    assert!(
-        threads_after <= threads_before,
-        "{threads_before} -> {threads_after}"
-    );
+    // Nothing of the failed version is left running (its worker thread ends once released).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (_, threads_after) = rss_and_threads(server.pid);
+        if threads_after <= threads_before {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "threads {threads_before} -> {threads_after}: the failed version left some"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     // A file that does not parse: nothing changes, the error names the key.
     std::fs::write(&path, "models:\n  - path: 3\n    instances: zero\n").unwrap();

@@ -1,8 +1,9 @@
 //! The actors of one actor-infer process and the little state they share.
 //!
-//! Start order (the Supervisor's): Metrics → ModelWorkers → Tokenizers → Router; the HTTP and
-//! gRPC front ends send typed requests to the Router. Stop order is the reverse: front ends
-//! stop taking work, the Router drains, then Tokenizers, then ModelWorkers (OTP-style).
+//! Start order (the Supervisor's): Metrics → per model, ModelWorkers → Tokenizers → Router;
+//! the HTTP and gRPC front ends pick a model in the [`models::Directory`] and send typed
+//! requests to its Router. Stop order is the reverse: front ends stop taking work, the Routers
+//! drain, then Tokenizers, then ModelWorkers (OTP-style).
 //!
 //! This layer knows the model (`crate::model`) and the configuration, never the front ends: it
 //! answers with its own [`InferError`], which the API layer maps to what clients see.

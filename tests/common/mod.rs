@@ -28,6 +28,27 @@ pub fn default_model() -> PathBuf {
     p
 }
 
+/// A committed tiny model: `tests/fixtures/models/<name>`.
+pub fn fixture(name: &str) -> PathBuf {
+    root().join("tests/fixtures/models").join(name)
+}
+
+/// What the library that defined fixture `name` output for it (its `reference.json`, written
+/// by `scripts/gen_parity_fixtures.py`).
+pub fn fixture_reference(name: &str) -> serde_json::Value {
+    let path = fixture(name).join("reference.json");
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+/// A JSON array of strings.
+pub fn strings(v: &serde_json::Value) -> Vec<String> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_str().unwrap().to_string())
+        .collect()
+}
+
 /// A YAML experiment in a temp folder: `body` plus a `model.path` to the default model unless
 /// `body` has a `model:` section of its own.
 pub struct Experiment {
