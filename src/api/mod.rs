@@ -338,14 +338,14 @@ impl Job {
     }
 }
 
-/// Parses TEI's `truncation_direction` (`right`/`left`, as TEI's own enum spells them too).
+/// Parses `truncation_direction`: `right` or `left`, or TEI's own spellings `Right` and `Left`
+/// (what the OpenAPI document lists).
 pub fn direction(s: Option<&str>) -> Result<Direction, ApiError> {
-    match s.map(str::to_ascii_lowercase).as_deref() {
-        None | Some("right") => Ok(Direction::Right),
-        Some("left") => Ok(Direction::Left),
-        Some(_) => Err(ApiError::validation(format!(
-            "truncation_direction `{}` is not `left` or `right`",
-            s.unwrap_or_default()
+    match s {
+        None | Some("right" | "Right") => Ok(Direction::Right),
+        Some("left" | "Left") => Ok(Direction::Left),
+        Some(other) => Err(ApiError::validation(format!(
+            "truncation_direction `{other}` is not one of right, left, Right, Left"
         ))),
     }
 }

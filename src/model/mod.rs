@@ -245,6 +245,9 @@ pub struct ModelSpec {
     pub prompts: std::collections::BTreeMap<String, String>,
     /// The prompt applied when a request names none (`default_prompt_name`).
     pub default_prompt: Option<String>,
+    /// Token ids an input may hold: 0 up to one less than this (the tokenizer's vocabulary,
+    /// added tokens included: what tokenizing checks ids against).
+    pub vocab_size: usize,
 }
 
 /// `config_sentence_transformers.json`'s prompts.
@@ -515,6 +518,12 @@ impl ModelSpec {
             )));
         }
         let name = cfg.served_name();
+        let vocab_size = tokenizers::Tokenizer::from_file(dir.join("tokenizer.json"))
+            .map_err(|e| ModelError::File {
+                path: dir.join("tokenizer.json"),
+                message: format!("cannot load tokenizer: {e}"),
+            })?
+            .get_vocab_size(true);
         Ok(ModelSpec {
             name,
             path: dir.clone(),
@@ -531,6 +540,7 @@ impl ModelSpec {
             problem_type,
             prompts: st_config.prompts,
             default_prompt: st_config.default_prompt_name,
+            vocab_size,
         })
     }
 
