@@ -515,8 +515,16 @@ fn json_error(err: actix_web::error::JsonPayloadError, _req: &HttpRequest) -> ac
 /// Routes that never need the API key: probes, always; metrics, info, the OpenAPI document
 /// and the live page unless `server.api_key_protects_metrics`; the Open Inference Protocol's
 /// own probes and metadata likewise.
+///
+/// A method a route does not serve needs no key either: its answer (405 with `Allow`, or
+/// `OPTIONS`' 204) runs nothing and tells only what [`ROUTES`] says.
 fn is_open_route(method: &actix_web::http::Method, path: &str, protect_metrics: bool) -> bool {
-    matches!(path, "/health" | "/ready" | "/ping")
+    let served_path = ROUTES.iter().any(|(_, p)| *p == path);
+    let served_method = ROUTES
+        .iter()
+        .any(|(m, p)| *p == path && *m == method.as_str());
+    (served_path && !served_method)
+        || matches!(path, "/health" | "/ready" | "/ping")
         || (!protect_metrics
             && (matches!(path, "/metrics" | "/info" | "/api-doc/openapi.json")
                 || (path == "/" && method == actix_web::http::Method::GET)))
