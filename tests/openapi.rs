@@ -24,6 +24,12 @@ const SEED: u64 = 20_261_203;
 /// Runs schemathesis against `server` with every check on, `args` added, and fails the test
 /// with its report on any finding.
 fn schemathesis(server: &Server, args: &[&str]) {
+    schemathesis_warned(server, args, None);
+}
+
+/// [`schemathesis`], where the run may also end with the one warning `expected` (and no
+/// finding).
+fn schemathesis_warned(server: &Server, args: &[&str], expected: Option<&str>) {
     // schemathesis and hypothesis write their databases and reports in the working folder.
     let work = tempfile::tempdir().unwrap();
     let config = common::root().join("tests/openapi/schemathesis.toml");
@@ -56,8 +62,17 @@ fn schemathesis(server: &Server, args: &[&str]) {
         .collect::<Vec<_>>()
         .join("\n");
     eprintln!("schemathesis {args:?}:\n{summary}");
+    let last = summary
+        .lines()
+        .rev()
+        .find(|l| l.contains(" in "))
+        .unwrap_or("");
+    let clean = out.status.success() && report.contains("No issues found");
+    let only_expected = expected.is_some_and(|w| {
+        report.contains(w) && last.contains("1 warning") && !last.contains("failure")
+    });
     assert!(
-        out.status.success() && report.contains("No issues found"),
+        clean || only_expected,
         "schemathesis {args:?} found what the document and the server disagree on:\n{report}"
     );
     // It tested every documented route.
@@ -168,9 +183,10 @@ fn schemathesis_finds_nothing_on_three_model_kinds_behind_a_key() {
         (405, &"POST, OPTIONS".parse().unwrap())
     );
     // Without the key: every protected route answers its documented 401.
-    schemathesis(
+    schemathesis_warned(
         &server,
         &["--seed", &seed, "--max-examples", "3", "--max-time", "60"],
+        Some("Authentication failed: 13 operations returned only 401/403 responses"),
     );
     server.stop_clean();
 }
