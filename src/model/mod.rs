@@ -6,6 +6,7 @@ pub mod bert;
 pub mod device;
 pub mod heads;
 pub mod mkl;
+pub mod quantize;
 mod tokenize;
 pub mod torchscript;
 
