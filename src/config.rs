@@ -344,6 +344,28 @@ pub struct Model {
     /// This model's batching budget, in place of the top-level `batching:` section.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub batching: Option<Batching>,
+    /// Calibration ranges for `int8` / `uint8` embeddings (`model::quantize`); `binary` and
+    /// `ubinary` need none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quantization: Option<Quantization>,
+}
+
+/// `model.quantization`: where an embedding model's `int8` / `uint8` calibration ranges come
+/// from, one of the two (README "Quantized embeddings"). Relative paths are resolved against the
+/// YAML file's folder.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Quantization {
+    /// Per-dimension ranges, `2 × dim` (row 0 each dimension's minimum, row 1 its maximum), as
+    /// sentence-transformers' `quantize_embeddings(..., ranges=...)` takes them: JSON
+    /// `[[min, ...], [max, ...]]` or a NumPy `.npy` (float32 or float64).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ranges_file: Option<PathBuf>,
+    /// Texts, one per line, embedded at load (after the warm-up); the ranges are their
+    /// embeddings' per-dimension minimum and maximum, as `quantize_embeddings(...,
+    /// calibration_embeddings=...)` computes them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calibration_file: Option<PathBuf>,
 }
 
 impl Model {
@@ -807,6 +829,16 @@ impl Config {
         for i in 0..config.models.len() {
             let key = config.model_key(i);
             let m = &mut config.models[i];
+            if let Some(q) = &mut m.quantization {
+                for file in [&mut q.ranges_file, &mut q.calibration_file]
+                    .into_iter()
+                    .flatten()
+                {
+                    if file.is_relative() {
+                        *file = folder.join(&*file);
+                    }
+                }
+            }
             if m.path.is_relative() {
                 let written = m.path.clone();
                 m.path = folder.join(&written);
@@ -1143,6 +1175,28 @@ fn validate_model(m: &Model, key: &str) -> Result<(), ConfigError> {
             format!("{key}.path"),
             format!("{} has no {}", m.path.display(), weights.join(" or ")),
         ));
+    }
+    if let Some(q) = &m.quantization {
+        let files = [
+            ("ranges_file", &q.ranges_file),
+            ("calibration_file", &q.calibration_file),
+        ];
+        let set: Vec<_> = files.iter().filter(|(_, f)| f.is_some()).collect();
+        if set.len() != 1 {
+            return Err(ConfigError::new(
+                format!("{key}.quantization"),
+                "give exactly one of ranges_file (per-dimension ranges) and calibration_file \
+                 (texts to compute them from)",
+            ));
+        }
+        let (name, file) = set[0];
+        let file = file.as_ref().expect("filtered on is_some");
+        if !file.is_file() {
+            return Err(ConfigError::new(
+                format!("{key}.quantization.{name}"),
+                format!("{} does not exist or is not a file", file.display()),
+            ));
+        }
     }
     if let Some(n) = m.torchscript_inputs
         && !(2..=3).contains(&n)

@@ -274,6 +274,11 @@ pub struct ModelInfo {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
     pub hub: Option<crate::hub::Resolved>,
+    /// With `model.quantization`: `{"ranges": {"source", "file", "texts", "dim", "normalized",
+    /// "fingerprint"}}`, the int8/uint8 calibration ranges this version uses.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub quantization: Option<serde_json::Value>,
     /// What kind of model this is: `embedding`, `classifier` or `reranker`.
     pub kind: &'static str,
     /// The encoder family (`bert`, `roberta`, `xlm-roberta`, `distilbert`) or `torchscript`.
@@ -601,6 +606,10 @@ impl Shared {
                 .map_or_else(|| s.name.clone(), |h| h.id.clone()),
             model_sha: hub.as_ref().map(|h| h.commit.clone()),
             hub,
+            quantization: s
+                .calibration
+                .as_ref()
+                .map(|c| serde_json::json!({ "ranges": c.get().map(|c| c.info()) })),
             model_dtype: match s.dtype {
                 crate::config::DType::F32 => "float32",
                 crate::config::DType::F16 => "float16",

@@ -3,6 +3,7 @@
 //! pooling. Nothing here knows about actors; the actors in `crate::actors` own these values.
 
 pub mod bert;
+pub mod calibrate;
 pub mod device;
 pub mod heads;
 pub mod mkl;
@@ -10,7 +11,10 @@ pub mod quantize;
 mod tokenize;
 pub mod torchscript;
 
-use std::path::{Path, PathBuf};
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+};
 
 use serde::Deserialize;
 
@@ -246,6 +250,8 @@ pub struct ModelSpec {
     pub prompts: std::collections::BTreeMap<String, String>,
     /// The prompt applied when a request names none (`default_prompt_name`).
     pub default_prompt: Option<String>,
+    /// `int8` / `uint8` calibration ranges (`model.quantization`), when configured.
+    pub calibration: Option<Arc<calibrate::Calibrator>>,
 }
 
 /// `config_sentence_transformers.json`'s prompts.
@@ -516,6 +522,15 @@ impl ModelSpec {
             )));
         }
         let name = cfg.served_name();
+        let normalize = task == Task::Embedding && cfg.normalize.unwrap_or(folder_normalize);
+        let calibration = cfg
+            .quantization
+            .as_ref()
+            .map(|q| {
+                calibrate::Calibrator::from_config(q, task, encoder.hidden_size as usize, normalize)
+            })
+            .transpose()?
+            .map(Arc::new);
         Ok(ModelSpec {
             name,
             path: dir.clone(),
@@ -523,7 +538,7 @@ impl ModelSpec {
             max_seq_length,
             pooling: cfg.pooling.unwrap_or(folder_pooling),
             // A classifier's rows are logits: never normalised.
-            normalize: task == Task::Embedding && cfg.normalize.unwrap_or(folder_normalize),
+            normalize,
             device,
             dtype: cfg.dtype,
             task,
@@ -532,6 +547,7 @@ impl ModelSpec {
             problem_type,
             prompts: st_config.prompts,
             default_prompt: st_config.default_prompt_name,
+            calibration,
         })
     }
 
