@@ -75,6 +75,9 @@ pub struct Config {
     /// OpenTelemetry tracing (off unless `telemetry.otlp_endpoint` is set).
     #[serde(default)]
     pub telemetry: Telemetry,
+    /// Models named by their Hugging Face id (`crate::hub`).
+    #[serde(default)]
+    pub hub: Hub,
     /// Whether the file listed `models:` (error keys then say `models[i]`).
     #[serde(skip)]
     listed: bool,
@@ -275,13 +278,30 @@ impl Default for Server {
     }
 }
 
+/// `hub:` section: models whose `path` is a Hugging Face id (README "A model by its Hugging
+/// Face id").
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Hub {
+    /// Download a model named by its id that is not in the Hugging Face cache (from
+    /// `HF_ENDPOINT`, at start only, never while `HF_HUB_OFFLINE` is set). Off by default:
+    /// nothing is downloaded unless the experiment says so.
+    #[serde(default)]
+    pub download: bool,
+}
+
 /// `model:` section.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Model {
     /// Folder of a Hugging Face / sentence-transformers model (`config.json`,
-    /// `model.safetensors`, `tokenizer.json`, optional `1_Pooling/`, `modules.json`).
+    /// `model.safetensors`, `tokenizer.json`, optional `1_Pooling/`, `modules.json`), or, when
+    /// no such folder exists, a Hugging Face id (`org/name`, optionally `@revision`), resolved
+    /// at load to its snapshot in the Hugging Face cache (`crate::hub`).
     pub path: PathBuf,
+    /// The Hub id and revision `path` was resolved from (set at load; `--check` shows it).
+    #[serde(default, skip_deserializing, skip_serializing_if = "Option::is_none")]
+    pub hub: Option<crate::hub::Resolved>,
     /// Name reported to clients; defaults to the folder's name.
     #[serde(default)]
     pub name: Option<String>,
@@ -324,13 +344,37 @@ pub struct Model {
     /// This model's batching budget, in place of the top-level `batching:` section.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub batching: Option<Batching>,
+    /// Calibration ranges for `int8` / `uint8` embeddings (`model::quantize`); `binary` and
+    /// `ubinary` need none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quantization: Option<Quantization>,
+}
+
+/// `model.quantization`: where an embedding model's `int8` / `uint8` calibration ranges come
+/// from, one of the two (README "Quantized embeddings"). Relative paths are resolved against the
+/// YAML file's folder.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Quantization {
+    /// Per-dimension ranges, `2 × dim` (row 0 each dimension's minimum, row 1 its maximum), as
+    /// sentence-transformers' `quantize_embeddings(..., ranges=...)` takes them: JSON
+    /// `[[min, ...], [max, ...]]` or a NumPy `.npy` (float32 or float64).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ranges_file: Option<PathBuf>,
+    /// Texts, one per line, embedded at load (after the warm-up); the ranges are their
+    /// embeddings' per-dimension minimum and maximum, as `quantize_embeddings(...,
+    /// calibration_embeddings=...)` computes them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calibration_file: Option<PathBuf>,
 }
 
 impl Model {
-    /// The name clients use: `name`, else the folder's own name (not the link target's:
-    /// models/all-MiniLM-L6-v2 is a link into the cache), unless the path ends in `.` or `..`.
+    /// The name clients use: `name`, else a Hub id's last part, else the folder's own name
+    /// (not the link target's: models/all-MiniLM-L6-v2 is a link into the cache), unless the
+    /// path ends in `.` or `..`.
     pub fn served_name(&self) -> String {
-        self.name.clone().unwrap_or_else(|| {
+        let hub = self.hub.as_ref().map(crate::hub::Resolved::name);
+        self.name.clone().or(hub).unwrap_or_else(|| {
             self.path
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
@@ -741,8 +785,29 @@ pub struct Overrides {
 
 impl Config {
     /// Reads `path`, applies environment variables and `overrides`, resolves relative paths
-    /// and validates everything. The error names the key at fault.
+    /// and validates everything. The error names the key at fault. A model named by its
+    /// Hugging Face id is looked up in the cache only, never downloaded (a reload runs this on
+    /// the Supervisor's thread): see [`Config::load_at_start`].
     pub fn load(path: &Path, overrides: &Overrides) -> Result<Config, ConfigError> {
+        Self::load_with(path, overrides, None)
+    }
+
+    /// [`Config::load`] at start-up: a model named by its Hugging Face id that is not cached is
+    /// downloaded when `hub.download` allows it and `HF_HUB_OFFLINE` is not set; `say` prints
+    /// the download's progress lines.
+    pub fn load_at_start(
+        path: &Path,
+        overrides: &Overrides,
+        say: crate::hub::Say,
+    ) -> Result<Config, ConfigError> {
+        Self::load_with(path, overrides, Some(say))
+    }
+
+    fn load_with(
+        path: &Path,
+        overrides: &Overrides,
+        fetch: Option<crate::hub::Say>,
+    ) -> Result<Config, ConfigError> {
         let shown = path.display().to_string();
         if !path.is_file() {
             return Err(ConfigError::new(
@@ -759,9 +824,56 @@ impl Config {
             .parent()
             .map(Path::to_path_buf)
             .unwrap_or_else(|| PathBuf::from("."));
-        for m in &mut config.models {
+        let hub = crate::hub::HubEnv::from_env();
+        let download = config.hub.download;
+        for i in 0..config.models.len() {
+            let key = config.model_key(i);
+            let m = &mut config.models[i];
+            if let Some(q) = &mut m.quantization {
+                for file in [&mut q.ranges_file, &mut q.calibration_file]
+                    .into_iter()
+                    .flatten()
+                {
+                    if file.is_relative() {
+                        *file = folder.join(&*file);
+                    }
+                }
+            }
             if m.path.is_relative() {
-                m.path = folder.join(&m.path);
+                let written = m.path.clone();
+                m.path = folder.join(&written);
+                // A folder that exists always wins; else an id-shaped path is a Hub id.
+                if !m.path.exists()
+                    && let Some(id) = written.to_str().and_then(crate::hub::HubId::parse)
+                {
+                    let weights = if m.kind == ModelKind::Torchscript {
+                        crate::hub::Weights::TorchScript
+                    } else {
+                        crate::hub::Weights::Any
+                    };
+                    let quiet: crate::hub::Say = std::sync::Arc::new(|_: &str| {});
+                    let say = fetch.as_ref().unwrap_or(&quiet);
+                    let (snapshot, resolved) =
+                        crate::hub::resolve(&id, weights, &hub, download && fetch.is_some(), say)
+                            .map_err(|e| {
+                            let reload = if fetch.is_none() && download {
+                                " (a reload reads the cache only; the server downloads at start)"
+                            } else {
+                                ""
+                            };
+                            ConfigError::new(
+                                format!("{key}.path"),
+                                format!(
+                                    "no folder {} exists, so `{}` was read as a Hugging Face id: \
+                                 {e}{reload}",
+                                    m.path.display(),
+                                    written.display()
+                                ),
+                            )
+                        })?;
+                    m.path = snapshot;
+                    m.hub = Some(resolved);
+                }
             }
         }
         if config.experiment.name.is_empty() {
@@ -1065,6 +1177,28 @@ fn validate_model(m: &Model, key: &str) -> Result<(), ConfigError> {
             format!("{key}.path"),
             format!("{} has no {}", m.path.display(), weights.join(" or ")),
         ));
+    }
+    if let Some(q) = &m.quantization {
+        let files = [
+            ("ranges_file", &q.ranges_file),
+            ("calibration_file", &q.calibration_file),
+        ];
+        let set: Vec<_> = files.iter().filter(|(_, f)| f.is_some()).collect();
+        if set.len() != 1 {
+            return Err(ConfigError::new(
+                format!("{key}.quantization"),
+                "give exactly one of ranges_file (per-dimension ranges) and calibration_file \
+                 (texts to compute them from)",
+            ));
+        }
+        let (name, file) = set[0];
+        let file = file.as_ref().expect("filtered on is_some");
+        if !file.is_file() {
+            return Err(ConfigError::new(
+                format!("{key}.quantization.{name}"),
+                format!("{} does not exist or is not a file", file.display()),
+            ));
+        }
     }
     if let Some(n) = m.torchscript_inputs
         && !(2..=3).contains(&n)

@@ -3,13 +3,18 @@
 //! pooling. Nothing here knows about actors; the actors in `crate::actors` own these values.
 
 pub mod bert;
+pub mod calibrate;
 pub mod device;
 pub mod heads;
 pub mod mkl;
+pub mod quantize;
 mod tokenize;
 pub mod torchscript;
 
-use std::path::{Path, PathBuf};
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+};
 
 use serde::Deserialize;
 
@@ -248,6 +253,8 @@ pub struct ModelSpec {
     /// Token ids an input may hold: 0 up to one less than this (the tokenizer's vocabulary,
     /// added tokens included: what tokenizing checks ids against).
     pub vocab_size: usize,
+    /// `int8` / `uint8` calibration ranges (`model.quantization`), when configured.
+    pub calibration: Option<Arc<calibrate::Calibrator>>,
 }
 
 /// `config_sentence_transformers.json`'s prompts.
@@ -524,6 +531,15 @@ impl ModelSpec {
                 message: format!("cannot load tokenizer: {e}"),
             })?
             .get_vocab_size(true);
+        let normalize = task == Task::Embedding && cfg.normalize.unwrap_or(folder_normalize);
+        let calibration = cfg
+            .quantization
+            .as_ref()
+            .map(|q| {
+                calibrate::Calibrator::from_config(q, task, encoder.hidden_size as usize, normalize)
+            })
+            .transpose()?
+            .map(Arc::new);
         Ok(ModelSpec {
             name,
             path: dir.clone(),
@@ -531,7 +547,7 @@ impl ModelSpec {
             max_seq_length,
             pooling: cfg.pooling.unwrap_or(folder_pooling),
             // A classifier's rows are logits: never normalised.
-            normalize: task == Task::Embedding && cfg.normalize.unwrap_or(folder_normalize),
+            normalize,
             device,
             dtype: cfg.dtype,
             task,
@@ -541,6 +557,7 @@ impl ModelSpec {
             prompts: st_config.prompts,
             default_prompt: st_config.default_prompt_name,
             vocab_size,
+            calibration,
         })
     }
 
