@@ -63,9 +63,11 @@ fn a_second_signal_aborts_at_once() {
     let log = server.log.clone();
     let start = Instant::now();
     let status = server.stop_with(libc::SIGINT);
+    // The drain would wait out the 30 s budget for the hung worker; the abort does not wait at
+    // all. 10 s tells the two apart even on a loaded 2-core machine (1.6 s was seen there).
     assert!(
-        start.elapsed() < Duration::from_secs(1),
-        "took {:?}",
+        start.elapsed() < Duration::from_secs(10),
+        "took {:?}: the second signal waited for the drain",
         start.elapsed()
     );
     let log = log.lock().unwrap().clone();
