@@ -33,9 +33,12 @@ fn a_worker_stuck_in_a_forward_is_aborted_within_the_budget() {
     let took = start.elapsed();
     let log = log.lock().unwrap().clone();
     assert_eq!(status.code(), Some(3), "abort exit code:\n{log}");
+    // Without the abort the process would never exit (the worker never returns). On a quiet
+    // machine it is gone at the 2 s budget plus a few milliseconds; a 2-core machine at load
+    // 11 (several builds beside it) took 5 s to schedule the watchdog and reap the process.
     assert!(
-        took < Duration::from_secs(3),
-        "gone within budget + 1 s, took {took:?}"
+        took < Duration::from_secs(10),
+        "gone at the budget (2 s), took {took:?}"
     );
     assert!(log.contains("hard abort"), "{log}");
     assert!(
