@@ -168,6 +168,10 @@ pub fn serve(experiment: &std::path::Path, overrides: &config::Overrides, check:
             return EXIT_CONFIG;
         }
     };
+    // One probe for all the models: the CUDA half loads if any of them may use it.
+    model::device::Probe::run(model::device::CudaWanted::of_all(
+        config.models.iter().map(|m| m.device),
+    ));
     let mut devices = Vec::new();
     for m in &config.models {
         match model::device::select(m) {
