@@ -138,6 +138,17 @@ fn log_device(choice: &model::device::Choice) {
     if let Some(w) = &choice.warning {
         tracing::warn!("{w}");
     }
+    match choice.bf16 {
+        Some(b) if b.native() => {
+            tracing::info!(bf16 = %b, "dtype: bf16 on the CPU, computed natively")
+        }
+        Some(b) => tracing::warn!(
+            bf16 = %b,
+            "dtype: bf16 on a CPU without bf16 instructions: libtorch emulates it, which is slower \
+             than f32; use dtype: f32 here"
+        ),
+        None => {}
+    }
 }
 
 /// `actor-infer --experiment exp.yaml`: loads and checks the configuration (exit 2 if it is

@@ -321,6 +321,7 @@ impl Probe {
                 device: tch::Device::Cpu,
                 reason: "device: cpu".into(),
                 warning: None,
+                bf16: None,
             }),
             Device::Auto if self.cuda_devices > 0 => Ok(Choice {
                 device: tch::Device::Cuda(0),
@@ -330,11 +331,13 @@ impl Probe {
                     if self.cuda_devices == 1 { "" } else { "s" }
                 ),
                 warning: None,
+                bf16: None,
             }),
             Device::Auto if self.mps => Ok(Choice {
                 device: tch::Device::Mps,
                 reason: "device: auto, no CUDA GPU, and libtorch has MPS".into(),
                 warning: None,
+                bf16: None,
             }),
             Device::Auto => {
                 let why = self.why_no_cuda();
@@ -357,12 +360,14 @@ impl Probe {
                         why.map_or_else(|| "no CUDA or MPS device".to_string(), |e| e.to_string())
                     ),
                     warning,
+                    bf16: None,
                 })
             }
             Device::Cuda(n) if n < self.cuda_devices => Ok(Choice {
                 device: tch::Device::Cuda(n),
                 reason: format!("device: cuda:{n}"),
                 warning: None,
+                bf16: None,
             }),
             Device::Cuda(n) => {
                 Err(self
@@ -381,6 +386,7 @@ impl Probe {
                 device: tch::Device::Mps,
                 reason: "device: mps".into(),
                 warning: None,
+                bf16: None,
             }),
             Device::Mps => Err(DeviceError::NoMps {
                 os: std::env::consts::OS,
@@ -475,6 +481,10 @@ pub fn select(model: &crate::config::Model) -> Result<Choice, SelectError> {
             reason: choice.reason,
         });
     }
+    let mut choice = choice;
+    if choice.device == tch::Device::Cpu && model.dtype == crate::config::DType::Bf16 {
+        choice.bf16 = Some(super::cpu::Bf16::here());
+    }
     Ok(choice)
 }
 
@@ -506,6 +516,9 @@ pub struct Choice {
     pub reason: String,
     /// Something the operator should fix even though the server runs.
     pub warning: Option<String>,
+    /// With `dtype: bf16` on the CPU: whether the CPU computes bf16 natively (when it does
+    /// not, bf16 is slower than f32, and the start-up log warns).
+    pub bf16: Option<super::cpu::Bf16>,
 }
 
 /// Why the configured device cannot be used; each names the missing piece.

@@ -3,6 +3,7 @@
 //! pooling. Nothing here knows about actors; the actors in `crate::actors` own these values.
 
 pub mod bert;
+pub mod cpu;
 pub mod device;
 pub mod heads;
 pub mod mkl;
