@@ -24,19 +24,87 @@ enum Activation {
     Relu,
 }
 
+/// One encoder layer's weights; the projections in the form [`Linear`] picks.
 struct Layer {
-    qkv_w: Tensor,
-    qkv_b: Tensor,
-    attn_out_w: Tensor,
-    attn_out_b: Tensor,
+    qkv: Linear,
+    attn_out: Linear,
     attn_ln_w: Tensor,
     attn_ln_b: Tensor,
-    inter_w: Tensor,
-    inter_b: Tensor,
-    out_w: Tensor,
-    out_b: Tensor,
+    inter: Linear,
+    out: Linear,
     out_ln_w: Tensor,
     out_ln_b: Tensor,
+}
+
+/// A linear layer `y = x W^T + b`, in the form that is fastest where the model runs (README
+/// "Performance", "Where a batch-1 forward goes"). `ACTOR_INFER_LINEAR` picks another form, to
+/// measure them against each other: `panel`, `mkl-packed`, `addmm` or `linear`.
+enum Linear {
+    /// f32 on a CPU with AVX-512: the weight packed once into 32-column panels, streamed once
+    /// per product by [`super::gemm`]'s kernel.
+    Panel(super::gemm::PanelLinear),
+    /// MKL's own packed form, one `cblas_sgemm_compute` per call (measured, not chosen).
+    MklPacked(super::mkl::PackedLinear),
+    /// Elsewhere (GPUs, bf16, CPUs without AVX-512): `W^T` kept `[in, out]` and contiguous, one
+    /// `addmm(b, x, W^T)` per call. With transformers' `[out, in]` layout (what `linear` takes)
+    /// MKL sees a transposed B and copies the whole weight matrix on every call.
+    Addmm {
+        /// `W^T`: `[in, out]`, contiguous.
+        wt: Tensor,
+        /// `[out]`.
+        b: Tensor,
+    },
+    /// libtorch's `linear` on transformers' layout: what the model did before issue 24, kept
+    /// to measure against.
+    Unpacked {
+        /// `[out, in]`.
+        w: Tensor,
+        /// `[out]`.
+        b: Tensor,
+    },
+}
+
+impl Linear {
+    /// From transformers' `weight` `[out, in]` and `bias` `[out]`.
+    fn new(weight: Tensor, bias: Tensor) -> Result<Linear, TchError> {
+        let form = std::env::var("ACTOR_INFER_LINEAR").unwrap_or_default();
+        match form.as_str() {
+            "linear" => return Ok(Linear::Unpacked { w: weight, b: bias }),
+            "mkl-packed" => {
+                if let Some(p) = super::mkl::PackedLinear::new(&weight, bias.shallow_clone()) {
+                    return Ok(Linear::MklPacked(p?));
+                }
+            }
+            "addmm" => {}
+            _ => {
+                if let Some(p) = super::gemm::PanelLinear::new(&weight, &bias) {
+                    return Ok(Linear::Panel(p?));
+                }
+            }
+        }
+        Ok(Linear::Addmm {
+            wt: weight.f_t_copy()?.f_contiguous()?,
+            b: bias,
+        })
+    }
+
+    /// `x` `[..., in]` to `[..., out]`.
+    fn forward(&self, x: &Tensor) -> Result<Tensor, TchError> {
+        match self {
+            Linear::Panel(p) => p.forward(x),
+            Linear::MklPacked(p) => p.forward(x),
+            Linear::Addmm { wt, b } => {
+                let mut shape = x.size();
+                let (k, n) = wt.size2()?;
+                let y = b.f_addmm(&x.f_reshape([-1, k])?, wt)?;
+                *shape
+                    .last_mut()
+                    .expect("a linear layer's input has a last dimension") = n;
+                y.f_view(shape.as_slice())
+            }
+            Linear::Unpacked { w, b } => x.f_linear(w, Some(b)),
+        }
+    }
 }
 
 /// The encoder's weights on one device, ready for forwards.
@@ -221,16 +289,24 @@ impl Bert {
             let k_b = w.take(&format!("{p}.attention.self.key.bias"), &[h])?;
             let v_b = w.take(&format!("{p}.attention.self.value.bias"), &[h])?;
             layers.push(Layer {
-                qkv_w: Tensor::f_cat(&[q_w, k_w, v_w], 0)?,
-                qkv_b: Tensor::f_cat(&[q_b, k_b, v_b], 0)?,
-                attn_out_w: w.take(&format!("{p}.attention.output.dense.weight"), &[h, h])?,
-                attn_out_b: w.take(&format!("{p}.attention.output.dense.bias"), &[h])?,
+                qkv: Linear::new(
+                    Tensor::f_cat(&[q_w, k_w, v_w], 0)?,
+                    Tensor::f_cat(&[q_b, k_b, v_b], 0)?,
+                )?,
+                attn_out: Linear::new(
+                    w.take(&format!("{p}.attention.output.dense.weight"), &[h, h])?,
+                    w.take(&format!("{p}.attention.output.dense.bias"), &[h])?,
+                )?,
                 attn_ln_w: w.take(&format!("{p}.attention.output.LayerNorm.weight"), &[h])?,
                 attn_ln_b: w.take(&format!("{p}.attention.output.LayerNorm.bias"), &[h])?,
-                inter_w: w.take(&format!("{p}.intermediate.dense.weight"), &[i, h])?,
-                inter_b: w.take(&format!("{p}.intermediate.dense.bias"), &[i])?,
-                out_w: w.take(&format!("{p}.output.dense.weight"), &[h, i])?,
-                out_b: w.take(&format!("{p}.output.dense.bias"), &[h])?,
+                inter: Linear::new(
+                    w.take(&format!("{p}.intermediate.dense.weight"), &[i, h])?,
+                    w.take(&format!("{p}.intermediate.dense.bias"), &[i])?,
+                )?,
+                out: Linear::new(
+                    w.take(&format!("{p}.output.dense.weight"), &[h, i])?,
+                    w.take(&format!("{p}.output.dense.bias"), &[h])?,
+                )?,
                 out_ln_w: w.take(&format!("{p}.output.LayerNorm.weight"), &[h])?,
                 out_ln_b: w.take(&format!("{p}.output.LayerNorm.bias"), &[h])?,
             });
@@ -360,8 +436,9 @@ impl Bert {
         let (b, l, h) = x.size3()?;
         let heads = self.heads;
         let head_dim = h / heads;
-        let qkv = x
-            .f_linear(&layer.qkv_w, Some(&layer.qkv_b))?
+        let qkv = layer
+            .qkv
+            .forward(x)?
             .f_view([b, l, 3, heads, head_dim])?
             .f_permute([2, 0, 3, 1, 4])?;
         let (q, k, v) = (qkv.f_get(0)?, qkv.f_get(1)?, qkv.f_get(2)?);
@@ -369,32 +446,26 @@ impl Bert {
             Tensor::f_scaled_dot_product_attention(&q, &k, &v, attend, 0.0, false, None, false)?
                 .f_transpose(1, 2)?
                 .f_reshape([b, l, h])?;
-        let attn = ctx
-            .f_linear(&layer.attn_out_w, Some(&layer.attn_out_b))?
-            .f_add(x)?
-            .f_layer_norm(
-                [h],
-                Some(&layer.attn_ln_w),
-                Some(&layer.attn_ln_b),
-                self.eps,
-                true,
-            )?;
-        let inter = attn.f_linear(&layer.inter_w, Some(&layer.inter_b))?;
+        let attn = layer.attn_out.forward(&ctx)?.f_add(x)?.f_layer_norm(
+            [h],
+            Some(&layer.attn_ln_w),
+            Some(&layer.attn_ln_b),
+            self.eps,
+            true,
+        )?;
+        let inter = layer.inter.forward(&attn)?;
         let inter = match self.activation {
             Activation::GeluErf => inter.f_gelu("none")?,
             Activation::GeluTanh => inter.f_gelu("tanh")?,
             Activation::Relu => inter.f_relu()?,
         };
-        inter
-            .f_linear(&layer.out_w, Some(&layer.out_b))?
-            .f_add(&attn)?
-            .f_layer_norm(
-                [h],
-                Some(&layer.out_ln_w),
-                Some(&layer.out_ln_b),
-                self.eps,
-                true,
-            )
+        layer.out.forward(&inter)?.f_add(&attn)?.f_layer_norm(
+            [h],
+            Some(&layer.out_ln_w),
+            Some(&layer.out_ln_b),
+            self.eps,
+            true,
+        )
     }
 
     /// Forward plus pooling: one f32 vector per text, on the CPU, not normalised. A

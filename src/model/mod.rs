@@ -5,6 +5,7 @@
 pub mod bert;
 pub mod cpu;
 pub mod device;
+pub mod gemm;
 pub mod heads;
 pub mod mkl;
 mod tokenize;

@@ -65,7 +65,7 @@ pub struct BenchArgs {
     /// Run this long (seconds); ignored when --requests is given.
     #[arg(long)]
     pub duration_seconds: Option<f64>,
-    /// Stop after this many requests.
+    /// Stop after this many requests (with --raw: this many batches of each size per round).
     #[arg(long)]
     pub requests: Option<u64>,
     /// Texts per request.
@@ -652,8 +652,8 @@ fn raw(args: &BenchArgs, plan: &Plan, config: &Config) -> i32 {
         let _ = model.run(&batch, spec.pooling, &[]);
         tokens
     };
-    // Per size: (texts, tokens, seconds, batch latencies in ms). Tokenization is timed too.
-    let mut acc: Vec<(usize, usize, f64, Vec<f64>)> = vec![(0, 0, 0.0, Vec::new()); sizes.len()];
+    // Per size. Tokenization is timed too.
+    let mut acc: Vec<RawTally> = vec![RawTally::default(); sizes.len()];
     for &bs in &sizes {
         for _ in 0..3 {
             run_batch(bs); // warm up every shape first
@@ -663,28 +663,42 @@ fn raw(args: &BenchArgs, plan: &Plan, config: &Config) -> i32 {
         for (k, &bs) in sizes.iter().enumerate() {
             let start = Instant::now();
             let mut n = 0;
-            while start.elapsed().as_secs_f64() < slice || n < 2 {
-                let t0 = Instant::now();
+            // --requests N: N batches of each size per round instead of a share of the time.
+            while match plan.requests {
+                Some(r) => n < r.max(1),
+                None => start.elapsed().as_secs_f64() < slice || n < 2,
+            } {
+                let (t0, c0) = (Instant::now(), process_cpu_ms());
                 let tokens = run_batch(bs);
                 let a = &mut acc[k];
-                a.0 += bs;
-                a.1 += tokens;
-                a.3.push(t0.elapsed().as_secs_f64() * 1e3);
+                a.texts += bs;
+                a.tokens += tokens;
+                a.batch_ms.push(t0.elapsed().as_secs_f64() * 1e3);
+                a.cpu_ms.push(process_cpu_ms() - c0);
                 n += 1;
             }
-            acc[k].2 += start.elapsed().as_secs_f64();
+            acc[k].seconds += start.elapsed().as_secs_f64();
         }
     }
     let mut rows = Vec::new();
     for (k, &bs) in sizes.iter().enumerate() {
-        let (texts, tokens, secs, lat) = &mut acc[k];
+        let RawTally {
+            texts,
+            tokens,
+            seconds: secs,
+            batch_ms: lat,
+            cpu_ms: cpu,
+        } = &mut acc[k];
         lat.sort_by(f64::total_cmp);
+        cpu.sort_by(f64::total_cmp);
         let p50 = lat[lat.len() / 2];
         rows.push(json!({
             "batch_size": bs,
             "texts_per_s": *texts as f64 / *secs,
             "tokens_per_s": *tokens as f64 / *secs,
             "batch_ms_p50": p50,
+            "cpu_ms_p50": cpu[cpu.len() / 2],
+            "batches": lat.len(),
         }));
         if !args.json {
             eprintln!(
@@ -724,6 +738,31 @@ fn raw(args: &BenchArgs, plan: &Plan, config: &Config) -> i32 {
     }
     let _ = std::io::stdout().flush();
     0
+}
+
+/// What `--raw` adds up for one batch size.
+#[derive(Clone, Default)]
+struct RawTally {
+    texts: usize,
+    tokens: usize,
+    seconds: f64,
+    /// Each batch's wall time.
+    batch_ms: Vec<f64>,
+    /// Each batch's CPU time (every thread of the process): what a batch costs whatever else
+    /// the machine runs (with one intra-op thread; with more it includes teammates spinning at
+    /// barriers), so on a shared machine it tells two builds apart where wall times cannot.
+    cpu_ms: Vec<f64>,
+}
+
+/// CPU time this process has used (every thread), in ms.
+fn process_cpu_ms() -> f64 {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec it is given; the clock id is always valid.
+    unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut t) };
+    t.tv_sec as f64 * 1e3 + t.tv_nsec as f64 / 1e6
 }
 
 /// `actor-infer bench ...`; returns the exit code.
