@@ -293,32 +293,65 @@ unsafe fn kernel<const R: usize>(
 mod tests {
     use super::*;
 
+    /// Largest difference from libtorch's `linear`, the reference.
+    fn worst(p: &PanelLinear, x: &Tensor, w: &Tensor, b: &Tensor) -> f64 {
+        let want = x.linear(w, Some(b));
+        let got = p.forward(x).unwrap();
+        assert_eq!(got.size(), want.size());
+        if want.numel() == 0 {
+            return 0.0;
+        }
+        f64::try_from((&got - &want).abs().max()).unwrap()
+    }
+
     #[test]
-    fn the_panel_product_is_libtorchs_linear_for_every_row_count() {
+    fn the_panel_product_is_libtorchs_linear_for_every_shape_the_server_uses() {
         if !available() {
             eprintln!("no AVX-512 here: the kernel is not used, nothing to compare");
             return;
         }
         tch::manual_seed(3);
         let opts = (Kind::Float, tch::Device::Cpu);
-        for (n, k) in [(64, 40), (96, 384), (32, 1)] {
+        // Toy shapes; MiniLM's four (fused QKV, attention output, intermediate, output); BERT
+        // base's intermediate.
+        for (n, k) in [
+            (64, 40),
+            (96, 32),
+            (32, 1),
+            (1152, 384),
+            (384, 384),
+            (1536, 384),
+            (384, 1536),
+            (3072, 768),
+        ] {
             let w = Tensor::randn([n, k], opts);
             let b = Tensor::randn([n], opts);
             let p = PanelLinear::new(&w, &b)
                 .expect("AVX-512 and n % 32 == 0")
                 .unwrap();
-            for threads in [1, 2] {
+            // Row counts around the 14-row blocks, a batch of short texts, a long padded batch.
+            let rows: &[i64] = if n * k > 1_000_000 {
+                &[1, 13, 14, 15, 29, 384, 1000]
+            } else {
+                &[0, 1, 2, 13, 14, 15, 28, 29, 100, 4096]
+            };
+            // f32 sums of k products: the kernel adds in another order than MKL.
+            let tol = 4e-5 * (k as f64).sqrt();
+            for threads in [1, 2, 3] {
                 tch::set_num_threads(threads);
-                for m in [1, 2, 13, 14, 15, 28, 29, 100] {
+                for &m in rows {
                     let x = Tensor::randn([m, k], opts);
-                    let want = x.linear(&w, Some(&b));
-                    let got = p.forward(&x).unwrap();
-                    let d = f64::try_from((&got - &want).abs().max()).unwrap();
-                    assert!(d < 1e-4, "n {n} k {k} m {m} threads {threads}: {d}");
+                    let d = worst(&p, &x, &w, &b);
+                    assert!(d < tol, "n {n} k {k} m {m} threads {threads}: {d}");
                 }
-                // Leading dimensions are kept.
+                // Leading dimensions are kept, and a strided input (a transposed view, a
+                // slice with an offset) reads the right elements.
                 let x3 = Tensor::randn([3, 5, k], opts);
                 assert_eq!(p.forward(&x3).unwrap().size(), [3, 5, n]);
+                let xt = Tensor::randn([k, 7], opts).tr();
+                assert!(worst(&p, &xt, &w, &b) < tol);
+                let xs = Tensor::randn([9, k + 3], opts).narrow(1, 3, k);
+                assert!(worst(&p, &xs, &w, &b) < tol);
             }
         }
         // What it does not take, it says.
@@ -326,10 +359,69 @@ mod tests {
         let p = PanelLinear::new(&w, &Tensor::zeros([64], opts))
             .unwrap()
             .unwrap();
-        assert!(p.forward(&Tensor::zeros([2, 9], opts)).is_err());
+        let err = p.forward(&Tensor::zeros([2, 9], opts)).unwrap_err();
+        assert!(err.to_string().contains("[..., 8]"), "{err}");
+        assert!(
+            p.forward(&Tensor::zeros([2, 8], (Kind::Double, tch::Device::Cpu)))
+                .is_err()
+        );
         assert!(
             PanelLinear::new(&Tensor::randn([40, 8], opts), &Tensor::zeros([40], opts)).is_none(),
             "40 outputs: not whole panels"
         );
+        let bf16 = Tensor::randn([64, 8], opts).to_kind(Kind::BFloat16);
+        assert!(
+            PanelLinear::new(
+                &bf16,
+                &Tensor::zeros([64], (Kind::BFloat16, tch::Device::Cpu))
+            )
+            .is_none(),
+            "bf16 stays libtorch's"
+        );
+    }
+
+    #[test]
+    fn layers_run_at_once_on_several_threads_each_with_its_own_team() {
+        // Several model instances (one model worker thread each) share no state: each product
+        // opens its own OpenMP team from the thread that runs it.
+        if !available() {
+            return;
+        }
+        tch::manual_seed(5);
+        let opts = (Kind::Float, tch::Device::Cpu);
+        // The packed layers are shared by every thread; the reference weights (tensors are Send,
+        // not Sync) are each thread's own handles on the same storage.
+        let weights: Vec<(Tensor, Tensor)> = (0..2)
+            .map(|_| (Tensor::randn([384, 384], opts), Tensor::randn([384], opts)))
+            .collect();
+        let packed: std::sync::Arc<Vec<PanelLinear>> = std::sync::Arc::new(
+            weights
+                .iter()
+                .map(|(w, b)| PanelLinear::new(w, b).unwrap().unwrap())
+                .collect(),
+        );
+        let workers: Vec<_> = (0..4)
+            .map(|t| {
+                let packed = packed.clone();
+                let weights: Vec<(Tensor, Tensor)> = weights
+                    .iter()
+                    .map(|(w, b)| (w.shallow_clone(), b.shallow_clone()))
+                    .collect();
+                std::thread::spawn(move || {
+                    tch::set_num_threads(2);
+                    let mut d: f64 = 0.0;
+                    for i in 0..50 {
+                        let (w, b) = &weights[(t + i) % 2];
+                        let x = Tensor::randn([1 + (i as i64 % 40), 384], opts);
+                        d = d.max(worst(&packed[(t + i) % 2], &x, w, b));
+                    }
+                    d
+                })
+            })
+            .collect();
+        for w in workers {
+            let d = w.join().unwrap();
+            assert!(d < 1e-3, "{d}");
+        }
     }
 }

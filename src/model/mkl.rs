@@ -71,6 +71,37 @@ mod tests {
             assert_eq!(super::mkl_serv_intel_cpu_true(), 1);
         }
     }
+
+    #[test]
+    fn mkls_packed_product_is_libtorchs_linear() {
+        use tch::{Kind, Tensor};
+        tch::manual_seed(7);
+        let opts = (Kind::Float, tch::Device::Cpu);
+        let (w, b) = (Tensor::randn([96, 40], opts), Tensor::randn([96], opts));
+        let Some(p) = super::PackedLinear::new(&w, b.shallow_clone()) else {
+            eprintln!("this libtorch has no MKL: nothing to compare");
+            return;
+        };
+        let p = p.unwrap();
+        // One row (one token) too: the bias must come out as it went in.
+        for shape in [
+            [1, 1, 40],
+            [2, 1, 40],
+            [2, 13, 40],
+            [2, 100, 40],
+            [1, 1, 40],
+        ] {
+            let x = Tensor::randn(shape, opts);
+            let d = f64::try_from(
+                (p.forward(&x).unwrap() - x.linear(&w, Some(&b)))
+                    .abs()
+                    .max(),
+            )
+            .unwrap();
+            assert!(d < 1e-4, "{shape:?}: {d}");
+        }
+        assert!(p.forward(&Tensor::zeros([2, 41], opts)).is_err());
+    }
 }
 
 use std::os::raw::c_int;
@@ -234,8 +265,10 @@ impl PackedLinear {
         let m_int = c_int::try_from(m).map_err(|_| {
             tch::TchError::Shape(format!("{m} rows are more than MKL's 32-bit sizes"))
         })?;
-        // The bias in every row, then C := x W^T + C.
-        let out = self.bias.f_expand([m, self.n], false)?.f_contiguous()?;
+        // The bias in every row, then C := x W^T + C. A fresh tensor: `contiguous` of the
+        // expanded bias would be the bias itself at one row, and MKL would write into it.
+        let mut out = tch::Tensor::f_empty([m, self.n], (tch::Kind::Float, tch::Device::Cpu))?;
+        out.f_copy_(&self.bias.f_expand([m, self.n], false)?)?;
         // SAFETY: `x` is a contiguous f32 [m, k] matrix, `packed` is W^T packed by `new` for
         // these k and n, `out` is a contiguous f32 [m, n] matrix this call owns; MKL writes
         // only `out`.
