@@ -139,6 +139,17 @@ fn log_device(choice: &model::device::Choice) {
     if let Some(w) = &choice.warning {
         tracing::warn!("{w}");
     }
+    match choice.bf16 {
+        Some(b) if b.native() => {
+            tracing::info!(bf16 = %b, "dtype: bf16 on the CPU, computed natively")
+        }
+        Some(b) => tracing::warn!(
+            bf16 = %b,
+            "dtype: bf16 on a CPU without bf16 instructions: libtorch emulates it, which is slower \
+             than f32; use dtype: f32 here"
+        ),
+        None => {}
+    }
 }
 
 /// `actor-infer --experiment exp.yaml`: loads and checks the configuration (exit 2 if it is
@@ -184,6 +195,10 @@ pub fn serve(experiment: &std::path::Path, overrides: &config::Overrides, check:
             );
         }
     }
+    // One probe for all the models: the CUDA half loads if any of them may use it.
+    model::device::Probe::run(model::device::CudaWanted::of_all(
+        config.models.iter().map(|m| m.device),
+    ));
     let mut devices = Vec::new();
     for m in &config.models {
         match model::device::select(m) {

@@ -63,6 +63,40 @@ fn bench_drives_a_server_over_grpc_and_http_and_reads_its_stages() {
 }
 
 #[test]
+fn a_refused_scenario_reports_why_in_its_json() {
+    // The server's per-request limit (4 texts here) refuses 6-text requests: `make bench` prints
+    // the refusal in the scenario's row, so the report must carry the server's own words.
+    let server = Server::start(experiment("server:\n  max_client_batch_size: 4\n"));
+    let http = server.http_addr.rsplit(':').next().unwrap().to_string();
+    let grpc = server.grpc.rsplit(':').next().unwrap().to_string();
+    for (transport, kind) in [("http", "http 413"), ("grpc", "grpc InvalidArgument")] {
+        let out = Command::new(env!("CARGO_BIN_EXE_actor-infer"))
+            .args(["bench", "--http-port", &http, "--grpc-port", &grpc])
+            .args([
+                "--transport",
+                transport,
+                "--http-route",
+                "tei",
+                "--requests",
+                "3",
+            ])
+            .args(["--texts-per-request", "6", "--json"])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "every request failed: exit 1");
+        let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(r["requests"], 0, "{r}");
+        assert_eq!(r["errors"][kind], 3, "{r}");
+        let first = r["first_error"].as_str().unwrap_or_default();
+        assert!(
+            first.starts_with(kind) && first.contains("server.max_client_batch_size is 4"),
+            "{r}"
+        );
+    }
+    server.stop_clean();
+}
+
+#[test]
 fn bench_raw_measures_each_batch_size() {
     let exp = experiment("");
     let r = bench(&[
@@ -82,6 +116,8 @@ fn bench_raw_measures_each_batch_size() {
         .collect();
     assert_eq!(sizes, vec![1, 4]);
     assert!(r["best"]["texts_per_s"].as_f64().unwrap() > 0.0);
+    assert_eq!(r["dtype"], "f32");
+    assert_eq!(r["bf16"], Value::Null, "said only for bf16: {r}");
 }
 
 #[test]

@@ -738,3 +738,75 @@ async fn rerank_and_predict_obey_the_api_key_and_request_limits() {
     assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err:?}");
     server.stop_clean();
 }
+
+/// Every form of the f32 linear layers (README "Performance"): the AVX-512 panel kernel where
+/// the CPU has it, and the portable paths every other CPU takes, forced here with
+/// `ACTOR_INFER_LINEAR` so that they run on this CPU too. Each matches sentence-transformers
+/// within the f32 tolerance on the default model's 14 reference texts, one per request and all
+/// in one padded batch, and the start-up log names the form that ran.
+#[tokio::test]
+async fn every_form_of_the_linear_layers_matches_sentence_transformers() {
+    let avx512 = std::arch::is_x86_feature_detected!("avx512f");
+    let cases = common::reference();
+    let texts: Vec<&str> = cases.iter().map(|c| c.text.as_str()).collect();
+    // (asked, what runs): `panel` needs AVX-512; `auto` is `panel` where it can run.
+    for (asked, runs) in [
+        ("auto", if avx512 { "panel" } else { "addmm" }),
+        ("panel", if avx512 { "panel" } else { "addmm" }),
+        ("addmm", "addmm"),
+        ("linear", "linear"),
+        ("mkl-packed", "mkl-packed"),
+    ] {
+        let server = Server::start_with(experiment(""), &[("ACTOR_INFER_LINEAR", asked)]);
+        let log = server.log();
+        assert!(
+            log.lines()
+                .any(|l| l.contains("linear layers' form")
+                    && l.contains(&format!("linear=\"{runs}\""))),
+            "ACTOR_INFER_LINEAR={asked}: the log should name {runs}:\n{log}"
+        );
+        let mut worst = 0f32;
+        for case in &cases {
+            let (status, body) = post(&server, "/embed", json!({"inputs": case.text})).await;
+            assert_eq!(status, 200, "{body}");
+            let d = max_abs_diff(&floats(&body[0]), &case.embedding);
+            worst = worst.max(d);
+            assert!(
+                d < F32_TOLERANCE,
+                "{asked}: {:?} alone: max diff {d}",
+                case.text
+            );
+        }
+        let (status, body) = post(&server, "/embed", json!({"inputs": texts})).await;
+        assert_eq!(status, 200, "{body}");
+        for (n, case) in cases.iter().enumerate() {
+            let d = max_abs_diff(&floats(&body[n]), &case.embedding);
+            worst = worst.max(d);
+            assert!(
+                d < F32_TOLERANCE,
+                "{asked}: {:?} in a batch: max diff {d}",
+                case.text
+            );
+        }
+        eprintln!("ACTOR_INFER_LINEAR={asked} ({runs}): max abs diff {worst:e}");
+        server.stop_clean();
+    }
+    // A form that does not exist is refused at start, naming the variable and the forms.
+    let exp = experiment("");
+    let (code, log) = common::run_to_exit_with(
+        &[
+            "--experiment",
+            exp.path.to_str().unwrap(),
+            "--http-port",
+            "0",
+            "--grpc-port",
+            "0",
+        ],
+        &[("ACTOR_INFER_LINEAR", "fast")],
+    );
+    assert_ne!(code, 0, "{log}");
+    assert!(
+        log.contains("ACTOR_INFER_LINEAR=\"fast\" is not a form of the linear layers (auto, panel"),
+        "{log}"
+    );
+}

@@ -24,19 +24,145 @@ enum Activation {
     Relu,
 }
 
+/// One encoder layer's weights; the projections in the form [`Linear`] picks.
 struct Layer {
-    qkv_w: Tensor,
-    qkv_b: Tensor,
-    attn_out_w: Tensor,
-    attn_out_b: Tensor,
+    qkv: Linear,
+    attn_out: Linear,
     attn_ln_w: Tensor,
     attn_ln_b: Tensor,
-    inter_w: Tensor,
-    inter_b: Tensor,
-    out_w: Tensor,
-    out_b: Tensor,
+    inter: Linear,
+    out: Linear,
     out_ln_w: Tensor,
     out_ln_b: Tensor,
+}
+
+/// A linear layer `y = x W^T + b`, in the form that is fastest where the model runs (README
+/// "Performance", "Where a batch-1 forward goes"); [`LinearForm`] says which.
+enum Linear {
+    /// f32 on a CPU with AVX-512: the weight packed once into 32-column panels, streamed once
+    /// per product by [`super::gemm`]'s kernel.
+    Panel(super::gemm::PanelLinear),
+    /// MKL's own packed form, one `cblas_sgemm_compute` per call (measured, not chosen).
+    MklPacked(super::mkl::PackedLinear),
+    /// f32 on a CPU without AVX-512 (or a layer whose outputs are not whole panels): `W^T` kept
+    /// `[in, out]` and contiguous, one `addmm(b, x, W^T)` per call. With transformers' `[out,
+    /// in]` layout (what `linear` takes) MKL sees a transposed B and copies the whole weight
+    /// matrix on every call.
+    Addmm {
+        /// `W^T`: `[in, out]`, contiguous.
+        wt: Tensor,
+        /// `[out]`.
+        b: Tensor,
+    },
+    /// libtorch's `linear` on transformers' layout: bf16 and f16, and every GPU (where cuBLAS
+    /// and oneDNN take the layout as it is), as before issue 24.
+    Unpacked {
+        /// `[out, in]`.
+        w: Tensor,
+        /// `[out]`.
+        b: Tensor,
+    },
+}
+
+/// Which form the linear layers take. Unset `ACTOR_INFER_LINEAR` (or `auto`) picks the fastest
+/// for the device and dtype; `panel`, `addmm`, `mkl-packed` or `linear` force one, to measure
+/// them against each other (`bench --raw`) or to run the portable path on any CPU. A forced
+/// form that cannot run here (`panel` without AVX-512, `mkl-packed` without MKL) falls back as
+/// `auto` does; the start-up log names the form each model got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinearForm {
+    /// The fastest here: `panel` for f32 on a CPU with AVX-512, `addmm` for f32 on other CPUs,
+    /// `linear` for other dtypes and devices.
+    Auto,
+    /// [`super::gemm`]'s packed panels and AVX-512 kernel.
+    Panel,
+    /// `addmm` on `W^T`, libtorch's own product: the portable f32 path.
+    Addmm,
+    /// MKL's packed GEMM.
+    MklPacked,
+    /// libtorch's `linear` on transformers' layout.
+    Linear,
+}
+
+impl LinearForm {
+    /// The environment variable that forces a form.
+    pub const VAR: &'static str = "ACTOR_INFER_LINEAR";
+
+    /// From `ACTOR_INFER_LINEAR`; an unknown value is an error naming the known ones.
+    pub fn from_env() -> Result<LinearForm, ModelError> {
+        match std::env::var(Self::VAR) {
+            Err(std::env::VarError::NotPresent) => Ok(LinearForm::Auto),
+            Ok(v) => match v.as_str() {
+                "" | "auto" => Ok(LinearForm::Auto),
+                "panel" => Ok(LinearForm::Panel),
+                "addmm" => Ok(LinearForm::Addmm),
+                "mkl-packed" => Ok(LinearForm::MklPacked),
+                "linear" => Ok(LinearForm::Linear),
+                other => Err(ModelError::Config(format!(
+                    "{}={other:?} is not a form of the linear layers (auto, panel, addmm, \
+                     mkl-packed, linear)",
+                    Self::VAR
+                ))),
+            },
+            Err(e) => Err(ModelError::Config(format!("{}: {e}", Self::VAR))),
+        }
+    }
+}
+
+impl Linear {
+    /// From transformers' `weight` `[out, in]` and `bias` `[out]`, in `form` where it can run.
+    fn new(weight: Tensor, bias: Tensor, form: LinearForm) -> Result<Linear, TchError> {
+        let f32_cpu = weight.kind() == Kind::Float && weight.device() == tch::Device::Cpu;
+        match form {
+            LinearForm::Linear => return Ok(Linear::Unpacked { w: weight, b: bias }),
+            LinearForm::MklPacked => {
+                if let Some(p) = super::mkl::PackedLinear::new(&weight, bias.shallow_clone()) {
+                    return Ok(Linear::MklPacked(p?));
+                }
+            }
+            LinearForm::Addmm => {}
+            LinearForm::Auto | LinearForm::Panel => {
+                if let Some(p) = super::gemm::PanelLinear::new(&weight, &bias) {
+                    return Ok(Linear::Panel(p?));
+                }
+                if !f32_cpu {
+                    return Ok(Linear::Unpacked { w: weight, b: bias });
+                }
+            }
+        }
+        Ok(Linear::Addmm {
+            wt: weight.f_t_copy()?.f_contiguous()?,
+            b: bias,
+        })
+    }
+
+    /// The form's name, as `ACTOR_INFER_LINEAR` spells it.
+    fn name(&self) -> &'static str {
+        match self {
+            Linear::Panel(_) => "panel",
+            Linear::MklPacked(_) => "mkl-packed",
+            Linear::Addmm { .. } => "addmm",
+            Linear::Unpacked { .. } => "linear",
+        }
+    }
+
+    /// `x` `[..., in]` to `[..., out]`.
+    fn forward(&self, x: &Tensor) -> Result<Tensor, TchError> {
+        match self {
+            Linear::Panel(p) => p.forward(x),
+            Linear::MklPacked(p) => p.forward(x),
+            Linear::Addmm { wt, b } => {
+                let mut shape = x.size();
+                let (k, n) = wt.size2()?;
+                let y = b.f_addmm(&x.f_reshape([-1, k])?, wt)?;
+                *shape
+                    .last_mut()
+                    .expect("a linear layer's input has a last dimension") = n;
+                y.f_view(shape.as_slice())
+            }
+            Linear::Unpacked { w, b } => x.f_linear(w, Some(b)),
+        }
+    }
 }
 
 /// The encoder's weights on one device, ready for forwards.
@@ -210,6 +336,7 @@ impl Bert {
             family,
         };
         let (h, i) = (c.hidden_size, c.intermediate_size);
+        let form = LinearForm::from_env()?;
         let _guard = tch::no_grad_guard();
         let mut layers = Vec::with_capacity(c.num_hidden_layers as usize);
         for n in 0..c.num_hidden_layers {
@@ -221,20 +348,44 @@ impl Bert {
             let k_b = w.take(&format!("{p}.attention.self.key.bias"), &[h])?;
             let v_b = w.take(&format!("{p}.attention.self.value.bias"), &[h])?;
             layers.push(Layer {
-                qkv_w: Tensor::f_cat(&[q_w, k_w, v_w], 0)?,
-                qkv_b: Tensor::f_cat(&[q_b, k_b, v_b], 0)?,
-                attn_out_w: w.take(&format!("{p}.attention.output.dense.weight"), &[h, h])?,
-                attn_out_b: w.take(&format!("{p}.attention.output.dense.bias"), &[h])?,
+                qkv: Linear::new(
+                    Tensor::f_cat(&[q_w, k_w, v_w], 0)?,
+                    Tensor::f_cat(&[q_b, k_b, v_b], 0)?,
+                    form,
+                )?,
+                attn_out: Linear::new(
+                    w.take(&format!("{p}.attention.output.dense.weight"), &[h, h])?,
+                    w.take(&format!("{p}.attention.output.dense.bias"), &[h])?,
+                    form,
+                )?,
                 attn_ln_w: w.take(&format!("{p}.attention.output.LayerNorm.weight"), &[h])?,
                 attn_ln_b: w.take(&format!("{p}.attention.output.LayerNorm.bias"), &[h])?,
-                inter_w: w.take(&format!("{p}.intermediate.dense.weight"), &[i, h])?,
-                inter_b: w.take(&format!("{p}.intermediate.dense.bias"), &[i])?,
-                out_w: w.take(&format!("{p}.output.dense.weight"), &[h, i])?,
-                out_b: w.take(&format!("{p}.output.dense.bias"), &[h])?,
+                inter: Linear::new(
+                    w.take(&format!("{p}.intermediate.dense.weight"), &[i, h])?,
+                    w.take(&format!("{p}.intermediate.dense.bias"), &[i])?,
+                    form,
+                )?,
+                out: Linear::new(
+                    w.take(&format!("{p}.output.dense.weight"), &[h, i])?,
+                    w.take(&format!("{p}.output.dense.bias"), &[h])?,
+                    form,
+                )?,
                 out_ln_w: w.take(&format!("{p}.output.LayerNorm.weight"), &[h])?,
                 out_ln_b: w.take(&format!("{p}.output.LayerNorm.bias"), &[h])?,
             });
         }
+        let forms: std::collections::BTreeSet<&str> = layers
+            .iter()
+            .flat_map(|l| [&l.qkv, &l.attn_out, &l.inter, &l.out])
+            .map(Linear::name)
+            .collect();
+        tracing::info!(
+            model = %spec.path.display(),
+            linear = forms.into_iter().collect::<Vec<_>>().join("+"),
+            asked = ?form,
+            "linear layers' form (README \"Performance\"; {} forces one)",
+            LinearForm::VAR
+        );
         let position = w.take(
             "embeddings.position_embeddings.weight",
             &[c.max_position_embeddings, h],
@@ -360,8 +511,9 @@ impl Bert {
         let (b, l, h) = x.size3()?;
         let heads = self.heads;
         let head_dim = h / heads;
-        let qkv = x
-            .f_linear(&layer.qkv_w, Some(&layer.qkv_b))?
+        let qkv = layer
+            .qkv
+            .forward(x)?
             .f_view([b, l, 3, heads, head_dim])?
             .f_permute([2, 0, 3, 1, 4])?;
         let (q, k, v) = (qkv.f_get(0)?, qkv.f_get(1)?, qkv.f_get(2)?);
@@ -369,32 +521,26 @@ impl Bert {
             Tensor::f_scaled_dot_product_attention(&q, &k, &v, attend, 0.0, false, None, false)?
                 .f_transpose(1, 2)?
                 .f_reshape([b, l, h])?;
-        let attn = ctx
-            .f_linear(&layer.attn_out_w, Some(&layer.attn_out_b))?
-            .f_add(x)?
-            .f_layer_norm(
-                [h],
-                Some(&layer.attn_ln_w),
-                Some(&layer.attn_ln_b),
-                self.eps,
-                true,
-            )?;
-        let inter = attn.f_linear(&layer.inter_w, Some(&layer.inter_b))?;
+        let attn = layer.attn_out.forward(&ctx)?.f_add(x)?.f_layer_norm(
+            [h],
+            Some(&layer.attn_ln_w),
+            Some(&layer.attn_ln_b),
+            self.eps,
+            true,
+        )?;
+        let inter = layer.inter.forward(&attn)?;
         let inter = match self.activation {
             Activation::GeluErf => inter.f_gelu("none")?,
             Activation::GeluTanh => inter.f_gelu("tanh")?,
             Activation::Relu => inter.f_relu()?,
         };
-        inter
-            .f_linear(&layer.out_w, Some(&layer.out_b))?
-            .f_add(&attn)?
-            .f_layer_norm(
-                [h],
-                Some(&layer.out_ln_w),
-                Some(&layer.out_ln_b),
-                self.eps,
-                true,
-            )
+        layer.out.forward(&inter)?.f_add(&attn)?.f_layer_norm(
+            [h],
+            Some(&layer.out_ln_w),
+            Some(&layer.out_ln_b),
+            self.eps,
+            true,
+        )
     }
 
     /// Forward plus pooling: one f32 vector per text, on the CPU, not normalised. A

@@ -13,6 +13,11 @@
 //! 4. the loader's own search path (`LD_LIBRARY_PATH`, e.g. a PyTorch 2.11.0 install's
 //!    `torch/lib`).
 //!
+//! It is looked for only when some model may use it: always for `device: cuda` (which then says
+//! why it cannot be used), and for `device: auto` only where an NVIDIA driver is installed and
+//! NVML, when it loads, sees a GPU. Without a GPU, mapping the CUDA half (cuBLAS, cuDNN, ...)
+//! would cost a few hundred MiB of resident memory for nothing.
+//!
 //! Loading `libtorch_cuda.so` with global symbols before the first CUDA call registers libtorch's
 //! CUDA kernels; its own CUDA dependencies (cuBLAS, cuDNN, ...) resolve through its rpath
 //! (`$ORIGIN/../../nvidia/*/lib`), so no `LD_LIBRARY_PATH` is needed. GPU names, memory and the
@@ -64,6 +69,9 @@ pub enum CudaLibs {
     Disabled,
     /// Not looked for: the configuration asks for no CUDA device (`device: cpu` or `mps`).
     NotWanted,
+    /// Not looked for: `device: auto` on a host without a GPU (no NVIDIA driver, or NVML sees
+    /// no GPU), where they could not be used.
+    NoGpu,
     /// Not a platform with CUDA builds of libtorch (macOS).
     Unsupported,
 }
@@ -90,6 +98,10 @@ impl fmt::Display for CudaLibs {
             ),
             CudaLibs::Disabled => write!(f, "CUDA turned off ({CUDA_LIBS_ENV}=none)"),
             CudaLibs::NotWanted => write!(f, "CUDA libraries not loaded (no model asks for CUDA)"),
+            CudaLibs::NoGpu => write!(
+                f,
+                "CUDA libraries not loaded (device: auto, and no GPU here to use them)"
+            ),
             CudaLibs::Unsupported => write!(f, "no CUDA build of libtorch exists for this OS"),
         }
     }
@@ -210,6 +222,47 @@ pub struct Probe {
     pub mps: bool,
 }
 
+/// Whether the probe loads libtorch's CUDA half, from the models' `device`s.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum CudaWanted {
+    /// No model asks for CUDA (`cpu`, `mps`).
+    No,
+    /// `device: auto`: loaded only where there is a GPU to use it.
+    IfGpu,
+    /// `device: cuda[:N]`: loaded whatever the host, so that the refusal can say what is missing.
+    Yes,
+}
+
+impl CudaWanted {
+    /// What one model's `device` asks for.
+    pub fn of(device: Device) -> CudaWanted {
+        match device {
+            Device::Cpu | Device::Mps => CudaWanted::No,
+            Device::Auto => CudaWanted::IfGpu,
+            Device::Cuda(_) => CudaWanted::Yes,
+        }
+    }
+
+    /// What a set of models' devices asks for: the most any of them does.
+    pub fn of_all(devices: impl IntoIterator<Item = Device>) -> CudaWanted {
+        devices
+            .into_iter()
+            .map(CudaWanted::of)
+            .max()
+            .unwrap_or(CudaWanted::No)
+    }
+
+    /// Whether to load the CUDA half, given whether a driver is installed and how many GPUs
+    /// NVML sees (`None` when NVML does not load, so it cannot say).
+    fn load(self, driver: bool, nvml_gpus: Option<usize>) -> bool {
+        match self {
+            CudaWanted::No => false,
+            CudaWanted::Yes => true,
+            CudaWanted::IfGpu => driver && nvml_gpus != Some(0),
+        }
+    }
+}
+
 /// The loaded CUDA half, kept for the process's life (unloading libtorch_cuda is not possible).
 static CUDA_LIBRARY: OnceLock<libloading::Library> = OnceLock::new();
 /// The probe runs once per process: loading the CUDA half must precede any CUDA call.
@@ -217,16 +270,13 @@ static PROBE: OnceLock<Probe> = OnceLock::new();
 
 impl Probe {
     /// Probes this host (once per process; later calls return the first result), loading
-    /// libtorch's CUDA half when `want_cuda` (some model's device is `auto` or `cuda`). Must run
-    /// before anything else asks libtorch about devices.
-    pub fn run(want_cuda: bool) -> &'static Probe {
+    /// libtorch's CUDA half as `want` says ([`CudaWanted`]). Must run before anything else asks
+    /// libtorch about devices; the server runs it with every model's wish
+    /// ([`CudaWanted::of_all`]) before selecting each model's device.
+    pub fn run(want: CudaWanted) -> &'static Probe {
         PROBE.get_or_init(|| {
             let libtorch = loaded_libraries(&["libtorch_cpu", "libtorch.", "libc10."]);
-            let cuda_libs = if want_cuda {
-                load_cuda_libs(&libtorch)
-            } else {
-                CudaLibs::NotWanted
-            };
+            // NVML is the driver's own library: asking it loads nothing of libtorch's.
             let nvml = Nvml::open();
             let driver = nvml.as_ref().and_then(Nvml::driver).or_else(|| {
                 proc_driver_version().map(|version| Driver {
@@ -235,6 +285,14 @@ impl Probe {
                 })
             });
             let gpus = nvml.as_ref().map(Nvml::gpus).unwrap_or_default();
+            let cuda_libs = match want {
+                CudaWanted::No => CudaLibs::NotWanted,
+                _ if cuda_turned_off() => CudaLibs::Disabled,
+                w if !w.load(driver.is_some(), nvml.as_ref().map(|_| gpus.len())) => {
+                    CudaLibs::NoGpu
+                }
+                _ => load_cuda_libs(&libtorch),
+            };
             let cuda_devices = if matches!(cuda_libs, CudaLibs::Loaded(_)) {
                 usize::try_from(tch::Cuda::device_count()).unwrap_or(0)
             } else {
@@ -263,6 +321,7 @@ impl Probe {
                 device: tch::Device::Cpu,
                 reason: "device: cpu".into(),
                 warning: None,
+                bf16: None,
             }),
             Device::Auto if self.cuda_devices > 0 => Ok(Choice {
                 device: tch::Device::Cuda(0),
@@ -272,11 +331,13 @@ impl Probe {
                     if self.cuda_devices == 1 { "" } else { "s" }
                 ),
                 warning: None,
+                bf16: None,
             }),
             Device::Auto if self.mps => Ok(Choice {
                 device: tch::Device::Mps,
                 reason: "device: auto, no CUDA GPU, and libtorch has MPS".into(),
                 warning: None,
+                bf16: None,
             }),
             Device::Auto => {
                 let why = self.why_no_cuda();
@@ -299,12 +360,14 @@ impl Probe {
                         why.map_or_else(|| "no CUDA or MPS device".to_string(), |e| e.to_string())
                     ),
                     warning,
+                    bf16: None,
                 })
             }
             Device::Cuda(n) if n < self.cuda_devices => Ok(Choice {
                 device: tch::Device::Cuda(n),
                 reason: format!("device: cuda:{n}"),
                 warning: None,
+                bf16: None,
             }),
             Device::Cuda(n) => {
                 Err(self
@@ -323,6 +386,7 @@ impl Probe {
                 device: tch::Device::Mps,
                 reason: "device: mps".into(),
                 warning: None,
+                bf16: None,
             }),
             Device::Mps => Err(DeviceError::NoMps {
                 os: std::env::consts::OS,
@@ -401,12 +465,12 @@ impl Probe {
     }
 }
 
-/// Probes the host (once) and resolves `model.device` for `model`, checking that its
-/// `model.dtype` runs there. The error names the key and the missing piece; the caller exits
+/// Probes the host (once: the first probe decides whether the CUDA half loads, so a caller with
+/// several models runs [`Probe::run`] with [`CudaWanted::of_all`] first) and resolves
+/// `model.device` for `model`, checking that its `model.dtype` runs there. The error names the key and the missing piece; the caller exits
 /// with the configuration error code before binding any port.
 pub fn select(model: &crate::config::Model) -> Result<Choice, SelectError> {
-    let want_cuda = matches!(model.device, Device::Auto | Device::Cuda(_));
-    let choice = Probe::run(want_cuda)
+    let choice = Probe::run(CudaWanted::of(model.device))
         .resolve(model.device)
         .map_err(|source| SelectError::Device {
             device: model.device,
@@ -416,6 +480,10 @@ pub fn select(model: &crate::config::Model) -> Result<Choice, SelectError> {
         return Err(SelectError::F16OnCpu {
             reason: choice.reason,
         });
+    }
+    let mut choice = choice;
+    if choice.device == tch::Device::Cpu && model.dtype == crate::config::DType::Bf16 {
+        choice.bf16 = Some(super::cpu::Bf16::here());
     }
     Ok(choice)
 }
@@ -448,6 +516,9 @@ pub struct Choice {
     pub reason: String,
     /// Something the operator should fix even though the server runs.
     pub warning: Option<String>,
+    /// With `dtype: bf16` on the CPU: whether the CPU computes bf16 natively (when it does
+    /// not, bf16 is slower than f32, and the start-up log warns).
+    pub bf16: Option<super::cpu::Bf16>,
 }
 
 /// Why the configured device cannot be used; each names the missing piece.
@@ -543,6 +614,11 @@ fn cuda_candidates(libtorch: &[PathBuf]) -> Vec<PathBuf> {
     out
 }
 
+/// `ACTOR_INFER_CUDA_LIBS=none`.
+fn cuda_turned_off() -> bool {
+    std::env::var(CUDA_LIBS_ENV).is_ok_and(|v| v.trim().eq_ignore_ascii_case("none"))
+}
+
 fn load_cuda_libs(libtorch: &[PathBuf]) -> CudaLibs {
     if !cfg!(target_os = "linux") {
         return CudaLibs::Unsupported;
@@ -561,8 +637,10 @@ fn load_cuda_libs(libtorch: &[PathBuf]) -> CudaLibs {
         let _ = CUDA_LIBRARY.set(lib.into());
         Ok(())
     };
+    if cuda_turned_off() {
+        return CudaLibs::Disabled;
+    }
     match std::env::var(CUDA_LIBS_ENV) {
-        Ok(v) if v.trim().eq_ignore_ascii_case("none") => return CudaLibs::Disabled,
         Ok(v) if !v.trim().is_empty() => {
             let path = Path::new(v.trim()).join("libtorch_cuda.so");
             if !path.is_file() {
@@ -673,6 +751,37 @@ mod tests {
         assert_eq!(c.device, tch::Device::Cpu);
         let w = c.warning.expect("a warning");
         assert!(w.contains("ACTOR_INFER_DEVICE=cuda make setup"), "{w}");
+    }
+
+    #[test]
+    fn auto_loads_the_cuda_half_only_where_a_gpu_may_use_it() {
+        use CudaWanted::*;
+        // No driver: nothing could use it.
+        assert!(!IfGpu.load(false, None));
+        assert!(!IfGpu.load(false, Some(0)));
+        // A driver, and NVML sees no GPU.
+        assert!(!IfGpu.load(true, Some(0)));
+        // A driver and a GPU, or a driver whose NVML does not load (cannot tell): load.
+        assert!(IfGpu.load(true, Some(1)));
+        assert!(IfGpu.load(true, None));
+        // `device: cuda` loads it anyway, to say what is missing; `cpu` never.
+        assert!(Yes.load(false, None));
+        assert!(!No.load(true, Some(8)));
+        // Several models: the most any asks for.
+        let of = |ds: &[&str]| CudaWanted::of_all(ds.iter().map(|d| Device::parse(d).unwrap()));
+        assert_eq!(of(&["cpu", "auto"]), IfGpu);
+        assert_eq!(of(&["auto", "cuda:1"]), Yes);
+        assert_eq!(of(&["mps"]), No);
+        // And the message says why they are not loaded.
+        let e = probe(CudaLibs::NoGpu, false, 0)
+            .resolve(Device::Auto)
+            .unwrap();
+        assert!(
+            e.reason
+                .contains("CUDA libraries not loaded (device: auto, and no GPU here"),
+            "{}",
+            e.reason
+        );
     }
 
     #[test]

@@ -4,7 +4,9 @@
 
 pub mod bert;
 pub mod calibrate;
+pub mod cpu;
 pub mod device;
+pub mod gemm;
 pub mod heads;
 pub mod mkl;
 pub mod quantize;

@@ -65,7 +65,7 @@ pub struct BenchArgs {
     /// Run this long (seconds); ignored when --requests is given.
     #[arg(long)]
     pub duration_seconds: Option<f64>,
-    /// Stop after this many requests.
+    /// Stop after this many requests (with --raw: this many batches of each size per round).
     #[arg(long)]
     pub requests: Option<u64>,
     /// Texts per request.
@@ -213,6 +213,9 @@ struct Tally {
     texts: u64,
     tokens: u64,
     errors: BTreeMap<String, u64>,
+    /// The first failure in full (status and the start of the server's answer), so a report
+    /// can say why a scenario failed, not only how often.
+    first_error: Option<String>,
 }
 
 /// Runs the benchmark; returns the process exit code.
@@ -335,7 +338,8 @@ async fn drive(args: &BenchArgs, plan: Plan, host: String, http_port: u16, grpc_
                     .collect();
                 cursor += plan.texts_per_request;
                 let t0 = Instant::now();
-                let result: Result<u64, String> = match grpc.as_mut() {
+                // Err: (the kind, counted; the detail, kept for the first failure).
+                let result: Result<u64, (String, String)> = match grpc.as_mut() {
                     Some(client) => client
                         .infer(InferRequest {
                             texts,
@@ -349,7 +353,7 @@ async fn drive(args: &BenchArgs, plan: Plan, host: String, http_port: u16, grpc_
                                 .map(|o| u64::from(o.token_count))
                                 .sum()
                         })
-                        .map_err(|s| format!("grpc {:?}", s.code())),
+                        .map_err(|s| (format!("grpc {:?}", s.code()), excerpt(s.message()))),
                     None => match match route {
                         HttpRoute::Openai => http
                             .post(format!("{base}/v1/embeddings"))
@@ -368,16 +372,20 @@ async fn drive(args: &BenchArgs, plan: Plan, host: String, http_port: u16, grpc_
                                 .json::<Value>()
                                 .await
                                 .map(|v| v["usage"]["prompt_tokens"].as_u64().unwrap_or(0))
-                                .map_err(|e| format!("http body: {e}")),
+                                .map_err(|e| ("http body".into(), e.to_string())),
                             HttpRoute::Tei => res
                                 .bytes()
                                 .await
                                 .map(|_| 0)
-                                .map_err(|e| format!("http body: {e}")),
+                                .map_err(|e| ("http body".into(), e.to_string())),
                         },
-                        Ok(res) => Err(format!("http {}", res.status().as_u16())),
-                        Err(e) if e.is_connect() => Err("http connect".into()),
-                        Err(_) => Err("http transport".into()),
+                        Ok(res) => {
+                            let status = res.status().as_u16();
+                            let body = res.text().await.unwrap_or_default();
+                            Err((format!("http {status}"), excerpt(&body)))
+                        }
+                        Err(e) if e.is_connect() => Err(("http connect".into(), e.to_string())),
+                        Err(e) => Err(("http transport".into(), e.to_string())),
                     },
                 };
                 let us = t0.elapsed().as_micros() as u64;
@@ -388,7 +396,12 @@ async fn drive(args: &BenchArgs, plan: Plan, host: String, http_port: u16, grpc_
                         t.texts += plan.texts_per_request as u64;
                         t.tokens += tokens;
                     }
-                    Err(kind) => *t.errors.entry(kind).or_default() += 1,
+                    Err((kind, detail)) => {
+                        if t.first_error.is_none() {
+                            t.first_error = Some(format!("{kind}: {detail}"));
+                        }
+                        *t.errors.entry(kind).or_default() += 1;
+                    }
                 }
                 drop(t);
                 done.fetch_add(1, Ordering::Relaxed);
@@ -471,6 +484,7 @@ async fn drive(args: &BenchArgs, plan: Plan, host: String, http_port: u16, grpc_
         "tokens_per_s": t.tokens as f64 / elapsed,
         "latency_ms": {"p50": pct(0.5), "p90": pct(0.9), "p99": pct(0.99), "max": pct(1.0)},
         "errors": t.errors,
+        "first_error": t.first_error,
         "server": stage_breakdown(before.as_ref(), after.as_ref()),
         "flood_metrics": args.flood_metrics,
         "metrics_scrapes_per_s": scrapes as f64 / elapsed,
@@ -481,6 +495,15 @@ async fn drive(args: &BenchArgs, plan: Plan, host: String, http_port: u16, grpc_
         print_report(&report);
     }
     i32::from(ok == 0.0)
+}
+
+/// The start of an error's text, on one line (what a report row can hold).
+fn excerpt(text: &str) -> String {
+    let one_line = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    match one_line.char_indices().nth(160) {
+        Some((i, _)) => format!("{}...", &one_line[..i]),
+        None => one_line,
+    }
 }
 
 async fn server_metrics(base: &str) -> Option<Value> {
@@ -565,6 +588,9 @@ fn print_report(r: &Value) {
         f(&l["max"])
     );
     println!("errors      {}", r["errors"]);
+    if let Some(e) = r["first_error"].as_str() {
+        println!("first error {e}");
+    }
     if let Some(s) = r["server"].as_object() {
         let parts: Vec<String> = s.iter().map(|(k, v)| format!("{k} {}", f(v))).collect();
         println!("server      {}", parts.join("  "));
@@ -574,8 +600,8 @@ fn print_report(r: &Value) {
 /// The limit: tokenize + pad + forward in this process, one thread of control, for each
 /// batch size, with the experiment's intra-op threads.
 fn raw(args: &BenchArgs, plan: &Plan, config: &Config) -> i32 {
-    let device = match crate::model::device::select(config.model()) {
-        Ok(choice) => choice.device,
+    let (device, bf16) = match crate::model::device::select(config.model()) {
+        Ok(choice) => (choice.device, choice.bf16),
         Err(e) => {
             eprintln!("actor-infer bench --raw: configuration error: {e}");
             return 2;
@@ -626,8 +652,8 @@ fn raw(args: &BenchArgs, plan: &Plan, config: &Config) -> i32 {
         let _ = model.run(&batch, spec.pooling, &[]);
         tokens
     };
-    // Per size: (texts, tokens, seconds, batch latencies in ms). Tokenization is timed too.
-    let mut acc: Vec<(usize, usize, f64, Vec<f64>)> = vec![(0, 0, 0.0, Vec::new()); sizes.len()];
+    // Per size. Tokenization is timed too.
+    let mut acc: Vec<RawTally> = vec![RawTally::default(); sizes.len()];
     for &bs in &sizes {
         for _ in 0..3 {
             run_batch(bs); // warm up every shape first
@@ -637,28 +663,42 @@ fn raw(args: &BenchArgs, plan: &Plan, config: &Config) -> i32 {
         for (k, &bs) in sizes.iter().enumerate() {
             let start = Instant::now();
             let mut n = 0;
-            while start.elapsed().as_secs_f64() < slice || n < 2 {
-                let t0 = Instant::now();
+            // --requests N: N batches of each size per round instead of a share of the time.
+            while match plan.requests {
+                Some(r) => n < r.max(1),
+                None => start.elapsed().as_secs_f64() < slice || n < 2,
+            } {
+                let (t0, c0) = (Instant::now(), process_cpu_ms());
                 let tokens = run_batch(bs);
                 let a = &mut acc[k];
-                a.0 += bs;
-                a.1 += tokens;
-                a.3.push(t0.elapsed().as_secs_f64() * 1e3);
+                a.texts += bs;
+                a.tokens += tokens;
+                a.batch_ms.push(t0.elapsed().as_secs_f64() * 1e3);
+                a.cpu_ms.push(process_cpu_ms() - c0);
                 n += 1;
             }
-            acc[k].2 += start.elapsed().as_secs_f64();
+            acc[k].seconds += start.elapsed().as_secs_f64();
         }
     }
     let mut rows = Vec::new();
     for (k, &bs) in sizes.iter().enumerate() {
-        let (texts, tokens, secs, lat) = &mut acc[k];
+        let RawTally {
+            texts,
+            tokens,
+            seconds: secs,
+            batch_ms: lat,
+            cpu_ms: cpu,
+        } = &mut acc[k];
         lat.sort_by(f64::total_cmp);
+        cpu.sort_by(f64::total_cmp);
         let p50 = lat[lat.len() / 2];
         rows.push(json!({
             "batch_size": bs,
             "texts_per_s": *texts as f64 / *secs,
             "tokens_per_s": *tokens as f64 / *secs,
             "batch_ms_p50": p50,
+            "cpu_ms_p50": cpu[cpu.len() / 2],
+            "batches": lat.len(),
         }));
         if !args.json {
             eprintln!(
@@ -681,6 +721,8 @@ fn raw(args: &BenchArgs, plan: &Plan, config: &Config) -> i32 {
         "raw": true,
         "intra_op_threads": threads,
         "device": crate::model::device_name(spec.device),
+        "dtype": spec.dtype.as_str(),
+        "bf16": bf16.map(|b| b.to_string()),
         "batches": rows,
         "best": best,
     });
@@ -696,6 +738,31 @@ fn raw(args: &BenchArgs, plan: &Plan, config: &Config) -> i32 {
     }
     let _ = std::io::stdout().flush();
     0
+}
+
+/// What `--raw` adds up for one batch size.
+#[derive(Clone, Default)]
+struct RawTally {
+    texts: usize,
+    tokens: usize,
+    seconds: f64,
+    /// Each batch's wall time.
+    batch_ms: Vec<f64>,
+    /// Each batch's CPU time (every thread of the process): what a batch costs whatever else
+    /// the machine runs (with one intra-op thread; with more it includes teammates spinning at
+    /// barriers), so on a shared machine it tells two builds apart where wall times cannot.
+    cpu_ms: Vec<f64>,
+}
+
+/// CPU time this process has used (every thread), in ms.
+fn process_cpu_ms() -> f64 {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec it is given; the clock id is always valid.
+    unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut t) };
+    t.tv_sec as f64 * 1e3 + t.tv_nsec as f64 / 1e6
 }
 
 /// `actor-infer bench ...`; returns the exit code.
