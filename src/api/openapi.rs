@@ -93,5 +93,25 @@ mod tests {
             doc["components"]["schemas"]["EmbedRequest"]["properties"]["truncation_direction"]
                 .is_object()
         );
+        // Priorities: the body field where bodies refuse unknown fields, and the header on
+        // every inference route.
+        for schema in ["EmbedRequest", "OpenAiRequest", "PredictRequest"] {
+            let field = &doc["components"]["schemas"][schema]["properties"]["priority"];
+            assert!(
+                field["description"]
+                    .as_str()
+                    .is_some_and(|d| d.contains("`interactive`") && d.contains("`batch`")),
+                "{schema}: {field}"
+            );
+        }
+        for path in ["/embed", "/v1/embeddings", "/predict", "/rerank", "/similarity"] {
+            let params = doc["paths"][path]["post"]["parameters"].as_array().unwrap();
+            assert!(
+                params
+                    .iter()
+                    .any(|p| p["name"] == "X-Priority" && p["in"] == "header"),
+                "{path}: {params:?}"
+            );
+        }
     }
 }
