@@ -204,3 +204,4 @@ for name, r in (("c32", c32), ("c1", c1), ("large", large)):
     print(f"{name}: server stages {json.dumps({k: round(v, 2) for k, v in (r.get('server') or {}).items()})}, latency p50/p99 {r['latency_ms']['p50']:.1f}/{r['latency_ms']['p99']:.1f} ms, errors {r['errors']}")
 PY
 say "raw JSON and logs in $out"
+cleanup; PRIORITY_SECONDS=${PRIORITY_SECONDS:-$SECS} bash "$root/scripts/bench-priority.sh"  # issue 23: queries beside a bulk job, ours and the peer

@@ -642,16 +642,14 @@ impl<'de> Deserialize<'de> for LatencyBudget {
             Number(f64),
             Text(String),
         }
-        match Raw::deserialize(d).map_err(|_| {
-            serde::de::Error::custom("expected `auto` or a number of milliseconds")
-        })? {
+        match Raw::deserialize(d)
+            .map_err(|_| serde::de::Error::custom("expected `auto` or a number of milliseconds"))?
+        {
             Raw::Number(ms) => Ok(LatencyBudget::Millis(ms)),
             Raw::Text(t) if t.trim().eq_ignore_ascii_case("auto") => Ok(LatencyBudget::Auto),
             // The environment gives numbers as text.
             Raw::Text(t) => t.trim().parse().map(LatencyBudget::Millis).map_err(|_| {
-                serde::de::Error::custom(format!(
-                    "`{t}` is not `auto` or a number of milliseconds"
-                ))
+                serde::de::Error::custom(format!("`{t}` is not `auto` or a number of milliseconds"))
             }),
         }
     }

@@ -79,7 +79,13 @@ fn a_query_sent_while_a_large_request_runs_is_answered_long_before_it() {
     let (_, dash) = common::http_get(&server.http_addr, "/metrics?format=json").unwrap();
     let dash: Value = serde_json::from_str(&dash).unwrap();
     let p = &dash["priorities"];
-    assert_eq!((p["interactive"]["texts"].as_u64(), p["batch"]["texts"].as_u64()), (Some(1), Some(256)));
+    assert_eq!(
+        (
+            p["interactive"]["texts"].as_u64(),
+            p["batch"]["texts"].as_u64()
+        ),
+        (Some(1), Some(256))
+    );
     assert!(
         p["batch"]["p50_ms"].as_f64().unwrap() > p["interactive"]["p50_ms"].as_f64().unwrap(),
         "{p}"

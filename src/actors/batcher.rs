@@ -94,6 +94,16 @@ impl Cost {
         )
     }
 
+    /// The fixed part of a forward, as measured (before scaling).
+    pub fn per_forward(&self) -> Duration {
+        Duration::from_secs_f64(self.per_forward)
+    }
+
+    /// The part per padded token, as measured (before scaling).
+    pub fn per_token(&self) -> Duration {
+        Duration::from_secs_f64(self.per_token)
+    }
+
     /// The expected duration of a forward of `padded_tokens` (rows × longest row).
     pub fn estimate(&self, padded_tokens: usize) -> Duration {
         Duration::from_secs_f64(
@@ -410,7 +420,10 @@ impl<R> Queue<R> {
             })
             .collect();
         order.sort_unstable();
-        order.into_iter().map(|((rank, ..), id)| (rank, id)).collect()
+        order
+            .into_iter()
+            .map(|((rank, ..), id)| (rank, id))
+            .collect()
     }
 
     /// Request `id`'s waiting text closest in length to `anchor` (ties: the lower index),
@@ -792,7 +805,11 @@ mod tests {
         let query = q.push(4, I, vec![text(4, 0, 12)], far, now);
         let b = q.next_batch(now, timed(25)).unwrap();
         assert_eq!(b.owners[0], (query, 0), "the query leads");
-        assert_eq!(b.len(), 5, "the query and 4 bulk texts: 4 + 0.1 × 40 × 5 = 24 ms");
+        assert_eq!(
+            b.len(),
+            5,
+            "the query and 4 bulk texts: 4 + 0.1 × 40 × 5 = 24 ms"
+        );
         assert!(cost().estimate(b.len() * b.padded_len()) <= Duration::from_millis(25));
         // Without a budget the query still goes first, with a full batch behind it.
         let query = q.push(5, I, vec![text(5, 0, 12)], far, now);
@@ -864,7 +881,10 @@ mod tests {
         assert!(q.next_batch(now, only).is_none());
         q.push(1, I, texts(1, &[8; 2]), far, now);
         assert_eq!(owners(&q.next_batch(now, only).unwrap()), [1, 1]);
-        assert_eq!(owners(&q.next_batch(now, Shape::default()).unwrap()), [0; 4]);
+        assert_eq!(
+            owners(&q.next_batch(now, Shape::default()).unwrap()),
+            [0; 4]
+        );
     }
 
     #[test]
@@ -883,7 +903,10 @@ mod tests {
         c.observe(500, Duration::from_secs(30));
         assert!(c.estimate(500) < ms(300), "{:?}", c.estimate(500));
         // A fixed part is never negative.
-        assert_eq!(Cost::fit((16, ms(1)), (1016, ms(200))).estimate(0), Duration::ZERO);
+        assert_eq!(
+            Cost::fit((16, ms(1)), (1016, ms(200))).estimate(0),
+            Duration::ZERO
+        );
     }
 
     #[test]
@@ -944,7 +967,10 @@ mod tests {
         let (done, failed) = q.complete(b, vec![], now, now, Duration::ZERO);
         assert!(done.is_empty());
         assert_eq!(failed, ["b"]);
-        assert_eq!((q.waiting(), q.waiting_interactive(), q.running()), (0, 0, 0));
+        assert_eq!(
+            (q.waiting(), q.waiting_interactive(), q.running()),
+            (0, 0, 0)
+        );
     }
 
     /// What a random run does next.

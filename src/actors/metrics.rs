@@ -458,10 +458,7 @@ impl Recorder {
                 &["model", "priority"],
             )?,
             priority_texts: IntCounterVec::new(
-                opts(
-                    names::PRIORITY_TEXTS_TOTAL,
-                    "Per priority: texts answered.",
-                ),
+                opts(names::PRIORITY_TEXTS_TOTAL, "Per priority: texts answered."),
                 &["model", "priority"],
             )?,
             published: Default::default(),

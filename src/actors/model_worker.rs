@@ -145,8 +145,9 @@ impl ModelWorker {
             let batch = Padded::new(std::iter::repeat_n(&text, rows), pad);
             model.run(&batch, self.spec.pooling, &[])?;
         }
-        // What a forward costs, for the Router's latency budget: the best of two forwards of
-        // one 16-token text and of 4 × 64 tokens, warm (a fixed part and a part per token).
+        // What a forward costs, for the Router's latency budget: the best of three forwards of
+        // one 16-token text and of 8 × 64 tokens, warm (a fixed part and a part per token; the
+        // best, since a busy machine only ever adds time).
         let timed = |rows: usize, cols: usize| -> Result<(usize, Duration), ModelError> {
             let text = Encoded {
                 ids: vec![pad; cols],
@@ -154,7 +155,7 @@ impl ModelWorker {
             };
             let batch = Padded::new(std::iter::repeat_n(&text, rows), pad);
             let mut best = Duration::MAX;
-            for _ in 0..2 {
+            for _ in 0..3 {
                 let t = Instant::now();
                 model.run(&batch, self.spec.pooling, &[])?;
                 best = best.min(t.elapsed());
@@ -162,7 +163,7 @@ impl ModelWorker {
             Ok((rows * cols, best))
         };
         let small = timed(1, 16.min(max))?;
-        let large = timed(4, 64.min(max))?;
+        let large = timed(8, 64.min(max))?;
         self.cost = Some(Cost::fit(small, large));
         let warmup = t1.elapsed();
         self.model = Some(model);

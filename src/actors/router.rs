@@ -417,7 +417,8 @@ impl Router {
         Shape {
             latency: self.latency_budget().zip(self.cost),
             interactive_recent: i.tokenizing > 0
-                || i.seen.is_some_and(|t| now.saturating_duration_since(t) < window),
+                || i.seen
+                    .is_some_and(|t| now.saturating_duration_since(t) < window),
             interactive_only: reserved,
         }
     }
@@ -655,13 +656,13 @@ impl Router {
         }
         let (reply, rx) = oneshot::channel();
         let now = Instant::now();
-        let priority = msg.priority.unwrap_or(
-            if adding <= self.batching.interactive_max_texts {
+        let priority = msg
+            .priority
+            .unwrap_or(if adding <= self.batching.interactive_max_texts {
                 Priority::Interactive
             } else {
                 Priority::Batch
-            },
-        );
+            });
         if priority == Priority::Interactive {
             let i = &mut self.interactive;
             if let Some(answered) = i.answered {
@@ -720,6 +721,17 @@ impl Actor for Router {
                 actix::fut::wrap_future(ask).map(|cost, act: &mut Router, _| {
                     if act.cost.is_none() {
                         act.cost = cost.ok().flatten();
+                        if let Some(c) = act.cost {
+                            tracing::info!(
+                                model = %act.spec.name,
+                                per_forward_ms = c.per_forward().as_secs_f64() * 1e3,
+                                per_token_us = c.per_token().as_secs_f64() * 1e6,
+                                latency_budget_ms = act
+                                    .latency_budget()
+                                    .map(|b| b.as_secs_f64() * 1e3),
+                                "forward cost measured"
+                            );
+                        }
                     }
                 }),
             );

@@ -104,7 +104,13 @@ mod tests {
                 "{schema}: {field}"
             );
         }
-        for path in ["/embed", "/v1/embeddings", "/predict", "/rerank", "/similarity"] {
+        for path in [
+            "/embed",
+            "/v1/embeddings",
+            "/predict",
+            "/rerank",
+            "/similarity",
+        ] {
             let params = doc["paths"][path]["post"]["parameters"].as_array().unwrap();
             assert!(
                 params
