@@ -590,11 +590,22 @@ pub struct Batching {
     pub max_queue_texts: usize,
     /// While interactive requests are about (waiting, or one seen within
     /// `interactive_window_ms`), batch-priority texts join a forward only while its expected
-    /// duration stays within this many milliseconds. `auto` (the default): four times the
+    /// duration stays within this many milliseconds. `auto` (the default): three times the
     /// expected forward of one short text (16 tokens), from the cost the workers measure at
-    /// warm-up and every forward since; `0`: no budget.
+    /// warm-up and every forward since; `0`: no budget (and no tail budget).
     #[serde(default)]
     pub latency_budget_ms: LatencyBudget,
+    /// The longer budget of a *tail* forward: while interactive requests are about but none
+    /// waits, a forward of batch work may run up to this many milliseconds when fewer than
+    /// `tail_share` of the interactive requests lately found one running, so batch work keeps
+    /// most of its rate. `auto` (the default): twelve times the expected forward of one short
+    /// text; `0`: no tail forwards.
+    #[serde(default)]
+    pub tail_budget_ms: LatencyBudget,
+    /// The share of interactive requests (0 to 1) that may find a tail forward running: below
+    /// one half, the median query waits behind at most one forward within the latency budget.
+    #[serde(default = "default_tail_share")]
+    pub tail_share: f64,
     /// Requests that say no priority (and whose route has none in
     /// `server.route_priorities`) are interactive when they hold at most this many texts,
     /// batch otherwise; 0: batch always.
@@ -615,10 +626,11 @@ pub struct Batching {
     pub reserved_interactive_instances: usize,
 }
 
-/// `batching.latency_budget_ms`: `auto` or milliseconds (`0`: no budget).
+/// `batching.latency_budget_ms` and `batching.tail_budget_ms`: `auto` or milliseconds (`0`:
+/// none).
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub enum LatencyBudget {
-    /// Four times the expected forward of one short text, as the workers measure it.
+    /// A multiple of the expected forward of one short text, as the workers measure it.
     #[default]
     Auto,
     /// This many milliseconds; 0 turns the budget off.
@@ -667,6 +679,10 @@ fn default_aging_ms() -> f64 {
     2000.0
 }
 
+fn default_tail_share() -> f64 {
+    0.3
+}
+
 fn default_max_queue_texts() -> usize {
     4096
 }
@@ -686,6 +702,8 @@ impl Default for Batching {
             max_wait_ms: 0.0,
             max_queue_texts: default_max_queue_texts(),
             latency_budget_ms: LatencyBudget::Auto,
+            tail_budget_ms: LatencyBudget::Auto,
+            tail_share: default_tail_share(),
             interactive_max_texts: default_interactive_max_texts(),
             interactive_window_ms: default_interactive_window_ms(),
             aging_ms: default_aging_ms(),
@@ -1304,12 +1322,23 @@ fn validate_pools(
             format!("{} must be between 0 and 10000", b.max_wait_ms),
         ));
     }
-    if let LatencyBudget::Millis(ms) = b.latency_budget_ms
-        && !(ms.is_finite() && (0.0..=600_000.0).contains(&ms))
-    {
+    for (key, budget) in [
+        ("latency_budget_ms", b.latency_budget_ms),
+        ("tail_budget_ms", b.tail_budget_ms),
+    ] {
+        if let LatencyBudget::Millis(ms) = budget
+            && !(ms.is_finite() && (0.0..=600_000.0).contains(&ms))
+        {
+            return Err(ConfigError::new(
+                format!("{prefix}batching.{key}"),
+                format!("{ms} must be `auto` or between 0 (none) and 600000"),
+            ));
+        }
+    }
+    if !(b.tail_share.is_finite() && (0.0..=1.0).contains(&b.tail_share)) {
         return Err(ConfigError::new(
-            format!("{prefix}batching.latency_budget_ms"),
-            format!("{ms} must be `auto` or between 0 (no budget) and 600000"),
+            format!("{prefix}batching.tail_share"),
+            format!("{} must be between 0 and 1", b.tail_share),
         ));
     }
     for (key, ms) in [
@@ -1476,6 +1505,18 @@ mod tests {
         let e = c.validate().unwrap_err();
         assert_eq!(e.key, "model.path");
         assert!(e.problem.contains("/nonexistent/model"));
+        // The scheduling knobs (checked after the model's path, which MIN's does not have).
+        let c = load(MIN, &[], &Overrides::default()).unwrap();
+        let mut b = c.batching.clone();
+        b.tail_share = 1.5;
+        let e = validate_pools(&c.tokenizer, &b, "").unwrap_err();
+        assert_eq!(e.key, "batching.tail_share");
+        assert!(e.problem.contains("1.5"), "{}", e.problem);
+        let mut b = c.batching.clone();
+        b.tail_budget_ms = LatencyBudget::Millis(-1.0);
+        let e = validate_pools(&c.tokenizer, &b, "").unwrap_err();
+        assert_eq!(e.key, "batching.tail_budget_ms");
+        assert!(validate_pools(&c.tokenizer, &c.batching, "").is_ok());
     }
 
     #[test]

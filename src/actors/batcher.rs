@@ -13,8 +13,11 @@
 //!    rank's head's first waiting text, the *anchor*; the others, their text closest in length
 //!    to it), so a small request queued behind a large one is in the very next batch;
 //! 2. more interactive texts, closest in length to the anchor first;
-//! 3. one text from each batch request that never had one run (its text closest in length);
-//! 4. more batch texts, closest in length to the first batch text taken (or the batch head's).
+//! 3. one text from each batch request that never had one run (its text closest in length, as
+//!    in step 4);
+//! 4. more batch texts, closest in length to the batch's longest text when it holds interactive
+//!    ones (a short query takes the shortest batch texts along, padding it little), else to the
+//!    first batch text taken (or the batch head's).
 //!
 //! Throughout, the batch stays within `max_batch_size` texts and `max_batch_tokens` padded
 //! tokens (a text longer than the token budget still goes, alone, when it leads). While
@@ -516,14 +519,24 @@ impl<R> Queue<R> {
             .map(|&(_, id)| id)
             .filter(|&id| priority(self, id) == Priority::Batch)
             .collect();
-        // Batch texts group around the first one taken, else around the batch head's first.
-        let batch_anchor = b
+        // Batch texts group around the batch's longest text when it holds interactive ones
+        // (the texts that join a query then pad it little: a short query takes the shortest
+        // batch texts along, and the longer ones wait for batches of their own length); else
+        // around the first batch text taken, else the batch head's first.
+        let with_interactive = b
             .picked
             .iter()
-            .copied()
-            .find(|&(id, _)| priority(self, id) == Priority::Batch)
-            .or(batch.first().map(|&id| (id, 0)))
-            .map(|(id, pos)| len_at(self, id, pos));
+            .any(|&(id, _)| priority(self, id) == Priority::Interactive);
+        let batch_anchor = if with_interactive {
+            Some(b.longest)
+        } else {
+            b.picked
+                .iter()
+                .copied()
+                .find(|&(id, _)| priority(self, id) == Priority::Batch)
+                .or(batch.first().map(|&id| (id, 0)))
+                .map(|(id, pos)| len_at(self, id, pos))
+        };
         if let Some(batch_anchor) = batch_anchor {
             // Closest first (ties: rank order), so a new batch request's text groups well.
             let mut fresh: Vec<(usize, usize, RequestId)> = batch
@@ -823,6 +836,24 @@ mod tests {
         };
         assert_eq!(q.next_batch(now, recent).unwrap().len(), 5);
         assert_eq!(q.next_batch(now, timed(25)).unwrap().len(), 64);
+    }
+
+    #[test]
+    fn the_bulk_texts_that_join_a_query_are_the_ones_closest_to_its_length() {
+        let now = Instant::now();
+        let far = now + Duration::from_secs(60);
+        let mut q: Queue<u32> = Queue::new(budget(64, 16384), AGING);
+        q.push(0, B, texts(0, &[60, 22, 58, 24, 62, 23]), far, now);
+        q.push(1, I, vec![text(1, 0, 12)], far, now);
+        // Within 25 ms: the query and the three shortest texts, 4 + 0.1 × 4 × 24 = 13.6 ms (a
+        // fifth row of 58 would be 33 ms). Grouped around the bulk request's first text, it would
+        // have been the query with the 60- and 58-token texts: 22 ms for two texts, not three.
+        let b = q.next_batch(now, timed(25)).unwrap();
+        assert_eq!(b.owners, [(1, 0), (0, 1), (0, 5), (0, 3)]);
+        assert_eq!(b.padded_len(), 24);
+        // Alone again, the long ones go together.
+        let b = q.next_batch(now, timed(25)).unwrap();
+        assert_eq!((b.len(), b.padded_len()), (3, 62));
     }
 
     #[test]

@@ -18,7 +18,16 @@
 //! (or is being tokenized) and the recent gaps between an answer and the next interactive
 //! request are short, the last idle worker waits up to a quarter of the latency budget for it
 //! before taking batch work (the anticipatory scheduling of disk schedulers); a worker reserved
-//! for interactive work (`model.reserved_interactive_instances`) makes this unnecessary.
+//! for interactive work (`batching.reserved_interactive_instances`) makes this unnecessary.
+//!
+//! **Tail forwards.** Every forward has a fixed cost (reading the weights) that a forward
+//! within the latency budget cannot amortise: with only short forwards, batch work would run at
+//! about half its rate beside a stream of queries. So when no interactive text waits or is
+//! being tokenized, and fewer than `batching.tail_share` of the interactive requests lately found
+//! a forward longer than the latency budget running (with no worker free), the next forward of
+//! batch work may run up to `batching.tail_budget_ms` instead, in place of a hold. Most queries
+//! then wait behind at most one short forward (the median), a few behind one tail forward (the
+//! 99th percentile), and batch work keeps most of its rate (README, "Scheduling").
 //!
 //! A panic in the Router is a bug that leaves its queue in an unknown state: the Router fails
 //! every request it holds, tells the Supervisor, and the server stops with exit 1 (the README's
@@ -83,16 +92,22 @@ pub struct Embed {
 }
 
 /// With `batching.latency_budget_ms: auto`, the budget is this many times the expected forward
-/// of one [`AUTO_BUDGET_TOKENS`]-token text: a query then waits about one budget behind batch
-/// work, a few times its own forward, while each forward of batch work still spends most of its
-/// time on tokens rather than its fixed cost (README, "Scheduling").
-pub const AUTO_BUDGET_FORWARDS: u32 = 4;
+/// of one [`AUTO_BUDGET_TOKENS`]-token text: most queries then wait about one budget behind
+/// batch work, a few times their own forward (README, "Scheduling").
+pub const AUTO_BUDGET_FORWARDS: u32 = 3;
+/// With `batching.tail_budget_ms: auto`, the tail budget is this many times the expected
+/// forward of one [`AUTO_BUDGET_TOKENS`]-token text: long enough that its fixed cost is a small
+/// part of it, short enough that a query behind it stays within 20 times its latency alone.
+pub const AUTO_TAIL_FORWARDS: u32 = 12;
 /// The short text of [`AUTO_BUDGET_FORWARDS`], in tokens.
 pub const AUTO_BUDGET_TOKENS: usize = 16;
 /// A held worker waits at most this fraction of the latency budget for the next query.
 const HOLD_FRACTION: u32 = 4;
 /// Weight of the newest gap in the smoothed gap between an answer and the next query.
 const GAP_SMOOTHING: f64 = 0.2;
+/// Weight of the newest interactive request in the smoothed share of them that found a long
+/// forward running.
+const DELAYED_SMOOTHING: f64 = 0.1;
 
 /// Where one request's time went.
 #[derive(Debug, Clone, Copy, Default)]
@@ -163,6 +178,9 @@ struct Interactive {
     /// The smoothed gap between an interactive answer and the next interactive request,
     /// seconds; `None` until one was seen.
     gap: Option<f64>,
+    /// The smoothed share of interactive requests that found a forward longer than the latency
+    /// budget running and no worker free (0 to 1).
+    delayed: f64,
 }
 
 /// A request the Router accepted, while its texts are being tokenized.
@@ -182,7 +200,10 @@ struct Accepted {
 struct Slot {
     addr: Addr<ModelWorker>,
     busy: bool,
-    /// Only takes batches of interactive texts (`model.reserved_interactive_instances`).
+    /// Its batch is expected to take longer than the latency budget (a tail forward, or a full
+    /// one while no interactive request was about).
+    long: bool,
+    /// Only takes batches of interactive texts (`batching.reserved_interactive_instances`).
     reserved: bool,
 }
 
@@ -241,6 +262,7 @@ impl Router {
                 .map(|(i, addr)| Slot {
                     addr,
                     busy: false,
+                    long: false,
                     reserved: i < reserved,
                 })
                 .collect(),
@@ -410,12 +432,47 @@ impl Router {
         }
     }
 
-    /// What shapes the next batch for a worker (`reserved` or not) at `now`.
-    fn shape(&self, now: Instant, reserved: bool) -> Shape {
+    /// The tail budget: `batching.tail_budget_ms`, or with `auto` [`AUTO_TAIL_FORWARDS`] × the
+    /// expected forward of a short text; none without a latency budget.
+    fn tail_budget(&self) -> Option<Duration> {
+        self.latency_budget()?;
+        match self.batching.tail_budget_ms {
+            LatencyBudget::Millis(ms) if ms > 0.0 => Some(Duration::from_secs_f64(ms / 1000.0)),
+            LatencyBudget::Millis(_) => None,
+            LatencyBudget::Auto => self
+                .cost
+                .map(|c| c.estimate(AUTO_BUDGET_TOKENS) * AUTO_TAIL_FORWARDS),
+        }
+    }
+
+    /// Whether the next forward of batch work may run up to the tail budget (see the module's
+    /// documentation): no interactive text waits or is being tokenized, and fewer than
+    /// `batching.tail_share` of the interactive requests lately found a long forward running.
+    fn tail_allowed(&self) -> bool {
+        self.queue.waiting_interactive() == 0
+            && self.interactive.tokenizing == 0
+            && self.interactive.delayed < self.batching.tail_share
+            && self.tail_budget().is_some()
+    }
+
+    /// What shapes the next batch for worker `w` at `now`.
+    fn shape(&self, now: Instant, w: usize) -> Shape {
+        let reserved = self.workers[w].reserved;
         let window = Duration::from_secs_f64(self.batching.interactive_window_ms / 1000.0);
         let i = &self.interactive;
+        let latency = if !reserved
+            && self.workers.iter().any(|s| s.reserved)
+            && self.queue.waiting_interactive() == 0
+        {
+            // Queries have a worker of their own: the others run batch work at full size.
+            None
+        } else if self.tail_allowed() {
+            self.tail_budget()
+        } else {
+            self.latency_budget()
+        };
         Shape {
-            latency: self.latency_budget().zip(self.cost),
+            latency: latency.zip(self.cost),
             interactive_recent: i.tokenizing > 0
                 || i.seen
                     .is_some_and(|t| now.saturating_duration_since(t) < window),
@@ -426,7 +483,10 @@ impl Router {
     /// Until when the last idle worker should wait for an interactive request rather than take
     /// batch work (see the module's documentation); `None`: no hold.
     fn hold_until(&self, now: Instant) -> Option<Instant> {
-        if self.queue.waiting_interactive() > 0 || self.workers.iter().any(|s| s.reserved) {
+        if self.queue.waiting_interactive() > 0
+            || self.workers.iter().any(|s| s.reserved)
+            || self.tail_allowed()
+        {
             return None;
         }
         let hold = self.latency_budget()? / HOLD_FRACTION;
@@ -459,7 +519,7 @@ impl Router {
             order.sort_by_key(|&w| !self.workers[w].reserved);
             let mut next = None;
             for w in order {
-                let shape = self.shape(now, self.workers[w].reserved);
+                let shape = self.shape(now, w);
                 if let Some(batch) = self.queue.next_batch(now, shape) {
                     next = Some((w, batch));
                     break;
@@ -513,6 +573,11 @@ impl Router {
             };
             self.workers[w].busy = true;
             let padded_tokens = padded.padded_tokens();
+            // A query arriving while this runs (and no worker is free) counts as delayed.
+            self.workers[w].long = self
+                .cost
+                .zip(self.latency_budget())
+                .is_some_and(|(c, budget)| c.estimate(padded_tokens) > budget);
             let send = self.workers[w].addr.send(Forward {
                 batch: padded,
                 span,
@@ -523,6 +588,7 @@ impl Router {
             ctx.spawn(
                 actix::fut::wrap_future(send).map(move |result, act: &mut Router, ctx| {
                     act.workers[w].busy = false;
+                    act.workers[w].long = false;
                     let result =
                         result.unwrap_or(Err(InferError::Gone(super::ActorKind::ModelWorker)));
                     act.guarded("completing a batch", |act| {
@@ -664,7 +730,11 @@ impl Router {
                 Priority::Batch
             });
         if priority == Priority::Interactive {
+            // It waits behind a long forward when every worker is busy and one runs long.
+            let delayed =
+                self.workers.iter().all(|s| s.busy) && self.workers.iter().any(|s| s.long);
             let i = &mut self.interactive;
+            i.delayed += DELAYED_SMOOTHING * (f64::from(u8::from(delayed)) - i.delayed);
             if let Some(answered) = i.answered {
                 let gap = now.saturating_duration_since(answered).as_secs_f64();
                 let g = i.gap.get_or_insert(gap);
@@ -729,6 +799,7 @@ impl Actor for Router {
                                 latency_budget_ms = act
                                     .latency_budget()
                                     .map(|b| b.as_secs_f64() * 1e3),
+                                tail_budget_ms = act.tail_budget().map(|b| b.as_secs_f64() * 1e3),
                                 "forward cost measured"
                             );
                         }
