@@ -166,6 +166,10 @@ impl ModelWorker {
         let large = timed(8, 64.min(max))?;
         self.cost = Some(Cost::fit(small, large));
         let warmup = t1.elapsed();
+        // int8/uint8 calibration texts, embedded once per model version (model::calibrate).
+        if let Some(c) = &self.spec.calibration {
+            c.ensure(&self.spec, &model)?;
+        }
         self.model = Some(model);
         self.table.set(self.id, ActorState::Idle);
         Ok(LoadReport { load, warmup })

@@ -449,3 +449,19 @@ pub fn run_to_exit_with(args: &[&str], envs: &[(&str, &str)]) -> (i32, String) {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// The Python of a venv `scripts/test-deps.sh` makes in the cache (`clients-venv`,
+/// `schemathesis-venv`, ...).
+pub fn venv_python(venv: &str) -> PathBuf {
+    let cache = std::env::var("ACTOR_INFER_CACHE").map_or_else(
+        |_| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/actor-infer"),
+        PathBuf::from,
+    );
+    let p = cache.join(venv).join("bin/python");
+    assert!(
+        p.is_file(),
+        "{} is missing: `make test` installs it (scripts/test-deps.sh)",
+        p.display()
+    );
+    p
+}
