@@ -104,7 +104,7 @@ async fn priorities_are_taken_from_fields_headers_and_routes_and_bad_ones_refuse
     let (s, _) = embed(&server, &json!({"inputs": "a", "priority": "batch"}), &[]);
     assert_eq!(s, 200);
     assert_eq!(texts(&server, "batch"), 1.0);
-    let (s, _) = embed(&server, &one, &[("X-Priority", "LOW")]);
+    let (s, _) = embed(&server, &one, &[("X-Priority", "low")]);
     assert_eq!(s, 200);
     assert_eq!(texts(&server, "batch"), 2.0);
     // The field wins over the header.

@@ -694,7 +694,7 @@ mod tests {
             json!([{"bearer": []}])
         );
         // Priorities: the body field where bodies refuse unknown fields, and the header on
-        // every inference route.
+        // every inference route served, each as the closed set `Priority::parse` takes.
         for schema in ["EmbedRequest", "OpenAiRequest", "PredictRequest"] {
             let field = &doc["components"]["schemas"][schema]["properties"]["priority"];
             assert!(
@@ -703,20 +703,31 @@ mod tests {
                     .is_some_and(|d| d.contains("`interactive`") && d.contains("`batch`")),
                 "{schema}: {field}"
             );
+            assert_eq!(
+                field["enum"],
+                json!(["interactive", "high", "batch", "low", null]),
+                "{schema}"
+            );
         }
-        for path in [
-            "/embed",
-            "/v1/embeddings",
-            "/predict",
-            "/rerank",
-            "/similarity",
+        let reranker = document(&contract(vec![facts("r", Task::Reranker)]));
+        for (doc, path) in [
+            (&doc, "/embed"),
+            (&doc, "/v1/embeddings"),
+            (&doc, "/similarity"),
+            (&reranker, "/predict"),
+            (&reranker, "/rerank"),
         ] {
-            let params = doc["paths"][path]["post"]["parameters"].as_array().unwrap();
-            assert!(
-                params
-                    .iter()
-                    .any(|p| p["name"] == "X-Priority" && p["in"] == "header"),
-                "{path}: {params:?}"
+            let params = doc["paths"][path]["post"]["parameters"]
+                .as_array()
+                .unwrap_or_else(|| panic!("{path} has parameters"));
+            let header = params
+                .iter()
+                .find(|p| p["name"] == "X-Priority" && p["in"] == "header")
+                .unwrap_or_else(|| panic!("{path}: {params:?}"));
+            assert_eq!(
+                header["schema"]["enum"],
+                json!(["interactive", "high", "batch", "low"]),
+                "{path}"
             );
         }
     }
