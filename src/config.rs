@@ -183,6 +183,80 @@ pub struct Server {
     /// model of that kind, else to the first model listed.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub default_models: std::collections::BTreeMap<String, String>,
+    /// The priority of requests that name none (no `X-Priority` header, no `priority`
+    /// field), by route as the request's log line names it (`/embed`, `/v1/embeddings`,
+    /// `Infer`, `tei.v1.Embed/Embed`, ...; [`PRIORITY_ROUTES`]). A route left out follows
+    /// `batching.interactive_max_texts`.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub route_priorities: std::collections::BTreeMap<String, Priority>,
+}
+
+/// The routes `server.route_priorities` may name: the inference routes, as the request's span
+/// (and log line) names them; the HTTP front end checks that its routes are all here.
+pub const PRIORITY_ROUTES: &[&str] = &[
+    "/",
+    "/invocations",
+    "/embed",
+    "/embed_all",
+    "/embeddings",
+    "/v1/embeddings",
+    "/similarity",
+    "/predict",
+    "/rerank",
+    "/v2/models/{name}/infer",
+    "Infer",
+    "Rerank",
+    "ModelInfer",
+    "tei.v1.Embed/Embed",
+    "tei.v1.Embed/EmbedStream",
+    "tei.v1.Embed/EmbedAll",
+    "tei.v1.Embed/EmbedAllStream",
+    "tei.v1.Predict/Predict",
+    "tei.v1.Predict/PredictPair",
+    "tei.v1.Predict/PredictStream",
+    "tei.v1.Predict/PredictPairStream",
+    "tei.v1.Rerank/Rerank",
+    "tei.v1.Rerank/RerankStream",
+];
+
+/// How urgent a request is. `interactive` texts go first and are never held back by the latency
+/// budget; `batch` texts fill what room is left and wait their turn (aging keeps them from
+/// starving). Requests say it with the `X-Priority` header or a `priority` field; `high` and
+/// `low` are accepted for the two.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Priority {
+    /// Someone waits for the answer: a query.
+    #[serde(alias = "high")]
+    Interactive,
+    /// Throughput work: indexing, backfills.
+    #[serde(alias = "low")]
+    Batch,
+}
+
+impl Priority {
+    /// Both, in label order.
+    pub const ALL: [Priority; 2] = [Priority::Interactive, Priority::Batch];
+
+    /// The name requests, metrics and the configuration use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Priority::Interactive => "interactive",
+            Priority::Batch => "batch",
+        }
+    }
+
+    /// Reads a priority as requests give it (`interactive` or `high`, `batch` or `low`, in
+    /// lower case: exactly what the OpenAPI document lists); the error names the accepted values.
+    pub fn parse(s: &str) -> Result<Priority, String> {
+        match s {
+            "interactive" | "high" => Ok(Priority::Interactive),
+            "batch" | "low" => Ok(Priority::Batch),
+            _ => Err(format!(
+                "priority `{s}` is not one of `interactive` (or `high`) and `batch` (or `low`)"
+            )),
+        }
+    }
 }
 
 /// A secret string: compared in constant time, never printed (`Debug` and serialisation show
@@ -274,6 +348,7 @@ impl Default for Server {
             api_key_protects_metrics: false,
             expose_model_path: false,
             default_models: Default::default(),
+            route_priorities: Default::default(),
         }
     }
 }
@@ -557,6 +632,99 @@ pub struct Batching {
     /// refused at once with 429 / RESOURCE_EXHAUSTED instead of queueing without bound.
     #[serde(default = "default_max_queue_texts")]
     pub max_queue_texts: usize,
+    /// While interactive requests are about (waiting, or one seen within
+    /// `interactive_window_ms`), batch-priority texts join a forward only while its expected
+    /// duration stays within this many milliseconds. `auto` (the default): three times the
+    /// expected forward of one short text (16 tokens), from the cost the workers measure at
+    /// warm-up and every forward since; `0`: no budget (and no tail budget).
+    #[serde(default)]
+    pub latency_budget_ms: LatencyBudget,
+    /// The longer budget of a *tail* forward: while interactive requests are about but none
+    /// waits, a forward of batch work may run up to this many milliseconds when fewer than
+    /// `tail_share` of the interactive requests lately found one running, so batch work keeps
+    /// most of its rate. `auto` (the default): twelve times the expected forward of one short
+    /// text; `0`: no tail forwards.
+    #[serde(default)]
+    pub tail_budget_ms: LatencyBudget,
+    /// The share of interactive requests (0 to 1) that may find a tail forward running: below
+    /// one half, the median query waits behind at most one forward within the latency budget.
+    #[serde(default = "default_tail_share")]
+    pub tail_share: f64,
+    /// Requests that say no priority (and whose route has none in
+    /// `server.route_priorities`) are interactive when they hold at most this many texts,
+    /// batch otherwise; 0: batch always.
+    #[serde(default = "default_interactive_max_texts")]
+    pub interactive_max_texts: usize,
+    /// How long after the last interactive request the latency budget still applies, so a
+    /// query arriving between two others does not find a long batch running.
+    #[serde(default = "default_interactive_window_ms")]
+    pub interactive_window_ms: f64,
+    /// Aging: a request whose texts have waited this long since it last had one in a forward
+    /// gets one into the next forward, ahead of everything newer, whatever its priority and
+    /// the latency budget (nothing starves).
+    #[serde(default = "default_aging_ms")]
+    pub aging_ms: f64,
+    /// Of the model's `instances`, how many only run forwards that hold interactive texts
+    /// (idle otherwise); 0 (the default): every worker takes any batch. Less than `instances`.
+    #[serde(default)]
+    pub reserved_interactive_instances: usize,
+}
+
+/// `batching.latency_budget_ms` and `batching.tail_budget_ms`: `auto` or milliseconds (`0`:
+/// none).
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub enum LatencyBudget {
+    /// A multiple of the expected forward of one short text, as the workers measure it.
+    #[default]
+    Auto,
+    /// This many milliseconds; 0 turns the budget off.
+    Millis(f64),
+}
+
+impl Serialize for LatencyBudget {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            LatencyBudget::Auto => s.serialize_str("auto"),
+            LatencyBudget::Millis(ms) => s.serialize_f64(*ms),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for LatencyBudget {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Number(f64),
+            Text(String),
+        }
+        match Raw::deserialize(d)
+            .map_err(|_| serde::de::Error::custom("expected `auto` or a number of milliseconds"))?
+        {
+            Raw::Number(ms) => Ok(LatencyBudget::Millis(ms)),
+            Raw::Text(t) if t.trim().eq_ignore_ascii_case("auto") => Ok(LatencyBudget::Auto),
+            // The environment gives numbers as text.
+            Raw::Text(t) => t.trim().parse().map(LatencyBudget::Millis).map_err(|_| {
+                serde::de::Error::custom(format!("`{t}` is not `auto` or a number of milliseconds"))
+            }),
+        }
+    }
+}
+
+fn default_interactive_max_texts() -> usize {
+    8
+}
+
+fn default_interactive_window_ms() -> f64 {
+    1000.0
+}
+
+fn default_aging_ms() -> f64 {
+    2000.0
+}
+
+fn default_tail_share() -> f64 {
+    0.3
 }
 
 fn default_max_queue_texts() -> usize {
@@ -577,6 +745,13 @@ impl Default for Batching {
             max_batch_tokens: default_max_batch_tokens(),
             max_wait_ms: 0.0,
             max_queue_texts: default_max_queue_texts(),
+            latency_budget_ms: LatencyBudget::Auto,
+            tail_budget_ms: LatencyBudget::Auto,
+            tail_share: default_tail_share(),
+            interactive_max_texts: default_interactive_max_texts(),
+            interactive_window_ms: default_interactive_window_ms(),
+            aging_ms: default_aging_ms(),
+            reserved_interactive_instances: 0,
         }
     }
 }
@@ -1094,6 +1269,35 @@ impl Config {
                 ));
             }
         }
+        for (i, m) in self.models.iter().enumerate() {
+            let (b, key) = match &m.batching {
+                Some(b) => (b, format!("{}.batching", self.model_key(i))),
+                None => (&self.batching, "batching".to_string()),
+            };
+            if b.reserved_interactive_instances >= m.instances {
+                return Err(ConfigError::new(
+                    format!("{key}.reserved_interactive_instances"),
+                    format!(
+                        "{} is not less than {}.instances = {}: at least one worker must take \
+                         batch work",
+                        b.reserved_interactive_instances,
+                        self.model_key(i),
+                        m.instances
+                    ),
+                ));
+            }
+        }
+        for route in self.server.route_priorities.keys() {
+            if !PRIORITY_ROUTES.contains(&route.as_str()) {
+                return Err(ConfigError::new(
+                    format!("server.route_priorities.{route}"),
+                    format!(
+                        "is not an inference route; the routes are: {}",
+                        PRIORITY_ROUTES.join(", ")
+                    ),
+                ));
+            }
+        }
         validate_pools(&self.tokenizer, &self.batching, "")?;
         let t = self.shutdown.timeout_seconds;
         if !(t.is_finite() && t > 0.0 && t <= 3600.0) {
@@ -1253,6 +1457,36 @@ fn validate_pools(
             format!("{prefix}batching.max_wait_ms"),
             format!("{} must be between 0 and 10000", b.max_wait_ms),
         ));
+    }
+    for (key, budget) in [
+        ("latency_budget_ms", b.latency_budget_ms),
+        ("tail_budget_ms", b.tail_budget_ms),
+    ] {
+        if let LatencyBudget::Millis(ms) = budget
+            && !(ms.is_finite() && (0.0..=600_000.0).contains(&ms))
+        {
+            return Err(ConfigError::new(
+                format!("{prefix}batching.{key}"),
+                format!("{ms} must be `auto` or between 0 (none) and 600000"),
+            ));
+        }
+    }
+    if !(b.tail_share.is_finite() && (0.0..=1.0).contains(&b.tail_share)) {
+        return Err(ConfigError::new(
+            format!("{prefix}batching.tail_share"),
+            format!("{} must be between 0 and 1", b.tail_share),
+        ));
+    }
+    for (key, ms) in [
+        ("interactive_window_ms", b.interactive_window_ms),
+        ("aging_ms", b.aging_ms),
+    ] {
+        if !(ms.is_finite() && (0.0..=3_600_000.0).contains(&ms)) {
+            return Err(ConfigError::new(
+                format!("{prefix}batching.{key}"),
+                format!("{ms} must be between 0 and 3600000"),
+            ));
+        }
     }
     Ok(())
 }
@@ -1691,6 +1925,18 @@ mod tests {
         let e = c.validate().unwrap_err();
         assert_eq!(e.key, "model.path");
         assert!(e.problem.contains("/nonexistent/model"));
+        // The scheduling knobs (checked after the model's path, which MIN's does not have).
+        let c = load(MIN, &[], &Overrides::default()).unwrap();
+        let mut b = c.batching.clone();
+        b.tail_share = 1.5;
+        let e = validate_pools(&c.tokenizer, &b, "").unwrap_err();
+        assert_eq!(e.key, "batching.tail_share");
+        assert!(e.problem.contains("1.5"), "{}", e.problem);
+        let mut b = c.batching.clone();
+        b.tail_budget_ms = LatencyBudget::Millis(-1.0);
+        let e = validate_pools(&c.tokenizer, &b, "").unwrap_err();
+        assert_eq!(e.key, "batching.tail_budget_ms");
+        assert!(validate_pools(&c.tokenizer, &c.batching, "").is_ok());
     }
 
     #[test]

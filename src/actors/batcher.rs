@@ -1,21 +1,45 @@
-//! The Router's queue as a pure data structure: requests' texts wait in arrival order, leave in
-//! batches within the size and padded-token budgets, and come back as rows that are reassembled
-//! per request, in text order. No actors and no clock but the instants passed in, so it is
-//! unit- and property-tested: every request gets exactly one outcome (answered, failed or
-//! dropped), answered rows are in request order, no batch exceeds its budget, and the oldest
-//! waiting text always leaves in the next batch (nothing starves).
+//! The Router's queue as a pure data structure: requests' texts wait, leave in batches within
+//! the size, padded-token and latency budgets, and come back as rows that are reassembled per
+//! request, in text order. No actors and no clock but the instants passed in, so it is unit-
+//! and property-tested: every request gets exactly one outcome (answered, failed or dropped),
+//! answered rows are in request order, no batch exceeds its budgets, and no request starves.
 //!
-//! Batching: the next batch is the oldest waiting text plus, among the oldest
-//! [`GROUPING_WINDOW`] × `max_batch_size` waiting texts, those closest to it in length (ties to
-//! the older), while the batch stays within `max_batch_size` texts and `max_batch_tokens`
-//! padded tokens. A text longer than the token budget still goes, alone. A request's texts may
-//! be split over several batches (and workers); it is answered when its last row is back.
+//! **Who goes next.** Each request is `interactive` or `batch` ([`Priority`]). At each batch
+//! the requests with waiting texts are ranked: first the *aged* ones (no text of theirs in a
+//! batch for [`Queue::new`]'s `aging`, any priority), then interactive ones, then batch ones;
+//! within a rank, requests that never had a text run come first (in arrival order), then the
+//! least recently served (round-robin). The batch is filled in four steps:
+//! 1. one text from each aged and each interactive request, in rank order (the first is the
+//!    rank's head's first waiting text, the *anchor*; the others, their text closest in length
+//!    to it), so a small request queued behind a large one is in the very next batch;
+//! 2. more interactive texts, closest in length to the anchor first;
+//! 3. one text from each batch request that never had one run (its text closest in length, as
+//!    in step 4);
+//! 4. more batch texts, closest in length to the batch's longest text when it holds interactive
+//!    ones (a short query takes the shortest batch texts along, padding it little), else to the
+//!    first batch text taken (or the batch head's).
+//!
+//! Throughout, the batch stays within `max_batch_size` texts and `max_batch_tokens` padded
+//! tokens (a text longer than the token budget still goes, alone, when it leads). While
+//! interactive work is about (waiting here, or seen lately by the Router: [`Shape`]), steps 3
+//! and 4 add a text only while the batch's expected duration ([`Cost`]) stays within the
+//! latency budget: interactive texts never wait behind a long batch of batch work, while a
+//! batch job alone keeps its full batches. Texts of interactive requests and the one text an
+//! aged request is owed are never held back by the latency budget.
+//!
+//! Bounds, property-tested: the first batch formed has a text of the top-ranked request; a
+//! request that is aged gets a text into one of the next N batches, N the requests waiting (the
+//! head of the aged rank is served each batch and goes behind the others); with no latency
+//! budget in force and room for one text of each, every request that never had a text run gets
+//! one into the next batch. A request's texts may be split over several batches (and workers);
+//! it is answered when its last row is back.
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::{BTreeMap, BTreeSet},
     time::{Duration, Instant},
 };
 
+pub use crate::config::Priority;
 use crate::model::Encoded;
 
 /// How many times `max_batch_size` waiting texts the length grouping looks at.
@@ -30,26 +54,117 @@ pub struct Budget {
     pub max_batch_tokens: usize,
 }
 
+/// What a forward is expected to take: a fixed part per forward plus a part per padded token,
+/// both measured by a worker at warm-up, times a scale that follows how the machine runs now
+/// (every forward's time updates it).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Cost {
+    /// Seconds per forward, whatever its size.
+    per_forward: f64,
+    /// Seconds per padded token.
+    per_token: f64,
+    /// Observed over expected, smoothed (geometric mean of recent forwards).
+    scale: f64,
+}
+
+/// Weight of the newest forward in [`Cost`]'s scale.
+const COST_SMOOTHING: f64 = 0.2;
+
+impl Cost {
+    /// A cost of `per_forward` plus `per_token` per padded token.
+    pub fn new(per_forward: Duration, per_token: Duration) -> Cost {
+        Cost {
+            per_forward: per_forward.as_secs_f64(),
+            per_token: per_token.as_secs_f64().max(1e-9),
+            scale: 1.0,
+        }
+    }
+
+    /// The line through two timed forwards of `small` and `large` padded tokens (a fixed part
+    /// that is never negative, a per-token part that is positive).
+    pub fn fit(small: (usize, Duration), large: (usize, Duration)) -> Cost {
+        let (x0, y0) = (small.0 as f64, small.1.as_secs_f64());
+        let (x1, y1) = (large.0 as f64, large.1.as_secs_f64());
+        let per_token = if x1 > x0 {
+            ((y1 - y0) / (x1 - x0)).max(y1 / x1 / 10.0)
+        } else {
+            y1 / x1.max(1.0)
+        };
+        let per_forward = (y0 - per_token * x0).max(0.0);
+        Cost::new(
+            Duration::from_secs_f64(per_forward),
+            Duration::from_secs_f64(per_token),
+        )
+    }
+
+    /// The fixed part of a forward, as measured (before scaling).
+    pub fn per_forward(&self) -> Duration {
+        Duration::from_secs_f64(self.per_forward)
+    }
+
+    /// The part per padded token, as measured (before scaling).
+    pub fn per_token(&self) -> Duration {
+        Duration::from_secs_f64(self.per_token)
+    }
+
+    /// The expected duration of a forward of `padded_tokens` (rows × longest row).
+    pub fn estimate(&self, padded_tokens: usize) -> Duration {
+        Duration::from_secs_f64(
+            self.scale * (self.per_forward + self.per_token * padded_tokens as f64),
+        )
+    }
+
+    /// A forward of `padded_tokens` took `took`: the scale moves toward what it shows (one
+    /// forward counts at most tenfold either way, so a preempted one cannot swing it).
+    pub fn observe(&mut self, padded_tokens: usize, took: Duration) {
+        let base = self.per_forward + self.per_token * padded_tokens as f64;
+        if base <= 0.0 {
+            return;
+        }
+        let ratio = (took.as_secs_f64() / base).clamp(0.01, 100.0);
+        let (now, seen) = (self.scale.ln(), ratio.ln());
+        let seen = seen.clamp(now - 10f64.ln(), now + 10f64.ln());
+        self.scale = (now + COST_SMOOTHING * (seen - now)).exp();
+    }
+}
+
+/// What the Router knows of the moment that shapes the next batch, beyond its budget.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Shape {
+    /// The latency budget and the cost to check it with; it applies to batch texts while
+    /// interactive texts wait here or `interactive_recent`. `None`: no latency budget.
+    pub latency: Option<(Duration, Cost)>,
+    /// Interactive requests were seen lately (the Router's `interactive_window_ms`).
+    pub interactive_recent: bool,
+    /// Only interactive texts go (a worker reserved for them).
+    pub interactive_only: bool,
+}
+
 /// A request's handle in the queue.
 pub type RequestId = u64;
 
 /// One request's state while its texts wait or run.
 struct Request<R> {
     data: R,
+    priority: Priority,
+    /// Its texts not yet in a batch, by index.
+    waiting: Vec<(usize, Encoded)>,
     rows: Vec<Option<Vec<f32>>>,
     remaining: usize,
     deadline: Instant,
     enqueued: Instant,
+    /// When a text of it last went into a batch; `None`: never.
+    served: Option<Instant>,
     first_start: Option<Instant>,
     last_end: Option<Instant>,
     handoff: Duration,
 }
 
-/// One waiting text.
-struct Waiting {
-    request: RequestId,
-    index: usize,
-    text: Encoded,
+impl<R> Request<R> {
+    /// Since when it has waited for a batch: its last service, else its arrival.
+    fn since(&self) -> Instant {
+        self.served.unwrap_or(self.enqueued)
+    }
 }
 
 /// Texts taken off the queue to run together.
@@ -85,6 +200,8 @@ pub struct Answered<R> {
     pub data: R,
     /// One row per text, in order.
     pub rows: Vec<Vec<f32>>,
+    /// Its priority.
+    pub priority: Priority,
     /// When its texts were queued.
     pub enqueued: Instant,
     /// When its first batch started.
@@ -104,25 +221,87 @@ pub enum Dropped {
     Gone,
 }
 
+/// A request's rank at one batch: lower goes first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Rank {
+    /// No text of it in a batch for `aging`.
+    Aged,
+    /// Interactive.
+    Interactive,
+    /// Batch.
+    Batch,
+}
+
+/// The batch being built.
+struct Building {
+    /// (request, position in its `waiting`) of each text taken, in row order.
+    picked: Vec<(RequestId, usize)>,
+    longest: usize,
+    budget: Budget,
+    /// The latency budget, when it is in force.
+    latency: Option<(Duration, Cost)>,
+}
+
+impl Building {
+    fn rows(&self) -> usize {
+        self.picked.len()
+    }
+
+    fn full(&self) -> bool {
+        self.picked.len() >= self.budget.max_batch_size
+    }
+
+    /// Whether a text of `len` tokens fits the size and token budgets (and, when `timed`, the
+    /// latency budget in force). The first text always fits.
+    fn fits(&self, len: usize, timed: bool) -> bool {
+        let rows = self.rows() + 1;
+        let longest = self.longest.max(len);
+        if self.rows() == 0 {
+            return true;
+        }
+        if rows > self.budget.max_batch_size || longest * rows > self.budget.max_batch_tokens {
+            return false;
+        }
+        match self.latency {
+            Some((limit, cost)) if timed => cost.estimate(longest * rows) <= limit,
+            _ => true,
+        }
+    }
+
+    fn take(&mut self, id: RequestId, pos: usize, len: usize) {
+        self.picked.push((id, pos));
+        self.longest = self.longest.max(len);
+    }
+
+    fn has(&self, id: RequestId, pos: usize) -> bool {
+        self.picked.contains(&(id, pos))
+    }
+}
+
 /// The queue; `R` is what the Router keeps per request (the reply channel, its span...).
 pub struct Queue<R> {
     budget: Budget,
-    requests: HashMap<RequestId, Request<R>>,
-    waiting: VecDeque<Waiting>,
+    aging: Duration,
+    requests: BTreeMap<RequestId, Request<R>>,
+    waiting: usize,
+    waiting_interactive: usize,
     running: usize,
     next_id: RequestId,
 }
 
 impl<R> Queue<R> {
-    /// An empty queue with `budget`.
-    pub fn new(budget: Budget) -> Queue<R> {
+    /// An empty queue with `budget`; a request gets a text into the next batch, ahead of
+    /// newer ones, once it has had none for `aging`.
+    pub fn new(budget: Budget, aging: Duration) -> Queue<R> {
         Queue {
             budget: Budget {
                 max_batch_size: budget.max_batch_size.max(1),
                 max_batch_tokens: budget.max_batch_tokens.max(1),
             },
-            requests: HashMap::new(),
-            waiting: VecDeque::new(),
+            aging,
+            requests: BTreeMap::new(),
+            waiting: 0,
+            waiting_interactive: 0,
             running: 0,
             next_id: 0,
         }
@@ -130,7 +309,12 @@ impl<R> Queue<R> {
 
     /// Texts waiting for a batch.
     pub fn waiting(&self) -> usize {
-        self.waiting.len()
+        self.waiting
+    }
+
+    /// Interactive texts waiting for a batch.
+    pub fn waiting_interactive(&self) -> usize {
+        self.waiting_interactive
     }
 
     /// Texts in batches handed out and not yet completed or failed.
@@ -147,6 +331,7 @@ impl<R> Queue<R> {
     pub fn push(
         &mut self,
         data: R,
+        priority: Priority,
         texts: Vec<Encoded>,
         deadline: Instant,
         now: Instant,
@@ -155,25 +340,26 @@ impl<R> Queue<R> {
         let id = self.next_id;
         self.next_id += 1;
         let n = texts.len();
+        self.waiting += n;
+        if priority == Priority::Interactive {
+            self.waiting_interactive += n;
+        }
         self.requests.insert(
             id,
             Request {
                 data,
+                priority,
+                waiting: texts.into_iter().enumerate().collect(),
                 rows: (0..n).map(|_| None).collect(),
                 remaining: n,
                 deadline,
                 enqueued: now,
+                served: None,
                 first_start: None,
                 last_end: None,
                 handoff: Duration::ZERO,
             },
         );
-        self.waiting
-            .extend(texts.into_iter().enumerate().map(|(index, text)| Waiting {
-                request: id,
-                index,
-                text,
-            }));
         id
     }
 
@@ -182,10 +368,13 @@ impl<R> Queue<R> {
         self.requests.get(&id).map(|r| &r.data)
     }
 
-    /// When the oldest waiting text was queued.
+    /// When the longest-waiting request with texts waiting was queued.
     pub fn oldest(&self) -> Option<Instant> {
-        let w = self.waiting.front()?;
-        self.requests.get(&w.request).map(|r| r.enqueued)
+        self.requests
+            .values()
+            .filter(|r| !r.waiting.is_empty())
+            .map(|r| r.enqueued)
+            .min()
     }
 
     /// Removes, before they run, the requests whose deadline has passed and those nobody
@@ -211,41 +400,204 @@ impl<R> Queue<R> {
             .collect()
     }
 
-    /// Takes the next batch off the queue (see the module's documentation), or `None` when
-    /// nothing waits.
-    pub fn next_batch(&mut self) -> Option<Batch> {
-        let anchor = self.waiting.front()?.text.len();
-        let window = self
+    /// The requests with texts waiting, best first (see the module's documentation), with
+    /// their rank at `now`.
+    fn ranked(&self, now: Instant, interactive_only: bool) -> Vec<(Rank, RequestId)> {
+        let mut order: Vec<((Rank, bool, Instant, RequestId), RequestId)> = self
+            .requests
+            .iter()
+            .filter(|(_, r)| !r.waiting.is_empty())
+            .filter(|(_, r)| !interactive_only || r.priority == Priority::Interactive)
+            .map(|(&id, r)| {
+                let rank = if now.saturating_duration_since(r.since()) >= self.aging {
+                    Rank::Aged
+                } else if r.priority == Priority::Interactive {
+                    Rank::Interactive
+                } else {
+                    Rank::Batch
+                };
+                // Aged: longest without service first. Others: never served first (in arrival
+                // order), then least recently served.
+                let served = rank != Rank::Aged && r.served.is_some();
+                ((rank, served, r.since(), id), id)
+            })
+            .collect();
+        order.sort_unstable();
+        order
+            .into_iter()
+            .map(|((rank, ..), id)| (rank, id))
+            .collect()
+    }
+
+    /// Request `id`'s waiting text closest in length to `anchor` (ties: the lower index),
+    /// not yet taken, that fits: its position in `waiting`.
+    fn closest(&self, id: RequestId, anchor: usize, b: &Building, timed: bool) -> Option<usize> {
+        self.requests[&id]
             .waiting
-            .len()
-            .min(GROUPING_WINDOW * self.budget.max_batch_size);
-        let mut order: Vec<usize> = (0..window).collect();
-        order.sort_by_key(|&i| (self.waiting[i].text.len().abs_diff(anchor), i));
-        let (mut picked, mut longest) = (Vec::new(), 0);
-        for i in order {
-            if picked.len() >= self.budget.max_batch_size {
+            .iter()
+            .enumerate()
+            .filter(|(pos, (_, t))| !b.has(id, *pos) && b.fits(t.len(), timed))
+            .min_by_key(|(pos, (_, t))| (t.len().abs_diff(anchor), *pos))
+            .map(|(pos, _)| pos)
+    }
+
+    /// Fills `b` from `ids`' waiting texts, closest in length to `anchor` first (ties: rank
+    /// order, then index), among the first [`GROUPING_WINDOW`] × `max_batch_size` of them
+    /// taken round-robin over the requests.
+    fn fill(&self, b: &mut Building, ids: &[RequestId], anchor: usize, timed: bool) {
+        let window = GROUPING_WINDOW * self.budget.max_batch_size;
+        let mut candidates: Vec<(usize, usize, RequestId, usize)> = Vec::new();
+        let mut depth = 0;
+        'window: loop {
+            let mut any = false;
+            for (k, &id) in ids.iter().enumerate() {
+                let waiting = &self.requests[&id].waiting;
+                let Some((_, t)) = waiting.get(depth) else {
+                    continue;
+                };
+                any = true;
+                if !b.has(id, depth) {
+                    candidates.push((t.len().abs_diff(anchor), k, id, depth));
+                    if candidates.len() >= window {
+                        break 'window;
+                    }
+                }
+            }
+            if !any {
                 break;
             }
-            let len = longest.max(self.waiting[i].text.len());
-            if !picked.is_empty() && len * (picked.len() + 1) > self.budget.max_batch_tokens {
-                continue;
-            }
-            longest = len;
-            picked.push(i);
+            depth += 1;
         }
-        picked.sort_unstable();
-        let mut taken: Vec<Waiting> = picked
-            .into_iter()
-            .rev()
-            .filter_map(|i| self.waiting.remove(i))
+        candidates.sort_unstable();
+        for (_, _, id, pos) in candidates {
+            if b.full() {
+                break;
+            }
+            let len = self.requests[&id].waiting[pos].1.len();
+            if b.fits(len, timed) {
+                b.take(id, pos, len);
+            }
+        }
+    }
+
+    /// Takes the next batch off the queue (see the module's documentation), or `None` when
+    /// nothing waits that `shape` lets go.
+    pub fn next_batch(&mut self, now: Instant, shape: Shape) -> Option<Batch> {
+        let ranked = self.ranked(now, shape.interactive_only);
+        let (_, head) = *ranked.first()?;
+        let interactive_about = self.waiting_interactive > 0 || shape.interactive_recent;
+        let mut b = Building {
+            picked: Vec::new(),
+            longest: 0,
+            budget: self.budget,
+            latency: shape.latency.filter(|_| interactive_about),
+        };
+        let priority = |q: &Self, id: RequestId| q.requests[&id].priority;
+        let len_at = |q: &Self, id: RequestId, pos: usize| q.requests[&id].waiting[pos].1.len();
+        // The head's first waiting text leads.
+        let anchor = len_at(self, head, 0);
+        b.take(head, 0, anchor);
+        // 1. One text from each aged and each interactive request.
+        for &(rank, id) in ranked.iter().skip(1) {
+            if b.full() || rank == Rank::Batch {
+                break;
+            }
+            if let Some(pos) = self.closest(id, anchor, &b, false) {
+                b.take(id, pos, len_at(self, id, pos));
+            }
+        }
+        // 2. More interactive texts.
+        let interactive: Vec<RequestId> = ranked
+            .iter()
+            .map(|&(_, id)| id)
+            .filter(|&id| priority(self, id) == Priority::Interactive)
             .collect();
-        taken.reverse();
-        self.running += taken.len();
-        let (owners, texts) = taken
+        self.fill(&mut b, &interactive, anchor, false);
+        // 3. One text from each batch request that never had one run.
+        let batch: Vec<RequestId> = ranked
+            .iter()
+            .map(|&(_, id)| id)
+            .filter(|&id| priority(self, id) == Priority::Batch)
+            .collect();
+        // Batch texts group around the batch's longest text when it holds interactive ones
+        // (the texts that join a query then pad it little: a short query takes the shortest
+        // batch texts along, and the longer ones wait for batches of their own length); else
+        // around the first batch text taken, else the batch head's first.
+        let with_interactive = b
+            .picked
+            .iter()
+            .any(|&(id, _)| priority(self, id) == Priority::Interactive);
+        let batch_anchor = if with_interactive {
+            Some(b.longest)
+        } else {
+            b.picked
+                .iter()
+                .copied()
+                .find(|&(id, _)| priority(self, id) == Priority::Batch)
+                .or(batch.first().map(|&id| (id, 0)))
+                .map(|(id, pos)| len_at(self, id, pos))
+        };
+        if let Some(batch_anchor) = batch_anchor {
+            // Closest first (ties: rank order), so a new batch request's text groups well.
+            let mut fresh: Vec<(usize, usize, RequestId)> = batch
+                .iter()
+                .enumerate()
+                .filter(|&(_, &id)| {
+                    self.requests[&id].served.is_none() && !b.picked.iter().any(|(p, _)| *p == id)
+                })
+                .map(|(k, &id)| {
+                    let nearest = self.requests[&id]
+                        .waiting
+                        .iter()
+                        .map(|(_, t)| t.len().abs_diff(batch_anchor))
+                        .min()
+                        .unwrap_or(usize::MAX);
+                    (nearest, k, id)
+                })
+                .collect();
+            fresh.sort_unstable();
+            for (_, _, id) in fresh {
+                if b.full() {
+                    break;
+                }
+                if let Some(pos) = self.closest(id, batch_anchor, &b, true) {
+                    b.take(id, pos, len_at(self, id, pos));
+                }
+            }
+            // 4. More batch texts.
+            self.fill(&mut b, &batch, batch_anchor, true);
+        }
+        Some(self.take(b.picked, now))
+    }
+
+    /// Moves the `picked` texts out of their requests into a batch.
+    fn take(&mut self, picked: Vec<(RequestId, usize)>, now: Instant) -> Batch {
+        let mut by_request: BTreeMap<RequestId, Vec<usize>> = BTreeMap::new();
+        for &(id, pos) in &picked {
+            by_request.entry(id).or_default().push(pos);
+        }
+        let mut taken: BTreeMap<(RequestId, usize), (usize, Encoded)> = BTreeMap::new();
+        for (id, mut positions) in by_request {
+            let r = self.requests.get_mut(&id).expect("picked from the queue");
+            positions.sort_unstable();
+            for pos in positions.into_iter().rev() {
+                taken.insert((id, pos), r.waiting.remove(pos));
+                self.waiting -= 1;
+                if r.priority == Priority::Interactive {
+                    self.waiting_interactive -= 1;
+                }
+            }
+            r.served = Some(now);
+        }
+        self.running += picked.len();
+        let (owners, texts) = picked
             .into_iter()
-            .map(|w| ((w.request, w.index), w.text))
+            .map(|(id, pos)| {
+                let (index, text) = taken.remove(&(id, pos)).expect("taken just above");
+                ((id, index), text)
+            })
             .unzip();
-        Some(Batch { owners, texts })
+        Batch { owners, texts }
     }
 
     /// A batch's rows are back (`started`..`ended` on a worker, `handoff` after it was sent):
@@ -284,6 +636,7 @@ impl<R> Queue<R> {
                 done.push(Answered {
                     data: r.data,
                     rows: r.rows.into_iter().map(Option::unwrap_or_default).collect(),
+                    priority: r.priority,
                     enqueued: r.enqueued,
                     first_start: r.first_start.unwrap_or(started),
                     last_end: r.last_end.unwrap_or(ended),
@@ -297,20 +650,26 @@ impl<R> Queue<R> {
     /// A batch failed: every request with a row in it fails (once), with its other texts.
     pub fn fail(&mut self, batch: Batch) -> Vec<R> {
         self.running -= batch.len();
-        let mut ids: Vec<RequestId> = batch.owners.iter().map(|(id, _)| *id).collect();
-        ids.dedup();
+        let ids: BTreeSet<RequestId> = batch.owners.iter().map(|(id, _)| *id).collect();
         ids.into_iter().filter_map(|id| self.remove(id)).collect()
     }
 
     /// Empties the queue (the stop): every request still in it, once.
     pub fn drain(&mut self) -> Vec<R> {
-        self.waiting.clear();
-        self.requests.drain().map(|(_, r)| r.data).collect()
+        self.waiting = 0;
+        self.waiting_interactive = 0;
+        std::mem::take(&mut self.requests)
+            .into_values()
+            .map(|r| r.data)
+            .collect()
     }
 
     fn remove(&mut self, id: RequestId) -> Option<R> {
         let r = self.requests.remove(&id)?;
-        self.waiting.retain(|w| w.request != id);
+        self.waiting -= r.waiting.len();
+        if r.priority == Priority::Interactive {
+            self.waiting_interactive -= r.waiting.len();
+        }
         Some(r.data)
     }
 }
@@ -319,6 +678,9 @@ impl<R> Queue<R> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    const I: Priority = Priority::Interactive;
+    const B: Priority = Priority::Batch;
 
     /// A text of `len` tokens that says who it is: [request, index, 0, 0, ...].
     fn text(request: u64, index: usize, len: usize) -> Encoded {
@@ -329,6 +691,13 @@ mod tests {
             type_ids: vec![0; ids.len()],
             ids,
         }
+    }
+
+    fn texts(request: u64, lens: &[usize]) -> Vec<Encoded> {
+        lens.iter()
+            .enumerate()
+            .map(|(i, &l)| text(request, i, l))
+            .collect()
     }
 
     /// The stand-in model: each row repeats its text's identity.
@@ -347,14 +716,33 @@ mod tests {
         }
     }
 
+    const AGING: Duration = Duration::from_secs(2);
+
+    /// 4 ms per forward and 0.1 ms per padded token.
+    fn cost() -> Cost {
+        Cost::new(Duration::from_millis(4), Duration::from_micros(100))
+    }
+
+    /// A latency budget of `ms` with [`cost`].
+    fn timed(ms: u64) -> Shape {
+        Shape {
+            latency: Some((Duration::from_millis(ms), cost())),
+            ..Shape::default()
+        }
+    }
+
+    fn owners(b: &Batch) -> Vec<u64> {
+        b.owners.iter().map(|(r, _)| *r).collect()
+    }
+
     #[test]
     fn a_request_split_over_batches_is_answered_once_in_order() {
         let now = Instant::now();
         let far = now + Duration::from_secs(60);
-        let mut q: Queue<&str> = Queue::new(budget(2, 1000));
-        q.push("a", (0..5).map(|i| text(0, i, 4)).collect(), far, now);
+        let mut q: Queue<&str> = Queue::new(budget(2, 1000), AGING);
+        q.push("a", B, texts(0, &[4; 5]), far, now);
         let mut batches = Vec::new();
-        while let Some(b) = q.next_batch() {
+        while let Some(b) = q.next_batch(now, Shape::default()) {
             batches.push(b);
         }
         assert_eq!(
@@ -384,59 +772,200 @@ mod tests {
     }
 
     #[test]
-    fn texts_of_close_length_go_together_and_the_oldest_always_goes() {
+    fn texts_of_close_length_go_together_and_the_first_request_leads() {
         let now = Instant::now();
         let far = now + Duration::from_secs(60);
-        let mut q: Queue<u32> = Queue::new(budget(2, 1000));
+        let mut q: Queue<u32> = Queue::new(budget(2, 1000), AGING);
         for (r, len) in [(0u64, 10), (1, 100), (2, 11)] {
-            q.push(r as u32, vec![text(r, 0, len)], far, now);
+            q.push(r as u32, B, vec![text(r, 0, len)], far, now);
         }
-        let b = q.next_batch().unwrap();
-        let who: Vec<u64> = b.owners.iter().map(|(r, _)| *r).collect();
+        let b = q.next_batch(now, Shape::default()).unwrap();
         assert_eq!(
-            who,
+            owners(&b),
             [0, 2],
             "the 10- and 11-token texts, not the 100-token one"
         );
         assert_eq!(b.padded_len(), 11);
+        assert_eq!(owners(&q.next_batch(now, Shape::default()).unwrap()), [1]);
     }
 
     #[test]
     fn the_token_budget_is_kept_and_an_overlong_text_goes_alone() {
         let now = Instant::now();
         let far = now + Duration::from_secs(60);
-        let mut q: Queue<u32> = Queue::new(budget(8, 100));
-        q.push(0, vec![text(0, 0, 300)], far, now);
-        q.push(1, (0..6).map(|i| text(1, i, 30)).collect(), far, now);
-        let b = q.next_batch().unwrap();
+        let mut q: Queue<u32> = Queue::new(budget(8, 100), AGING);
+        q.push(0, B, vec![text(0, 0, 300)], far, now);
+        q.push(1, B, texts(1, &[30; 6]), far, now);
+        let b = q.next_batch(now, Shape::default()).unwrap();
         assert_eq!(b.len(), 1, "over the budget on its own: alone");
-        let b = q.next_batch().unwrap();
+        let b = q.next_batch(now, Shape::default()).unwrap();
         assert_eq!(b.len(), 3, "3 × 30 tokens fit in 100, 4 do not");
+    }
+
+    #[test]
+    fn a_query_behind_a_bulk_job_is_in_the_next_batch_which_stays_within_the_latency_budget() {
+        let now = Instant::now();
+        let far = now + Duration::from_secs(60);
+        let mut q: Queue<u32> = Queue::new(budget(64, 16384), AGING);
+        for r in 0..4 {
+            q.push(r, B, texts(r as u64, &[40; 64]), far, now);
+        }
+        // Alone, the bulk job fills whole batches even with a latency budget configured.
+        let first = q.next_batch(now, timed(25)).unwrap();
+        assert_eq!(first.len(), 64);
+        // A query arrives while that batch runs: it is in the next batch, first, and the batch
+        // holds only as much bulk work as fits in 25 ms: 4 ms + 0.1 ms × 40 × rows.
+        let query = q.push(4, I, vec![text(4, 0, 12)], far, now);
+        let b = q.next_batch(now, timed(25)).unwrap();
+        assert_eq!(b.owners[0], (query, 0), "the query leads");
+        assert_eq!(
+            b.len(),
+            5,
+            "the query and 4 bulk texts: 4 + 0.1 × 40 × 5 = 24 ms"
+        );
+        assert!(cost().estimate(b.len() * b.padded_len()) <= Duration::from_millis(25));
+        // Without a budget the query still goes first, with a full batch behind it.
+        let query = q.push(5, I, vec![text(5, 0, 12)], far, now);
+        let b = q.next_batch(now, Shape::default()).unwrap();
+        assert_eq!((b.owners[0], b.len()), ((query, 0), 64));
+        // While interactive requests are about (the Router says so), bulk batches stay short
+        // though no query waits right now; once they are not, bulk batches are full again.
+        let recent = Shape {
+            interactive_recent: true,
+            ..timed(25)
+        };
+        assert_eq!(q.next_batch(now, recent).unwrap().len(), 5);
+        assert_eq!(q.next_batch(now, timed(25)).unwrap().len(), 64);
+    }
+
+    #[test]
+    fn the_bulk_texts_that_join_a_query_are_the_ones_closest_to_its_length() {
+        let now = Instant::now();
+        let far = now + Duration::from_secs(60);
+        let mut q: Queue<u32> = Queue::new(budget(64, 16384), AGING);
+        q.push(0, B, texts(0, &[60, 22, 58, 24, 62, 23]), far, now);
+        q.push(1, I, vec![text(1, 0, 12)], far, now);
+        // Within 25 ms: the query and the three shortest texts, 4 + 0.1 × 4 × 24 = 13.6 ms (a
+        // fifth row of 58 would be 33 ms). Grouped around the bulk request's first text, it would
+        // have been the query with the 60- and 58-token texts: 22 ms for two texts, not three.
+        let b = q.next_batch(now, timed(25)).unwrap();
+        assert_eq!(b.owners, [(1, 0), (0, 1), (0, 5), (0, 3)]);
+        assert_eq!(b.padded_len(), 24);
+        // Alone again, the long ones go together.
+        let b = q.next_batch(now, timed(25)).unwrap();
+        assert_eq!((b.len(), b.padded_len()), (3, 62));
+    }
+
+    #[test]
+    fn interactive_requests_take_turns_and_a_small_one_is_not_stuck_behind_a_large_one() {
+        let now = Instant::now();
+        let far = now + Duration::from_secs(60);
+        let mut q: Queue<u32> = Queue::new(budget(4, 1000), AGING);
+        q.push(0, I, texts(0, &[8; 20]), far, now);
+        let b = q.next_batch(now, Shape::default()).unwrap();
+        assert_eq!(owners(&b), [0, 0, 0, 0]);
+        q.push(1, I, texts(1, &[8; 2]), far, now);
+        q.push(2, I, texts(2, &[8; 1]), far, now);
+        // One text of each: the two new requests first (never served), then the large one
+        // (served before); then the room left, by length and rank.
+        let b = q.next_batch(now, Shape::default()).unwrap();
+        assert_eq!(owners(&b), [1, 2, 0, 1]);
+    }
+
+    #[test]
+    fn aging_gives_a_batch_request_a_text_under_a_flood_of_interactive_ones() {
+        let start = Instant::now();
+        let far = start + Duration::from_secs(600);
+        let mut q: Queue<u32> = Queue::new(budget(2, 1000), AGING);
+        q.push(0, B, texts(0, &[8; 3]), far, start);
+        let mut now = start;
+        let mut served_at = Vec::new();
+        for k in 1..=45u32 {
+            // Two new queries every 100 ms: the batch request's text waits for aging.
+            q.push(k * 10, I, vec![text(k as u64 * 10, 0, 8)], far, now);
+            q.push(k * 10 + 1, I, vec![text(k as u64 * 10 + 1, 0, 8)], far, now);
+            let b = q.next_batch(now, timed(5)).unwrap();
+            if b.owners.iter().any(|(r, _)| *r == 0) {
+                served_at.push(now - start);
+            }
+            let rows = run(&b);
+            q.complete(b, rows, now, now, Duration::ZERO);
+            now += Duration::from_millis(100);
+        }
+        assert_eq!(
+            served_at,
+            [Duration::from_secs(2), Duration::from_secs(4)],
+            "one text each time it has waited 2 s"
+        );
+    }
+
+    #[test]
+    fn a_reserved_worker_takes_only_interactive_texts() {
+        let now = Instant::now();
+        let far = now + Duration::from_secs(60);
+        let mut q: Queue<u32> = Queue::new(budget(8, 1000), AGING);
+        q.push(0, B, texts(0, &[8; 4]), far, now);
+        let only = Shape {
+            interactive_only: true,
+            ..Shape::default()
+        };
+        assert!(q.next_batch(now, only).is_none());
+        q.push(1, I, texts(1, &[8; 2]), far, now);
+        assert_eq!(owners(&q.next_batch(now, only).unwrap()), [1, 1]);
+        assert_eq!(
+            owners(&q.next_batch(now, Shape::default()).unwrap()),
+            [0; 4]
+        );
+    }
+
+    #[test]
+    fn the_cost_is_fitted_from_two_forwards_and_follows_the_machine() {
+        let ms = Duration::from_millis;
+        let mut c = Cost::fit((16, ms(6)), (1016, ms(106)));
+        assert_eq!(c.estimate(0), Duration::from_micros(4400));
+        assert_eq!(c.estimate(500), Duration::from_micros(54400));
+        // The machine runs twice as slow: the estimate follows within a few forwards, and one
+        // preempted forward does not swing it.
+        for _ in 0..30 {
+            c.observe(500, ms(109));
+        }
+        let e = c.estimate(500).as_secs_f64() / 0.1088;
+        assert!((0.99..1.01).contains(&e), "{e}");
+        c.observe(500, Duration::from_secs(30));
+        assert!(c.estimate(500) < ms(300), "{:?}", c.estimate(500));
+        // A fixed part is never negative.
+        assert_eq!(
+            Cost::fit((16, ms(1)), (1016, ms(200))).estimate(0),
+            Duration::ZERO
+        );
     }
 
     #[test]
     fn expired_and_abandoned_requests_leave_before_running_and_late_rows_are_ignored() {
         let now = Instant::now();
-        let mut q: Queue<&str> = Queue::new(budget(1, 1000));
+        let mut q: Queue<&str> = Queue::new(budget(1, 1000), AGING);
         q.push(
             "soon",
-            vec![text(0, 0, 4), text(0, 1, 4)],
+            B,
+            texts(0, &[4, 4]),
             now + Duration::from_millis(5),
             now,
         );
         q.push(
             "gone",
+            B,
             vec![text(1, 0, 4)],
             now + Duration::from_secs(60),
             now,
         );
         q.push(
             "kept",
+            B,
             vec![text(2, 0, 4)],
             now + Duration::from_secs(60),
             now,
         );
-        let first = q.next_batch().unwrap(); // "soon"'s first text is now running
+        let first = q.next_batch(now, Shape::default()).unwrap(); // "soon"'s first text runs
         let mut dropped = q.sweep(now + Duration::from_millis(10), |d| *d == "gone");
         dropped.sort();
         assert_eq!(
@@ -457,96 +986,195 @@ mod tests {
     fn a_failed_batch_fails_each_of_its_requests_once_with_their_other_texts() {
         let now = Instant::now();
         let far = now + Duration::from_secs(60);
-        let mut q: Queue<&str> = Queue::new(budget(2, 1000));
-        q.push(
-            "a",
-            vec![text(0, 0, 4), text(0, 1, 4), text(0, 2, 4)],
-            far,
-            now,
-        );
-        let b = q.next_batch().unwrap();
+        let mut q: Queue<&str> = Queue::new(budget(2, 1000), AGING);
+        q.push("a", B, texts(0, &[4; 3]), far, now);
+        let b = q.next_batch(now, Shape::default()).unwrap();
         assert_eq!(b.owners, [(0, 0), (0, 1)]);
         assert_eq!(q.fail(b), ["a"]);
         assert_eq!((q.waiting(), q.requests()), (0, 0));
         // A wrong row count is a failure too.
-        q.push("b", vec![text(1, 0, 4)], far, now);
-        let b = q.next_batch().unwrap();
+        q.push("b", I, vec![text(1, 0, 4)], far, now);
+        let b = q.next_batch(now, Shape::default()).unwrap();
         let (done, failed) = q.complete(b, vec![], now, now, Duration::ZERO);
         assert!(done.is_empty());
         assert_eq!(failed, ["b"]);
+        assert_eq!(
+            (q.waiting(), q.waiting_interactive(), q.running()),
+            (0, 0, 0)
+        );
     }
 
     /// What a random run does next.
     #[derive(Debug, Clone)]
     enum Op {
-        Push { lens: Vec<usize>, ttl_ms: u64 },
-        Dispatch,
+        Push {
+            lens: Vec<usize>,
+            ttl_ms: u64,
+            interactive: bool,
+        },
+        Dispatch {
+            budget_ms: Option<u64>,
+            recent: bool,
+            only: bool,
+        },
         Complete(usize),
         Fail(usize),
-        Tick { ms: u64, gone: Option<usize> },
+        Tick {
+            ms: u64,
+            gone: Option<usize>,
+        },
     }
 
-    fn op() -> impl Strategy<Value = Op> {
+    fn op(max_len: usize) -> impl Strategy<Value = Op> {
         prop_oneof![
-            3 => (proptest::collection::vec(2usize..40, 1..6), 1u64..200)
-                .prop_map(|(lens, ttl_ms)| Op::Push { lens, ttl_ms }),
-            3 => Just(Op::Dispatch),
+            3 => (proptest::collection::vec(2usize..max_len, 1..12), 1u64..5000, any::<bool>())
+                .prop_map(|(lens, ttl_ms, interactive)| Op::Push { lens, ttl_ms, interactive }),
+            3 => (proptest::option::of(1u64..40), any::<bool>(), proptest::bool::weighted(0.1))
+                .prop_map(|(budget_ms, recent, only)| Op::Dispatch { budget_ms, recent, only }),
             2 => any::<usize>().prop_map(Op::Complete),
             1 => any::<usize>().prop_map(Op::Fail),
-            1 => (0u64..50, proptest::option::of(any::<usize>()))
+            1 => (0u64..800, proptest::option::of(any::<usize>()))
                 .prop_map(|(ms, gone)| Op::Tick { ms, gone }),
         ]
+    }
+
+    /// What the test knows of each request, to check the queue against.
+    #[derive(Debug, Clone)]
+    struct Known {
+        size: usize,
+        priority: Priority,
+        enqueued: Instant,
+        served: Option<Instant>,
+        /// Texts not yet handed out, and whether it still is in the queue.
+        waiting: usize,
+        open: bool,
+        /// Batches in a row formed while it was aged, without a text of it.
+        passed_over: usize,
     }
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(500))]
 
         /// Whatever happens, every request gets exactly one outcome, answers are complete and
-        /// in order, batches keep their budget, and the oldest waiting text is in each batch.
+        /// in order, every batch keeps its size and token budgets, leads with the top-ranked
+        /// request, and keeps the latency budget whenever it holds batch texts it was not
+        /// bound to take; no aged request is passed over more often than there are requests
+        /// waiting; and with no latency budget and room for one text of each, every request
+        /// that never had a text run, and every interactive or aged one, is in the next batch.
         #[test]
-        fn every_request_gets_exactly_one_outcome(
-            ops in proptest::collection::vec(op(), 1..80),
-            size in 1usize..6,
-            tokens in 8usize..120,
+        fn every_request_gets_one_outcome_and_the_queue_is_fair(
+            ops in proptest::collection::vec(op(40), 1..120),
+            size in 1usize..8,
+            tokens in 8usize..400,
         ) {
             let start = Instant::now();
             let mut now = start;
-            let mut q: Queue<u64> = Queue::new(budget(size, tokens));
-            let mut sizes: Vec<usize> = Vec::new(); // texts per request
+            let mut q: Queue<u64> = Queue::new(budget(size, tokens), AGING);
+            let mut known: Vec<Known> = Vec::new();
             let mut outcomes: Vec<u32> = Vec::new(); // outcomes per request
             let mut gone: Vec<bool> = Vec::new();
             let mut out: Vec<Batch> = Vec::new();
-            let check_batch = |q: &Queue<u64>, b: &Batch, oldest: (u64, usize)| {
-                prop_assert!(b.len() <= size);
-                prop_assert!(b.len() == 1 || b.len() * b.padded_len() <= tokens);
-                prop_assert_eq!(b.owners[0], oldest, "the oldest waiting text leads the batch");
-                let _ = q;
-                Ok(())
-            };
             for op in ops {
                 match op {
-                    Op::Push { lens, ttl_ms } => {
-                        let r = sizes.len() as u64;
-                        let texts = lens.iter().enumerate().map(|(i, &l)| text(r, i, l)).collect();
-                        q.push(r, texts, now + Duration::from_millis(ttl_ms), now);
-                        sizes.push(lens.len());
+                    Op::Push { lens, ttl_ms, interactive } => {
+                        let r = known.len() as u64;
+                        let priority = if interactive { I } else { B };
+                        q.push(r, priority, texts(r, &lens), now + Duration::from_millis(ttl_ms), now);
+                        known.push(Known {
+                            size: lens.len(),
+                            priority,
+                            enqueued: now,
+                            served: None,
+                            waiting: lens.len(),
+                            open: true,
+                            passed_over: 0,
+                        });
                         outcomes.push(0);
                         gone.push(false);
                     }
-                    Op::Dispatch => {
-                        let oldest = q.waiting.front().map(|w| (w.request, w.index));
-                        if let Some(b) = q.next_batch() {
-                            check_batch(&q, &b, oldest.unwrap())?;
-                            out.push(b);
+                    Op::Dispatch { budget_ms, recent, only } => {
+                        let shape = Shape {
+                            latency: budget_ms.map(|ms| (Duration::from_millis(ms), cost())),
+                            interactive_recent: recent,
+                            interactive_only: only,
+                        };
+                        let waiting: Vec<usize> = (0..known.len())
+                            .filter(|&r| known[r].open && known[r].waiting > 0)
+                            .filter(|&r| !only || known[r].priority == I)
+                            .collect();
+                        let aged = |k: &Known| now.saturating_duration_since(k.served.unwrap_or(k.enqueued)) >= AGING;
+                        // The ranking the module documents, recomputed here.
+                        let rank = |r: usize| {
+                            let k = &known[r];
+                            let tier = if aged(k) { 0 } else if k.priority == I { 1 } else { 2 };
+                            let served = tier != 0 && k.served.is_some();
+                            (tier, served, k.served.unwrap_or(k.enqueued), r)
+                        };
+                        let head = waiting.iter().copied().min_by_key(|&r| rank(r));
+                        let interactive_waiting = known.iter().any(|k| k.open && k.waiting > 0 && k.priority == I);
+                        let Some(b) = q.next_batch(now, shape) else {
+                            prop_assert!(head.is_none(), "nothing left out while {:?} waits", head);
+                            continue;
+                        };
+                        let head = head.expect("a batch came out of an empty queue");
+                        prop_assert_eq!(b.owners[0].0 as usize, head, "the top-ranked request leads");
+                        prop_assert!(b.len() <= size);
+                        prop_assert!(b.len() == 1 || b.len() * b.padded_len() <= tokens);
+                        let mut per: BTreeMap<usize, usize> = BTreeMap::new();
+                        for (r, _) in &b.owners {
+                            *per.entry(*r as usize).or_default() += 1;
                         }
+                        for &r in per.keys() {
+                            prop_assert!(!only || known[r].priority == I, "a reserved worker got batch work");
+                        }
+                        // Latency: over budget only with batch texts the batch was bound to
+                        // take (its leader, one per aged request).
+                        if let Some((limit, c)) = shape.latency
+                            && (interactive_waiting || recent)
+                            && c.estimate(b.len() * b.padded_len()) > limit
+                        {
+                            for (&r, &n) in &per {
+                                if known[r].priority == B {
+                                    prop_assert!(n == 1 && (aged(&known[r]) || r == head),
+                                        "request {} (batch) has {} texts in a batch over the latency budget", r, n);
+                                }
+                            }
+                        }
+                        // Fairness bounds (interactive texts fill before new batch requests).
+                        let interactive_texts: usize = waiting.iter().filter(|&&r| known[r].priority == I).map(|&r| known[r].waiting).sum();
+                        let fit_all = waiting.len() + interactive_texts <= size && size * 40 <= tokens;
+                        for &r in &waiting {
+                            let k = &known[r];
+                            let got = per.contains_key(&r);
+                            if fit_all && shape.latency.is_none() && (k.served.is_none() || k.priority == I || aged(k)) {
+                                prop_assert!(got, "request {} left out with room for every request", r);
+                            }
+                            if aged(k) && !only {
+                                let k = &mut known[r];
+                                k.passed_over = if got { 0 } else { k.passed_over + 1 };
+                                prop_assert!(k.passed_over < waiting.len(),
+                                    "aged request {} passed over {} times with {} waiting", r, k.passed_over, waiting.len());
+                            }
+                        }
+                        for (&r, &n) in &per {
+                            known[r].served = Some(now);
+                            known[r].waiting -= n;
+                            if aged(&known[r]) {
+                                known[r].passed_over = 0;
+                            }
+                        }
+                        out.push(b);
                     }
                     Op::Complete(k) if !out.is_empty() => {
                         let b = out.remove(k % out.len());
                         let rows = run(&b);
                         let (done, failed) = q.complete(b, rows, now, now, Duration::ZERO);
                         for d in done {
-                            outcomes[d.data as usize] += 1;
-                            prop_assert_eq!(d.rows.len(), sizes[d.data as usize]);
+                            let r = d.data as usize;
+                            outcomes[r] += 1;
+                            known[r].open = false;
+                            prop_assert_eq!(d.priority, known[r].priority);
+                            prop_assert_eq!(d.rows.len(), known[r].size);
                             for (i, row) in d.rows.iter().enumerate() {
                                 prop_assert_eq!(row, &vec![d.data as f32, i as f32]);
                             }
@@ -557,6 +1185,7 @@ mod tests {
                         let b = out.remove(k % out.len());
                         for r in q.fail(b) {
                             outcomes[r as usize] += 1;
+                            known[r as usize].open = false;
                         }
                     }
                     Op::Tick { ms, gone: who } => {
@@ -567,11 +1196,14 @@ mod tests {
                         }
                         for (r, _) in q.sweep(now, |r| gone[*r as usize]) {
                             outcomes[r as usize] += 1;
+                            known[r as usize].open = false;
                         }
                     }
                     _ => {}
                 }
-                prop_assert!(q.running() + q.waiting() <= sizes.iter().sum::<usize>());
+                let waiting: usize = known.iter().filter(|k| k.open).map(|k| k.waiting).sum();
+                let interactive: usize = known.iter().filter(|k| k.open && k.priority == I).map(|k| k.waiting).sum();
+                prop_assert_eq!((q.waiting(), q.waiting_interactive()), (waiting, interactive));
             }
             // Finish: run everything still queued, then drain what is left.
             for b in out.drain(..) {
@@ -580,7 +1212,7 @@ mod tests {
                     outcomes[d.data as usize] += 1;
                 }
             }
-            while let Some(b) = q.next_batch() {
+            while let Some(b) = q.next_batch(now, Shape::default()) {
                 let rows = run(&b);
                 for d in q.complete(b, rows, now, now, Duration::ZERO).0 {
                     outcomes[d.data as usize] += 1;

@@ -35,8 +35,8 @@ use prometheus::{
 use serde_json::{Value, json};
 
 use super::{
-    ActorId, ActorKind, ActorTable, Admission, Lifecycle, models::Directory, router::Timings,
-    supervisor::ChildPanicked,
+    ActorId, ActorKind, ActorTable, Admission, Lifecycle, batcher::Priority, models::Directory,
+    router::Timings, supervisor::ChildPanicked,
 };
 use crate::{
     fault::Fault,
@@ -88,6 +88,13 @@ pub mod names {
     pub const MODEL_LOADS_TOTAL: &str = "model_loads_total";
     /// Reloads; label `outcome`.
     pub const RELOADS_TOTAL: &str = "reloads_total";
+    /// Per priority: a request's wait from queued to its first forward; labels `model`,
+    /// `priority` (`interactive`, `batch`).
+    pub const PRIORITY_QUEUE_SECONDS: &str = "priority_queue_duration_seconds";
+    /// Per priority: a request's time from the Router accepting it to its answer.
+    pub const PRIORITY_REQUEST_SECONDS: &str = "priority_request_duration_seconds";
+    /// Per priority: texts answered.
+    pub const PRIORITY_TEXTS_TOTAL: &str = "priority_texts_total";
 }
 
 /// Stages of the pipeline, the `stage` label's values.
@@ -281,6 +288,32 @@ impl Sampled {
     }
 }
 
+/// One sample of the totals: every request's, and each priority's (answered requests only).
+#[derive(Debug, Clone, Default)]
+struct Sample {
+    all: Sampled,
+    by_priority: [Sampled; 2],
+}
+
+impl Sample {
+    fn since(&self, earlier: &Sample) -> Sample {
+        Sample {
+            all: self.all.since(&earlier.all),
+            by_priority: std::array::from_fn(|i| {
+                self.by_priority[i].since(&earlier.by_priority[i])
+            }),
+        }
+    }
+}
+
+/// One priority's series of one model.
+#[derive(Clone)]
+struct PrioritySeries {
+    queue: Histogram,
+    request: Histogram,
+    texts: IntCounter,
+}
+
 /// The metric families whose series carry a `model` label, from which each model's
 /// [`Recorder`] resolves its own series.
 #[derive(Clone)]
@@ -296,6 +329,9 @@ struct Families {
     version: IntGaugeVec,
     loads: IntCounterVec,
     reloads: IntCounterVec,
+    priority_queue: HistogramVec,
+    priority_request: HistogramVec,
+    priority_texts: IntCounterVec,
     /// The models [`Recorder::models`] last published, whose `model_version` series exist.
     published: Arc<std::sync::Mutex<Vec<String>>>,
 }
@@ -330,6 +366,10 @@ pub struct Recorder {
     totals: Arc<Totals>,
     /// This model's share of `totals` (none for the Recorder of no model).
     model_totals: Option<Arc<Totals>>,
+    /// Answered requests by priority ([`Priority::ALL`]'s order), over every model.
+    priority_totals: Arc<[Totals; 2]>,
+    /// This model's per-priority series, in [`Priority::ALL`]'s order.
+    priorities: Arc<[PrioritySeries; 2]>,
 }
 
 fn opts(name: &str, help: &str) -> Opts {
@@ -351,7 +391,7 @@ impl Recorder {
             )?,
             stages: HistogramVec::new(
                 HistogramOpts::from(opts(names::STAGE_SECONDS, "Time per pipeline stage."))
-                    .buckets(latency_buckets),
+                    .buckets(latency_buckets.clone()),
                 &["model", "stage"],
             )?,
             batch_size: HistogramVec::new(
@@ -400,6 +440,26 @@ impl Recorder {
             reloads: IntCounterVec::new(
                 opts(names::RELOADS_TOTAL, "Reloads, by outcome (ok, failed)."),
                 &["outcome"],
+            )?,
+            priority_queue: HistogramVec::new(
+                HistogramOpts::from(opts(
+                    names::PRIORITY_QUEUE_SECONDS,
+                    "Per priority: a request's wait from queued to its first forward.",
+                ))
+                .buckets(latency_buckets.clone()),
+                &["model", "priority"],
+            )?,
+            priority_request: HistogramVec::new(
+                HistogramOpts::from(opts(
+                    names::PRIORITY_REQUEST_SECONDS,
+                    "Per priority: a request's time from acceptance to its answer.",
+                ))
+                .buckets(latency_buckets.clone()),
+                &["model", "priority"],
+            )?,
+            priority_texts: IntCounterVec::new(
+                opts(names::PRIORITY_TEXTS_TOTAL, "Per priority: texts answered."),
+                &["model", "priority"],
             )?,
             published: Default::default(),
         };
@@ -461,6 +521,19 @@ impl Recorder {
             ))?,
             totals: Arc::new(Totals::new()),
             model_totals: None,
+            priority_totals: Arc::new([Totals::new(), Totals::new()]),
+            priorities: Arc::new([
+                PrioritySeries {
+                    queue: unregistered("priority_queue")?,
+                    request: unregistered("priority_request")?,
+                    texts: IntCounter::new("priority_texts", "placeholder")?,
+                },
+                PrioritySeries {
+                    queue: unregistered("priority_queue")?,
+                    request: unregistered("priority_request")?,
+                    texts: IntCounter::new("priority_texts", "placeholder")?,
+                },
+            ]),
         };
         let f = &r.families;
         registry.register(Box::new(f.requests.clone()))?;
@@ -474,6 +547,9 @@ impl Recorder {
         registry.register(Box::new(f.version.clone()))?;
         registry.register(Box::new(f.loads.clone()))?;
         registry.register(Box::new(f.reloads.clone()))?;
+        registry.register(Box::new(f.priority_queue.clone()))?;
+        registry.register(Box::new(f.priority_request.clone()))?;
+        registry.register(Box::new(f.priority_texts.clone()))?;
         registry.register(Box::new(r.in_flight.clone()))?;
         registry.register(Box::new(r.admitted.clone()))?;
         registry.register(Box::new(r.ready.clone()))?;
@@ -513,7 +589,31 @@ impl Recorder {
             queue_depth: f.queue_depth.with_label_values(&[name]),
             tokens: f.tokens.with_label_values(&[name]),
             model_totals: Some(Arc::new(Totals::new())),
+            priorities: Arc::new(Priority::ALL.map(|p| PrioritySeries {
+                queue: f.priority_queue.with_label_values(&[name, p.as_str()]),
+                request: f.priority_request.with_label_values(&[name, p.as_str()]),
+                texts: f.priority_texts.with_label_values(&[name, p.as_str()]),
+            })),
             ..self.clone()
+        }
+    }
+
+    /// A request of `priority` was answered with `texts` rows, its time spent as `timings`:
+    /// the per-priority series and the dashboard's per-priority window.
+    pub fn priority(&self, priority: Priority, texts: usize, timings: &Timings) {
+        let i = priority as usize;
+        let p = &self.priorities[i];
+        p.queue.observe(timings.queue.as_secs_f64());
+        p.request.observe(timings.total.as_secs_f64());
+        p.texts.inc_by(texts as u64);
+        self.priority_totals[i].add(Ok((texts, timings)));
+    }
+
+    /// Every total, now.
+    fn sample(&self) -> Sample {
+        Sample {
+            all: self.totals.sample(),
+            by_priority: std::array::from_fn(|i| self.priority_totals[i].sample()),
         }
     }
 
@@ -680,7 +780,7 @@ fn process_figures() -> Option<(Duration, u64)> {
 /// What the Metrics actor rebuilds when it restarts.
 struct State {
     /// Samples of the totals, oldest first, one per [`WINDOW_TICK`], spanning the window.
-    ring: VecDeque<(Instant, Sampled)>,
+    ring: VecDeque<(Instant, Sample)>,
     cpu_percent: Option<f64>,
     rss_bytes: Option<u64>,
     last_cpu: Option<(Instant, Duration)>,
@@ -689,9 +789,9 @@ struct State {
 }
 
 impl State {
-    fn new(totals: &Totals) -> State {
+    fn new(recorder: &Recorder) -> State {
         let mut ring = VecDeque::new();
-        ring.push_back((Instant::now(), totals.sample()));
+        ring.push_back((Instant::now(), recorder.sample()));
         State {
             ring,
             cpu_percent: None,
@@ -731,7 +831,7 @@ impl Metrics {
         registry.register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
         ))?;
-        let state = State::new(&recorder.totals);
+        let state = State::new(&recorder);
         Ok(Metrics {
             registry,
             recorder,
@@ -752,7 +852,7 @@ impl Metrics {
             Ok(v) => Some(v),
             Err(message) => {
                 tracing::error!(actor = "metrics", %message, "metrics panicked while {what}; restarting it");
-                self.state = State::new(&self.recorder.totals);
+                self.state = State::new(&self.recorder);
                 self.table.set(ActorId::Metrics, super::ActorState::Idle);
                 self.supervisor.do_send(ChildPanicked {
                     actor: ActorId::Metrics,
@@ -766,7 +866,7 @@ impl Metrics {
     fn tick(&mut self) {
         let now = Instant::now();
         let s = &mut self.state;
-        s.ring.push_back((now, self.recorder.totals.sample()));
+        s.ring.push_back((now, self.recorder.sample()));
         // Keep the newest sample that is at least a window old, and everything after it.
         while s.ring.len() > 2 && now.duration_since(s.ring[1].0) >= self.facts.window {
             s.ring.pop_front();
@@ -811,16 +911,39 @@ impl Metrics {
     fn snapshot(&self) -> Value {
         let s = &self.state;
         let now = Instant::now();
-        let totals = self.recorder.totals.sample();
+        let sample = self.recorder.sample();
         let (since, base) = s
             .ring
             .iter()
             .find(|(at, _)| now.duration_since(*at) <= self.facts.window)
             .or(s.ring.front())
             .map(|(at, v)| (*at, v.clone()))
-            .unwrap_or((self.started, Sampled::default()));
-        let w = totals.since(&base);
+            .unwrap_or((self.started, Sample::default()));
+        let window = sample.since(&base);
+        let totals = sample.all;
+        let w = window.all;
         let span = now.duration_since(since).as_secs_f64().max(1e-3);
+        // Per priority, over the window: answered requests, texts, latency, queue wait.
+        let priorities: serde_json::Map<String, Value> = Priority::ALL
+            .iter()
+            .zip(&window.by_priority)
+            .map(|(p, w)| {
+                let q = |x: f64| w.quantile_ms(x).map_or(Value::Null, |v| json!(round3(v)));
+                (
+                    p.as_str().to_string(),
+                    json!({
+                        "requests": w.requests,
+                        "texts": w.texts,
+                        "throughput_qps": round3(w.requests as f64 / span),
+                        "texts_per_s": round3(w.texts as f64 / span),
+                        "avg_ms": w.avg_ms(4),
+                        "p50_ms": q(0.50),
+                        "p99_ms": q(0.99),
+                        "avg_queue_wait_ms": w.avg_ms(1),
+                    }),
+                )
+            })
+            .collect();
         let avg = |i: usize| w.avg_ms(i);
         let pct = |q: f64| w.quantile_ms(q).map_or(Value::Null, |v| json!(round3(v)));
         let states = |kind: ActorKind| -> Value {
@@ -880,6 +1003,7 @@ impl Metrics {
             "p95_ms": pct(0.95),
             "p99_ms": pct(0.99),
             "stage_timings": w.stage_timings(),
+            "priorities": priorities,
             "queue_depth": queue_depth,
             "models": models,
             "in_flight": self.admission.requests(),

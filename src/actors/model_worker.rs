@@ -2,9 +2,10 @@
 //! and runs forwards on it. `model.instances` of them run side by side, each with its share of
 //! the cores (`model.intra_op_threads`).
 //!
-//! Owns: the [`Model`] (weights or TorchScript module) on its device. Sent to by: the
-//! Supervisor ([`Load`] at start, [`Release`] at stop) and the Router ([`Forward`], one batch at
-//! a time: the Router only sends to an idle worker).
+//! Owns: the [`Model`] (weights or TorchScript module) on its device, and what a forward costs
+//! on it ([`Cost`], timed after warm-up). Sent to by: the Supervisor ([`Load`] at start,
+//! [`Release`] at stop) and the Router ([`Forward`], one batch at a time: the Router only sends
+//! to an idle worker; [`MeasuredCost`] once, when it starts).
 //!
 //! Failures: an error libtorch returns (out of memory, a TorchScript module refusing its
 //! input) fails that batch only, and the worker goes on: it is not a restart. A panic (a bug)
@@ -20,7 +21,8 @@ use std::{
 use actix::prelude::*;
 
 use super::{
-    ActorId, ActorState, ActorTable, InferError, metrics::Recorder, supervisor::ChildPanicked,
+    ActorId, ActorState, ActorTable, InferError, batcher::Cost, metrics::Recorder,
+    supervisor::ChildPanicked,
 };
 use crate::{
     fault::Fault,
@@ -71,6 +73,11 @@ pub struct ForwardOutput {
     pub handoff: Duration,
 }
 
+/// What a forward costs on this worker, as timed after warm-up; `None` before it has loaded.
+#[derive(Message)]
+#[rtype(result = "Option<Cost>")]
+pub struct MeasuredCost;
+
 /// Drop the weights (freeing device memory) and acknowledge.
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -84,6 +91,8 @@ pub struct ModelWorker {
     table: Arc<ActorTable>,
     /// Its `worker_busy` gauge.
     busy: prometheus::IntGauge,
+    /// What a forward costs here, timed after warm-up.
+    cost: Option<Cost>,
     supervisor: Recipient<ChildPanicked>,
 }
 
@@ -114,6 +123,7 @@ impl ModelWorker {
                 model: None,
                 table: table.clone(),
                 busy: metrics.worker_busy(index),
+                cost: None,
                 supervisor: supervisor.clone(),
             }
         })
@@ -135,6 +145,26 @@ impl ModelWorker {
             let batch = Padded::new(std::iter::repeat_n(&text, rows), pad);
             model.run(&batch, self.spec.pooling, &[])?;
         }
+        // What a forward costs, for the Router's latency budget: the best of three forwards of
+        // one 16-token text and of 8 × 64 tokens, warm (a fixed part and a part per token; the
+        // best, since a busy machine only ever adds time).
+        let timed = |rows: usize, cols: usize| -> Result<(usize, Duration), ModelError> {
+            let text = Encoded {
+                ids: vec![pad; cols],
+                type_ids: vec![0; cols],
+            };
+            let batch = Padded::new(std::iter::repeat_n(&text, rows), pad);
+            let mut best = Duration::MAX;
+            for _ in 0..3 {
+                let t = Instant::now();
+                model.run(&batch, self.spec.pooling, &[])?;
+                best = best.min(t.elapsed());
+            }
+            Ok((rows * cols, best))
+        };
+        let small = timed(1, 16.min(max))?;
+        let large = timed(8, 64.min(max))?;
+        self.cost = Some(Cost::fit(small, large));
         let warmup = t1.elapsed();
         // int8/uint8 calibration texts, embedded once per model version (model::calibrate).
         if let Some(c) = &self.spec.calibration {
@@ -278,6 +308,14 @@ impl Handler<Forward> for ModelWorker {
                 })
             }
         }
+    }
+}
+
+impl Handler<MeasuredCost> for ModelWorker {
+    type Result = Option<Cost>;
+
+    fn handle(&mut self, _msg: MeasuredCost, _ctx: &mut Self::Context) -> Option<Cost> {
+        self.cost
     }
 }
 

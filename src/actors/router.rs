@@ -1,11 +1,33 @@
 //! Router: takes requests from the front ends, has them tokenized, queues their texts, hands
 //! batches to idle model workers, and answers each request once its last row is back.
 //!
-//! Owns: the queue ([`batcher::Queue`], where batching and reassembly live, as a pure data
-//! structure) and the knowledge of which worker is idle. Sent to by: the front ends ([`Embed`])
-//! and the Supervisor ([`Stop`]). Runs on the Supervisor's arbiter; its state is
-//! single-threaded. A request whose client has gone (the caller dropped its receiver) or whose
-//! deadline passed is dropped before inference and counted.
+//! Owns: the queue ([`batcher::Queue`], where batching, priorities and reassembly live, as a
+//! pure data structure), the knowledge of which worker is idle, and what the Router knows of the
+//! moment that the queue does not: what a forward costs (measured by a worker at warm-up,
+//! rescaled by every forward since), whether interactive requests are about (being tokenized,
+//! or seen within `batching.interactive_window_ms`), and so whether the latency budget is in
+//! force. Sent to by: the front ends ([`Embed`]) and the Supervisor ([`Stop`]). Runs on the
+//! Supervisor's arbiter; its state is single-threaded. A request whose client has gone (the
+//! caller dropped its receiver) or whose deadline passed is dropped before inference and
+//! counted.
+//!
+//! **Holding a worker for the next query.** With the latency budget in force, a query still
+//! waits for the batch running when it arrives. A client that sends its next query as soon as
+//! the last is answered (a retrieval service's user, a pipeline) would always find a fresh
+//! batch of batch work started in between. So when an interactive request was just answered
+//! (or is being tokenized) and the recent gaps between an answer and the next interactive
+//! request are short, the last idle worker waits up to a quarter of the latency budget for it
+//! before taking batch work (the anticipatory scheduling of disk schedulers); a worker reserved
+//! for interactive work (`batching.reserved_interactive_instances`) makes this unnecessary.
+//!
+//! **Tail forwards.** Every forward has a fixed cost (reading the weights) that a forward
+//! within the latency budget cannot amortise: with only short forwards, batch work would run at
+//! about half its rate beside a stream of queries. So when no interactive text waits or is
+//! being tokenized, and fewer than `batching.tail_share` of the interactive requests lately found
+//! a forward longer than the latency budget running (with no worker free), the next forward of
+//! batch work may run up to `batching.tail_budget_ms` instead, in place of a hold. Most queries
+//! then wait behind at most one short forward (the median), a few behind one tail forward (the
+//! 99th percentile), and batch work keeps most of its rate (README, "Scheduling").
 //!
 //! A panic in the Router is a bug that leaves its queue in an unknown state: the Router fails
 //! every request it holds, tells the Supervisor, and the server stops with exit 1 (the README's
@@ -21,14 +43,14 @@ use tokio::sync::oneshot;
 
 use super::{
     ActorId, ActorState, ActorTable, Admission, InferError, Lifecycle, Permit,
-    batcher::{Answered, Batch, Budget, Dropped, Queue},
+    batcher::{Answered, Batch, Budget, Cost, Dropped, Priority, Queue, Shape},
     metrics::{Recorder, Stage},
-    model_worker::{Forward, ForwardOutput, ModelWorker},
+    model_worker::{Forward, ForwardOutput, MeasuredCost, ModelWorker},
     supervisor::{InjectFault, Shutdown, StopReason, Supervisor},
     tokenizer::{Decode, Inspect, Tokenize, Tokenized, TokenizerActor},
 };
 use crate::{
-    config::Batching,
+    config::{Batching, LatencyBudget},
     fault::Fault,
     model::{Direction, ModelSpec, Task, TextInput, bert::Padded, normalize_l2},
 };
@@ -64,7 +86,28 @@ pub struct Embed {
     pub deadline: Instant,
     /// The request's admission; released with its work.
     pub permit: Permit,
+    /// How urgent it is; `None`: interactive up to `batching.interactive_max_texts` texts,
+    /// batch beyond.
+    pub priority: Option<Priority>,
 }
+
+/// With `batching.latency_budget_ms: auto`, the budget is this many times the expected forward
+/// of one [`AUTO_BUDGET_TOKENS`]-token text: most queries then wait about one budget behind
+/// batch work, a few times their own forward (README, "Scheduling").
+pub const AUTO_BUDGET_FORWARDS: u32 = 3;
+/// With `batching.tail_budget_ms: auto`, the tail budget is this many times the expected
+/// forward of one [`AUTO_BUDGET_TOKENS`]-token text: long enough that its fixed cost is a small
+/// part of it, short enough that a query behind it stays within 20 times its latency alone.
+pub const AUTO_TAIL_FORWARDS: u32 = 12;
+/// The short text of [`AUTO_BUDGET_FORWARDS`], in tokens.
+pub const AUTO_BUDGET_TOKENS: usize = 16;
+/// A held worker waits at most this fraction of the latency budget for the next query.
+const HOLD_FRACTION: u32 = 4;
+/// Weight of the newest gap in the smoothed gap between an answer and the next query.
+const GAP_SMOOTHING: f64 = 0.2;
+/// Weight of the newest interactive request in the smoothed share of them that found a long
+/// forward running.
+const DELAYED_SMOOTHING: f64 = 0.1;
 
 /// Where one request's time went.
 #[derive(Debug, Clone, Copy, Default)]
@@ -121,8 +164,28 @@ struct Pending {
     _permit: Permit,
 }
 
+/// What the Router knows of interactive traffic (for the latency budget and the hold).
+#[derive(Debug, Default)]
+struct Interactive {
+    /// Interactive requests accepted and still being tokenized (not yet queued).
+    tokenizing: usize,
+    /// When the last of those was accepted.
+    accepted: Option<Instant>,
+    /// When an interactive request was last accepted or answered.
+    seen: Option<Instant>,
+    /// When an interactive request was last answered.
+    answered: Option<Instant>,
+    /// The smoothed gap between an interactive answer and the next interactive request,
+    /// seconds; `None` until one was seen.
+    gap: Option<f64>,
+    /// The smoothed share of interactive requests that found a forward longer than the latency
+    /// budget running and no worker free (0 to 1).
+    delayed: f64,
+}
+
 /// A request the Router accepted, while its texts are being tokenized.
 struct Accepted {
+    priority: Priority,
     reply: oneshot::Sender<Answer>,
     handoff: Duration,
     normalize: bool,
@@ -137,6 +200,11 @@ struct Accepted {
 struct Slot {
     addr: Addr<ModelWorker>,
     busy: bool,
+    /// Its batch is expected to take longer than the latency budget (a tail forward, or a full
+    /// one while no interactive request was about).
+    long: bool,
+    /// Only takes batches of interactive texts (`batching.reserved_interactive_instances`).
+    reserved: bool,
 }
 
 /// The Router actor.
@@ -156,6 +224,12 @@ pub struct Router {
     max_wait: Duration,
     /// The pending `max_wait_ms` timer, if a batch is being held.
     wait_timer: Option<SpawnHandle>,
+    /// What a forward costs, once a worker has told (then rescaled by every forward).
+    cost: Option<Cost>,
+    /// What the Router knows of interactive traffic.
+    interactive: Interactive,
+    /// The pending end of a hold for the next query, if a worker is being held.
+    hold_timer: Option<SpawnHandle>,
     /// Set after a panic: the Router holds nothing and refuses everything until it stops.
     failed: bool,
 }
@@ -175,19 +249,35 @@ impl Router {
         table: Arc<ActorTable>,
         supervisor: Addr<Supervisor>,
     ) -> Router {
+        // At least one worker takes batch work (the configuration checks it too).
+        let reserved = batching
+            .reserved_interactive_instances
+            .min(workers.len().saturating_sub(1));
         Router {
             id: ActorId::Router(index),
             tokenizers,
             workers: workers
                 .into_iter()
-                .map(|addr| Slot { addr, busy: false })
+                .enumerate()
+                .map(|(i, addr)| Slot {
+                    addr,
+                    busy: false,
+                    long: false,
+                    reserved: i < reserved,
+                })
                 .collect(),
-            queue: Queue::new(Budget {
-                max_batch_size: batching.max_batch_size,
-                max_batch_tokens: batching.max_batch_tokens,
-            }),
+            queue: Queue::new(
+                Budget {
+                    max_batch_size: batching.max_batch_size,
+                    max_batch_tokens: batching.max_batch_tokens,
+                },
+                Duration::from_secs_f64(batching.aging_ms / 1000.0),
+            ),
             max_wait: Duration::from_secs_f64(batching.max_wait_ms / 1000.0),
             wait_timer: None,
+            cost: None,
+            interactive: Interactive::default(),
+            hold_timer: None,
             failed: false,
             batching,
             spec,
@@ -222,6 +312,7 @@ impl Router {
     /// A request's texts are back from a tokenizer: queue them.
     fn enqueue(&mut self, tokenized: Result<Tokenized, InferError>, accepted: Accepted) {
         let Accepted {
+            priority,
             reply,
             handoff,
             normalize,
@@ -231,6 +322,9 @@ impl Router {
             deadline,
             permit,
         } = accepted;
+        if priority == Priority::Interactive {
+            self.interactive.tokenizing -= 1;
+        }
         let tokenized = match tokenized {
             Ok(t) => t,
             Err(e) => {
@@ -270,8 +364,13 @@ impl Router {
             _permit: permit,
         };
         let fault = pending.fault;
-        self.queue
-            .push(pending, tokenized.encodings, deadline, Instant::now());
+        self.queue.push(
+            pending,
+            priority,
+            tokenized.encodings,
+            deadline,
+            Instant::now(),
+        );
         // Faults a test asks for, once the request is queued (a panic then answers it too).
         match fault {
             Some(Fault::RouterPanic) => panic!("injected router fault"),
@@ -320,10 +419,113 @@ impl Router {
         }
     }
 
-    /// Gives every idle worker a batch while texts are queued, without waiting.
+    /// The latency budget, when there is one: `batching.latency_budget_ms`, or with `auto`
+    /// [`AUTO_BUDGET_FORWARDS`] × the expected forward of a short text (none until a worker has
+    /// told what a forward costs).
+    fn latency_budget(&self) -> Option<Duration> {
+        match self.batching.latency_budget_ms {
+            LatencyBudget::Millis(ms) if ms > 0.0 => Some(Duration::from_secs_f64(ms / 1000.0)),
+            LatencyBudget::Millis(_) => None,
+            LatencyBudget::Auto => self
+                .cost
+                .map(|c| c.estimate(AUTO_BUDGET_TOKENS) * AUTO_BUDGET_FORWARDS),
+        }
+    }
+
+    /// The tail budget: `batching.tail_budget_ms`, or with `auto` [`AUTO_TAIL_FORWARDS`] × the
+    /// expected forward of a short text; none without a latency budget.
+    fn tail_budget(&self) -> Option<Duration> {
+        self.latency_budget()?;
+        match self.batching.tail_budget_ms {
+            LatencyBudget::Millis(ms) if ms > 0.0 => Some(Duration::from_secs_f64(ms / 1000.0)),
+            LatencyBudget::Millis(_) => None,
+            LatencyBudget::Auto => self
+                .cost
+                .map(|c| c.estimate(AUTO_BUDGET_TOKENS) * AUTO_TAIL_FORWARDS),
+        }
+    }
+
+    /// Whether the next forward of batch work may run up to the tail budget (see the module's
+    /// documentation): no interactive text waits or is being tokenized, and fewer than
+    /// `batching.tail_share` of the interactive requests lately found a long forward running.
+    fn tail_allowed(&self) -> bool {
+        self.queue.waiting_interactive() == 0
+            && self.interactive.tokenizing == 0
+            && self.interactive.delayed < self.batching.tail_share
+            && self.tail_budget().is_some()
+    }
+
+    /// What shapes the next batch for worker `w` at `now`.
+    fn shape(&self, now: Instant, w: usize) -> Shape {
+        let reserved = self.workers[w].reserved;
+        let window = Duration::from_secs_f64(self.batching.interactive_window_ms / 1000.0);
+        let i = &self.interactive;
+        let latency = if !reserved
+            && self.workers.iter().any(|s| s.reserved)
+            && self.queue.waiting_interactive() == 0
+        {
+            // Queries have a worker of their own: the others run batch work at full size.
+            None
+        } else if self.tail_allowed() {
+            self.tail_budget()
+        } else {
+            self.latency_budget()
+        };
+        Shape {
+            latency: latency.zip(self.cost),
+            interactive_recent: i.tokenizing > 0
+                || i.seen
+                    .is_some_and(|t| now.saturating_duration_since(t) < window),
+            interactive_only: reserved,
+        }
+    }
+
+    /// Until when the last idle worker should wait for an interactive request rather than take
+    /// batch work (see the module's documentation); `None`: no hold.
+    fn hold_until(&self, now: Instant) -> Option<Instant> {
+        if self.queue.waiting_interactive() > 0
+            || self.workers.iter().any(|s| s.reserved)
+            || self.tail_allowed()
+        {
+            return None;
+        }
+        let hold = self.latency_budget()? / HOLD_FRACTION;
+        let i = &self.interactive;
+        let until = if i.tokenizing > 0 {
+            i.accepted? + hold
+        } else if i.gap.is_none_or(|g| g < hold.as_secs_f64()) {
+            i.answered? + hold
+        } else {
+            return None;
+        };
+        (now < until).then_some(until)
+    }
+
+    /// Gives every idle worker a batch while texts are queued, without waiting (but for a hold
+    /// for the next query).
     fn dispatch_now(&mut self, ctx: &mut Context<Self>) {
-        while let Some(w) = self.workers.iter().position(|s| !s.busy) {
-            let Some(batch) = self.queue.next_batch() else {
+        let now = Instant::now();
+        let hold = self.hold_until(now);
+        loop {
+            let idle: Vec<usize> = (0..self.workers.len())
+                .filter(|&w| !self.workers[w].busy)
+                .collect();
+            // A held worker: the last idle one stays free for the query on its way.
+            if hold.is_some() && idle.len() <= 1 {
+                break;
+            }
+            // Reserved workers first (they take interactive texts only), then the others.
+            let mut order = idle;
+            order.sort_by_key(|&w| !self.workers[w].reserved);
+            let mut next = None;
+            for w in order {
+                let shape = self.shape(now, w);
+                if let Some(batch) = self.queue.next_batch(now, shape) {
+                    next = Some((w, batch));
+                    break;
+                }
+            }
+            let Some((w, batch)) = next else {
                 break;
             };
             // The batch is padded here, so the worker only turns it into tensors and runs it.
@@ -331,7 +533,7 @@ impl Router {
             let tokens: usize = batch.texts.iter().map(|t| t.len()).sum();
             self.metrics
                 .batch(padded.rows, padded.padded_tokens(), tokens);
-            // The batch is a child of its oldest request's `inference` span and links to the
+            // The batch is a child of its leading request's `inference` span and links to the
             // other requests it serves (so one request's trace holds its batches).
             let mut fault = None;
             let mut parent = None;
@@ -370,6 +572,12 @@ impl Router {
                 Vec::new()
             };
             self.workers[w].busy = true;
+            let padded_tokens = padded.padded_tokens();
+            // A query arriving while this runs (and no worker is free) counts as delayed.
+            self.workers[w].long = self
+                .cost
+                .zip(self.latency_budget())
+                .is_some_and(|(c, budget)| c.estimate(padded_tokens) > budget);
             let send = self.workers[w].addr.send(Forward {
                 batch: padded,
                 span,
@@ -380,21 +588,38 @@ impl Router {
             ctx.spawn(
                 actix::fut::wrap_future(send).map(move |result, act: &mut Router, ctx| {
                     act.workers[w].busy = false;
+                    act.workers[w].long = false;
                     let result =
                         result.unwrap_or(Err(InferError::Gone(super::ActorKind::ModelWorker)));
                     act.guarded("completing a batch", |act| {
-                        act.complete(batch, result);
+                        act.complete(batch, padded_tokens, result);
                         act.dispatch(ctx);
                     });
                 }),
             );
         }
+        if let Some(until) = hold
+            && self.queue.waiting() > 0
+            && self.hold_timer.is_none()
+        {
+            // When the hold is over (what it waited for did not come in time), dispatch again;
+            // a later answer may start a new hold.
+            self.hold_timer = Some(ctx.run_later(until - now, |act, ctx| {
+                act.hold_timer = None;
+                act.guarded("dispatching", |act| act.dispatch(ctx));
+            }));
+        }
         self.metrics.queue_depth(self.queue.waiting());
     }
 
     /// Hands a finished batch's rows to their requests and answers each request whose last
-    /// row this was; a failed batch fails its requests.
-    fn complete(&mut self, batch: Batch, result: Result<ForwardOutput, InferError>) {
+    /// row this was; a failed batch fails its requests. A forward that ran rescales the cost.
+    fn complete(
+        &mut self,
+        batch: Batch,
+        padded_tokens: usize,
+        result: Result<ForwardOutput, InferError>,
+    ) {
         let out = match result {
             Ok(out) => out,
             Err(e) => {
@@ -405,6 +630,9 @@ impl Router {
             }
         };
         self.metrics.stage(Stage::Inference, out.elapsed);
+        if let Some(c) = &mut self.cost {
+            c.observe(padded_tokens, out.elapsed);
+        }
         let (done, failed) = self.queue.complete(
             batch,
             out.embeddings,
@@ -419,6 +647,11 @@ impl Router {
             }));
         }
         for a in done {
+            if a.priority == Priority::Interactive {
+                let now = Instant::now();
+                self.interactive.answered = Some(now);
+                self.interactive.seen = Some(now);
+            }
             self.answer(a);
         }
     }
@@ -427,6 +660,7 @@ impl Router {
         let Answered {
             data: p,
             mut rows,
+            priority,
             enqueued,
             first_start,
             last_end,
@@ -445,6 +679,7 @@ impl Router {
         self.metrics.stage(Stage::Queue, timings.queue);
         self.metrics.stage(Stage::Handoff, timings.handoff);
         self.metrics.stage(Stage::Total, timings.total);
+        self.metrics.priority(priority, rows.len(), &timings);
         tracing::debug!(
             parent: &p.span,
             texts = rows.len(),
@@ -487,7 +722,30 @@ impl Router {
         }
         let (reply, rx) = oneshot::channel();
         let now = Instant::now();
+        let priority = msg
+            .priority
+            .unwrap_or(if adding <= self.batching.interactive_max_texts {
+                Priority::Interactive
+            } else {
+                Priority::Batch
+            });
+        if priority == Priority::Interactive {
+            // It waits behind a long forward when every worker is busy and one runs long.
+            let delayed =
+                self.workers.iter().all(|s| s.busy) && self.workers.iter().any(|s| s.long);
+            let i = &mut self.interactive;
+            i.delayed += DELAYED_SMOOTHING * (f64::from(u8::from(delayed)) - i.delayed);
+            if let Some(answered) = i.answered {
+                let gap = now.saturating_duration_since(answered).as_secs_f64();
+                let g = i.gap.get_or_insert(gap);
+                *g += GAP_SMOOTHING * (gap - *g);
+            }
+            i.tokenizing += 1;
+            i.accepted = Some(now);
+            i.seen = Some(now);
+        }
         let accepted = Accepted {
+            priority,
             reply,
             handoff: now.saturating_duration_since(msg.sent),
             // A classifier's rows are logits, and token states are raw: never normalised,
@@ -524,8 +782,31 @@ impl Router {
 impl Actor for Router {
     type Context = Context<Self>;
 
-    fn started(&mut self, _ctx: &mut Self::Context) {
+    fn started(&mut self, ctx: &mut Self::Context) {
         self.table.set(self.id, ActorState::Idle);
+        // What a forward costs, as the first worker timed it after its warm-up.
+        if let Some(worker) = self.workers.first() {
+            let ask = worker.addr.send(MeasuredCost);
+            ctx.spawn(
+                actix::fut::wrap_future(ask).map(|cost, act: &mut Router, _| {
+                    if act.cost.is_none() {
+                        act.cost = cost.ok().flatten();
+                        if let Some(c) = act.cost {
+                            tracing::info!(
+                                model = %act.spec.name,
+                                per_forward_ms = c.per_forward().as_secs_f64() * 1e3,
+                                per_token_us = c.per_token().as_secs_f64() * 1e6,
+                                latency_budget_ms = act
+                                    .latency_budget()
+                                    .map(|b| b.as_secs_f64() * 1e3),
+                                tail_budget_ms = act.tail_budget().map(|b| b.as_secs_f64() * 1e3),
+                                "forward cost measured"
+                            );
+                        }
+                    }
+                }),
+            );
+        }
     }
 
     fn stopped(&mut self, _ctx: &mut Self::Context) {

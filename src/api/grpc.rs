@@ -121,6 +121,7 @@ impl InferenceService for GrpcApi {
                 Some(req.text_pairs)
             };
             let mut job = super::Job::of(req.texts.into_iter().map(Into::into).collect());
+            job.priority = super::priority(req.priority.as_deref(), "priority")?;
             job.pairs = pairs;
             job.normalize = req.normalize;
             job.truncate = req.truncate.unwrap_or(true);
@@ -345,10 +346,11 @@ pub(super) async fn served<Resp, Fut>(
 where
     Fut: std::future::Future<Output = Result<(Resp, usize, Timings), ApiError>>,
 {
-    let call = Call::new(
+    let mut call = Call::new(
         tracing::info_span!("request", transport = "grpc", route, request_id = %id, traceparent = tracing::field::Empty),
         deadline,
     );
+    call.priority = shared.route_priority(route);
     let chosen = call.chosen.clone();
     super::telemetry::continue_trace(&call.span, trace);
     let mut gone = ClientGoneGuard(Some((shared, chosen.clone())));

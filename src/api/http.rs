@@ -59,6 +59,20 @@ impl ResponseError for ApiError {
     }
 }
 
+/// The `X-Priority` header every inference route takes, as the OpenAPI document lists it.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Header)]
+#[allow(dead_code)]
+pub struct XPriority {
+    /// How urgent the request is: `interactive` (or `high`: someone waits for it; it goes
+    /// first) or `batch` (or `low`: indexing; it fills what room is left, and aging keeps it
+    /// from starving). A `priority` field in the body wins. Unset: the route's default
+    /// (`server.route_priorities`), else interactive for at most
+    /// `batching.interactive_max_texts` texts, batch beyond. Anything else is a 400.
+    #[param(rename = "X-Priority", example = "interactive")]
+    x_priority: Option<String>,
+}
+
 /// Parses a JSON body into `T`, naming the field at fault (`inputs[2]: invalid type ...`).
 /// The body must be a JSON object ([`Object`]).
 pub(super) fn typed<T: for<'de> Deserialize<'de>>(body: serde_json::Value) -> Result<T, ApiError> {
@@ -230,8 +244,9 @@ async fn request_id(
 }
 
 /// The opening and closing every HTTP inference route shares: the request's span (with its
-/// `X-Request-Id`), its deadline, dropping the work when the client leaves, TEI's timing
-/// headers, and the outcome in the metrics. `work` gets the request's [`Call`].
+/// `X-Request-Id`), its deadline, its priority (`X-Priority`, else the route's default),
+/// dropping the work when the client leaves, TEI's timing headers, and the outcome in the
+/// metrics. `work` gets the request's [`Call`].
 pub(super) async fn inference<T, Fut>(
     shared: &Shared,
     req: &HttpRequest,
@@ -268,9 +283,20 @@ where
     );
     let chosen = call.chosen.clone();
     super::telemetry::continue_trace(&call.span, TraceContext::from_http(req.headers()));
-    let result = unless_client_gone(req, work(call))
-        .await
-        .map(|s| (s.body, s.texts, s.timings));
+    let header = req
+        .headers()
+        .get("x-priority")
+        .map(|v| v.to_str().unwrap_or("(not ASCII)"));
+    let result = match super::priority(header, "the X-Priority header") {
+        Ok(priority) => {
+            let mut call = call;
+            call.priority = priority.or_else(|| shared.route_priority(route));
+            unless_client_gone(req, work(call))
+                .await
+                .map(|s| (s.body, s.texts, s.timings))
+        }
+        Err(e) => Err(e),
+    };
     super::record(chosen.recorder(shared), "http", &result);
     let (body, _, timings) = result?;
     let mut res = HttpResponse::Ok();

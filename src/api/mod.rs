@@ -34,7 +34,7 @@ use crate::{
         router::{Embed, EmbedOutput, Timings, TokenizerWork, Tokens},
         supervisor::{Shutdown, StopReason, Supervisor},
     },
-    config::Config,
+    config::{Config, Priority},
     model::{Direction, Task, TextInput, device_name},
 };
 use error::{ApiError, ErrorKind};
@@ -172,6 +172,9 @@ pub struct Call {
     /// The model version the request went to, once chosen (its metrics label, the
     /// `X-Model-Version` header).
     pub chosen: Chosen,
+    /// Its priority from the transport (`X-Priority`) or the route's default
+    /// (`server.route_priorities`); a `priority` field in the body ([`Job::priority`]) wins.
+    pub priority: Option<Priority>,
 }
 
 /// Where a [`Call`] notes the model version it went to.
@@ -197,6 +200,7 @@ impl Call {
             span,
             deadline,
             chosen: Chosen::default(),
+            priority: None,
         }
     }
 
@@ -332,6 +336,8 @@ pub struct Job {
     pub direction: Direction,
     /// Every token's state instead of the pooled row.
     pub all_tokens: bool,
+    /// The body's `priority` field; `None`: the call's (header, route), else by size.
+    pub priority: Option<Priority>,
 }
 
 impl Job {
@@ -344,8 +350,18 @@ impl Job {
             truncate: true,
             direction: Direction::Right,
             all_tokens: false,
+            priority: None,
         }
     }
+}
+
+/// Parses a request's priority as the `priority` field or the `X-Priority` header (`source`)
+/// gives it: `interactive` (or `high`), `batch` (or `low`); `None` when absent. A
+/// bad value is a validation error that names the accepted values.
+pub fn priority(value: Option<&str>, source: &str) -> Result<Option<Priority>, ApiError> {
+    value
+        .map(|v| Priority::parse(v).map_err(|e| ApiError::validation(format!("{source}: {e}"))))
+        .transpose()
 }
 
 /// Parses `truncation_direction`: `right` or `left`, or TEI's own spellings `Right` and `Left`
@@ -444,7 +460,12 @@ impl Shared {
     /// `server.max_concurrent_requests` (admission control, before any queue). Dropping the
     /// returned future cancels the request's queued work.
     pub async fn infer(&self, m: &Served, job: Job, call: Call) -> Result<EmbedOutput, ApiError> {
-        let Call { span, deadline, .. } = call;
+        let Call {
+            span,
+            deadline,
+            priority,
+            ..
+        } = call;
         if let Some(p) = &job.pairs {
             if p.len() != job.inputs.len() {
                 return Err(ApiError::validation(format!(
@@ -473,6 +494,7 @@ impl Shared {
                 sent: Instant::now(),
                 deadline: deadline.at,
                 permit,
+                priority: job.priority.or(priority),
             })
             .await
             .map_err(|_| ApiError::shutting_down())??;
@@ -583,6 +605,11 @@ impl Shared {
             limit,
             source,
         }
+    }
+
+    /// The priority `server.route_priorities` gives requests of `route` that name none.
+    pub fn route_priority(&self, route: &str) -> Option<Priority> {
+        self.config.server.route_priorities.get(route).copied()
     }
 
     /// Model `m`'s facts for `/info` and `ModelInfo`.

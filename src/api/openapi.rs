@@ -21,6 +21,9 @@ use utoipa::OpenApi;
 use super::{Shared, error::ErrorKind, http, predict, tei};
 use crate::{actors::models::Pick, model::Task};
 
+/// The spellings of a priority, in the `priority` field and the `X-Priority` header.
+const PRIORITIES: [&str; 4] = ["interactive", "high", "batch", "low"];
+
 /// The skeleton: every route of [`http::ROUTES`] but the document itself.
 #[derive(OpenApi)]
 #[openapi(
@@ -169,6 +172,17 @@ pub fn document(contract: &Contract) -> Value {
     for (path, item) in paths.iter_mut() {
         for (method, op) in item.as_object_mut().expect("a path item").iter_mut() {
             add_statuses(op, method, path, contract);
+        }
+    }
+    // The `X-Priority` header takes the same closed set as the `priority` field.
+    for item in paths.values_mut() {
+        for op in item.as_object_mut().expect("a path item").values_mut() {
+            let Some(params) = op.get_mut("parameters").and_then(Value::as_array_mut) else {
+                continue;
+            };
+            for p in params.iter_mut().filter(|p| p["name"] == "X-Priority") {
+                p["schema"] = json!({"type": "string", "enum": PRIORITIES});
+            }
         }
     }
     let schemas = doc["components"]["schemas"]
@@ -327,6 +341,12 @@ fn bound_requests(schemas: &mut Map<String, Value>, c: &Contract) {
         "RerankRequest",
     ] {
         prop(schemas, schema, "truncation_direction", direction.clone());
+    }
+    // Priorities (`crate::config::Priority::parse`).
+    let priority = json!({"enum": PRIORITIES.iter().map(|p| json!(p)).chain([Value::Null])
+        .collect::<Vec<_>>()});
+    for schema in ["EmbedRequest", "OpenAiRequest", "PredictRequest"] {
+        prop(schemas, schema, "priority", priority.clone());
     }
     prop(schemas, "SimilarityInput", "source_sentence", text(c));
     prop(
@@ -673,5 +693,42 @@ mod tests {
             doc["paths"]["/embed"]["post"]["security"],
             json!([{"bearer": []}])
         );
+        // Priorities: the body field where bodies refuse unknown fields, and the header on
+        // every inference route served, each as the closed set `Priority::parse` takes.
+        for schema in ["EmbedRequest", "OpenAiRequest", "PredictRequest"] {
+            let field = &doc["components"]["schemas"][schema]["properties"]["priority"];
+            assert!(
+                field["description"]
+                    .as_str()
+                    .is_some_and(|d| d.contains("`interactive`") && d.contains("`batch`")),
+                "{schema}: {field}"
+            );
+            assert_eq!(
+                field["enum"],
+                json!(["interactive", "high", "batch", "low", null]),
+                "{schema}"
+            );
+        }
+        let reranker = document(&contract(vec![facts("r", Task::Reranker)]));
+        for (doc, path) in [
+            (&doc, "/embed"),
+            (&doc, "/v1/embeddings"),
+            (&doc, "/similarity"),
+            (&reranker, "/predict"),
+            (&reranker, "/rerank"),
+        ] {
+            let params = doc["paths"][path]["post"]["parameters"]
+                .as_array()
+                .unwrap_or_else(|| panic!("{path} has parameters"));
+            let header = params
+                .iter()
+                .find(|p| p["name"] == "X-Priority" && p["in"] == "header")
+                .unwrap_or_else(|| panic!("{path}: {params:?}"));
+            assert_eq!(
+                header["schema"]["enum"],
+                json!(["interactive", "high", "batch", "low"]),
+                "{path}"
+            );
+        }
     }
 }

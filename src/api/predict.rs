@@ -186,6 +186,11 @@ pub struct PredictRequest {
     #[serde(default)]
     #[schema(value_type = Option<ClassificationParameters>)]
     pub parameters: Option<Object<ClassificationParameters>>,
+    /// How urgent this request is: `interactive` (or `high`) or `batch` (or `low`); unset: the
+    /// `X-Priority` header, else the route's default, else by size. An actor-infer addition.
+    #[serde(default)]
+    #[schema(example = "interactive")]
+    pub priority: Option<String>,
 }
 
 /// Hugging Face's text-classification parameters.
@@ -260,7 +265,7 @@ pub enum PredictResponse {
 }
 
 /// Classify texts or text pairs (TEI).
-#[utoipa::path(post, path = "/predict", request_body = PredictRequest,
+#[utoipa::path(post, path = "/predict", params(super::http::XPriority), request_body = PredictRequest,
     responses((status = 200, description = "Labelled scores, highest first", body = PredictResponse),
               (status = 400, description = "Invalid request", body = super::http::ErrorBody)))]
 pub async fn predict(
@@ -309,6 +314,7 @@ pub async fn predict_route(
             }
         }
         let mut job = Job::of(texts);
+        job.priority = super::priority(body.priority.as_deref(), "priority")?;
         job.pairs = any_pair.then_some(pairs);
         job.truncate = body.truncate.unwrap_or(true);
         job.direction = super::direction(body.truncation_direction.as_deref())?;
@@ -372,7 +378,7 @@ pub async fn rerank_pairs(
 }
 
 /// Rank texts by relevance to a query with the cross-encoder (TEI).
-#[utoipa::path(post, path = "/rerank", request_body = RerankRequest,
+#[utoipa::path(post, path = "/rerank", params(super::http::XPriority), request_body = RerankRequest,
     responses((status = 200, description = "Highest score first", body = Vec<Ranked>),
               (status = 400, description = "Invalid request", body = super::http::ErrorBody)))]
 pub async fn rerank(

@@ -158,6 +158,13 @@ pub struct EmbedRequest {
     /// `huggingface_hub`'s `feature_extraction` may ask for it).
     #[serde(default)]
     pub encoding_format: Option<String>,
+    /// How urgent this request is: `interactive` (or `high`: someone waits, it goes first) or
+    /// `batch` (or `low`: indexing, it fills what room is left and never starves). Unset: the
+    /// `X-Priority` header, else the route's default, else interactive for at most
+    /// `batching.interactive_max_texts` texts. An actor-infer addition.
+    #[serde(default)]
+    #[schema(example = "interactive")]
+    pub priority: Option<String>,
 }
 
 /// TEI's `POST /embed_all` (and `/embed_sparse`, refused).
@@ -198,6 +205,11 @@ pub struct OpenAiRequest {
     #[serde(default)]
     #[allow(dead_code)]
     pub user: Option<String>,
+    /// How urgent this request is: `interactive` (or `high`) or `batch` (or `low`); unset: the
+    /// `X-Priority` header, else the route's default, else by size. An actor-infer addition.
+    #[serde(default)]
+    #[schema(example = "batch")]
+    pub priority: Option<String>,
 }
 
 /// One embedding as OpenAI answers it.
@@ -367,6 +379,7 @@ pub async fn embed_rows(
 ) -> Result<crate::actors::router::EmbedOutput, ApiError> {
     super::require(m, &[Task::Embedding], "/embed, /v1/embeddings, gRPC Embed")?;
     let mut job = Job::of(shared.prompted(m, inputs, options.prompt_name.as_deref())?);
+    job.priority = options.priority;
     job.normalize = Some(false);
     job.truncate = options.truncate.unwrap_or(true);
     job.direction = super::direction(options.truncation_direction.as_deref())?;
@@ -396,10 +409,12 @@ pub struct EmbedOptions {
     pub prompt_name: Option<String>,
     /// Matryoshka width.
     pub dimensions: Option<usize>,
+    /// The body's `priority` field.
+    pub priority: Option<crate::config::Priority>,
 }
 
 /// Get embeddings (TEI).
-#[utoipa::path(post, path = "/embed", request_body = EmbedRequest,
+#[utoipa::path(post, path = "/embed", params(super::http::XPriority), request_body = EmbedRequest,
     responses((status = 200, description = "One embedding per input", body = Vec<Vec<f32>>),
               (status = 400, description = "Invalid request", body = super::http::ErrorBody)))]
 pub async fn embed(
@@ -426,6 +441,7 @@ async fn embed_body(
         truncation_direction: body.truncation_direction,
         prompt_name: body.prompt_name,
         dimensions: body.dimensions,
+        priority: super::priority(body.priority.as_deref(), "priority")?,
     };
     let m = call.model(shared, Pick::Default(Task::Embedding))?;
     let out = embed_rows(shared, &m, body.inputs.0, options, call).await?;
@@ -464,7 +480,7 @@ fn encoded(v: Vec<f32>, base64: bool) -> serde_json::Value {
 }
 
 /// Get every token's embedding, without pooling (TEI).
-#[utoipa::path(post, path = "/embed_all", request_body = EmbedAllRequest,
+#[utoipa::path(post, path = "/embed_all", params(super::http::XPriority), request_body = EmbedAllRequest,
     responses((status = 200, description = "Per input, one vector per token", body = Vec<Vec<Vec<f32>>>),
               (status = 400, description = "Invalid request", body = super::http::ErrorBody)))]
 pub async fn embed_all(
@@ -532,7 +548,7 @@ pub async fn embed_sparse(shared: web::Data<Shared>) -> Result<HttpResponse, Api
 }
 
 /// OpenAI's embeddings route (also at `/embeddings`, as TEI serves it).
-#[utoipa::path(post, path = "/v1/embeddings", request_body = OpenAiRequest,
+#[utoipa::path(post, path = "/v1/embeddings", params(super::http::XPriority), request_body = OpenAiRequest,
     responses((status = 200, description = "Embeddings", body = OpenAiResponse),
               (status = 400, description = "Invalid request", body = super::http::ErrorBody)))]
 pub async fn openai_embeddings(
@@ -545,6 +561,7 @@ pub async fn openai_embeddings(
         let base64 = base64_format(body.encoding_format.as_deref())?;
         let options = EmbedOptions {
             dimensions: body.dimensions,
+            priority: super::priority(body.priority.as_deref(), "priority")?,
             ..Default::default()
         };
         // Any name is taken while one model is served, as TEI does: OpenAI clients send a
@@ -596,7 +613,7 @@ fn cosines(rows: &[Vec<f32>]) -> Vec<f32> {
 
 /// Sentence similarity (TEI; Hugging Face's task): the cosine of the source sentence with each
 /// of the others.
-#[utoipa::path(post, path = "/similarity", request_body = SimilarityRequest,
+#[utoipa::path(post, path = "/similarity", params(super::http::XPriority), request_body = SimilarityRequest,
     responses((status = 200, description = "One cosine similarity per sentence", body = Vec<f32>),
               (status = 400, description = "Invalid request", body = super::http::ErrorBody)))]
 pub async fn similarity(
@@ -751,7 +768,7 @@ pub async fn decode(
 /// (or `/similarity` when the body is a sentence-similarity request, which TEI only does when
 /// started with `TASK=sentence-similarity`), `/predict` for a classifier, `/rerank` for a
 /// reranker (or `/predict` when the body has `inputs`). Also at `/invocations` (SageMaker).
-#[utoipa::path(post, path = "/", request_body = serde_json::Value,
+#[utoipa::path(post, path = "/", params(super::http::XPriority), request_body = serde_json::Value,
     responses((status = 200, description = "What /embed, /similarity, /predict or /rerank answers"),
               (status = 400, description = "Invalid request", body = super::http::ErrorBody)))]
 pub async fn default_route(
@@ -789,7 +806,7 @@ pub async fn default_route(
 }
 
 /// SageMaker's name for [`default_route`].
-#[utoipa::path(post, path = "/invocations", request_body = serde_json::Value,
+#[utoipa::path(post, path = "/invocations", params(super::http::XPriority), request_body = serde_json::Value,
     responses((status = 200, description = "As POST /"),
               (status = 400, description = "Invalid request", body = super::http::ErrorBody)))]
 pub async fn invocations(
@@ -801,7 +818,7 @@ pub async fn invocations(
 }
 
 /// OpenAI's embeddings route without its `/v1` (as TEI serves it too).
-#[utoipa::path(post, path = "/embeddings", request_body = OpenAiRequest,
+#[utoipa::path(post, path = "/embeddings", params(super::http::XPriority), request_body = OpenAiRequest,
     responses((status = 200, description = "Embeddings", body = OpenAiResponse),
               (status = 400, description = "Invalid request", body = super::http::ErrorBody)))]
 pub async fn embeddings(

@@ -137,6 +137,7 @@ async fn embed(
         truncation_direction: direction(req.truncation_direction),
         prompt_name: req.prompt_name,
         dimensions: None,
+        priority: super::priority(req.priority.as_deref(), "priority")?,
     };
     let m = call.model(&shared, Pick::Default(Task::Embedding))?;
     let out = tei::embed_rows(

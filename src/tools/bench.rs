@@ -89,12 +89,29 @@ pub struct BenchArgs {
     /// inference?
     #[arg(long, default_value_t = 0)]
     pub flood_metrics: usize,
+    /// An HTTP header sent with every request, `NAME: VALUE` (repeatable), e.g.
+    /// `--header 'X-Priority: interactive'`; HTTP only.
+    #[arg(long = "header", value_name = "NAME: VALUE", value_parser = parse_header)]
+    pub headers: Vec<(String, String)>,
     /// No server: the raw in-process forward of the experiment's model, per batch size.
     #[arg(long)]
     pub raw: bool,
     /// Batch sizes for --raw.
     #[arg(long, value_delimiter = ',', default_value = "1,2,4,8,16,32,64")]
     pub batch_sizes: Vec<usize>,
+}
+
+/// Parses `--header NAME: VALUE`.
+fn parse_header(s: &str) -> Result<(String, String), String> {
+    let (name, value) = s
+        .split_once(':')
+        .ok_or_else(|| format!("`{s}` is not `NAME: VALUE`"))?;
+    let (name, value) = (name.trim(), value.trim());
+    reqwest::header::HeaderName::from_bytes(name.as_bytes())
+        .map_err(|e| format!("`{name}` is not a header name: {e}"))?;
+    reqwest::header::HeaderValue::from_str(value)
+        .map_err(|e| format!("`{value}` is not a header value: {e}"))?;
+    Ok((name.to_string(), value.to_string()))
 }
 
 /// The settled plan.
@@ -286,9 +303,20 @@ async fn drive(args: &BenchArgs, plan: Plan, host: String, http_port: u16, grpc_
     let stop = Arc::new(AtomicBool::new(false));
     let plan = Arc::new(plan);
     let start = Instant::now();
+    let headers: reqwest::header::HeaderMap = args
+        .headers
+        .iter()
+        .map(|(n, v)| {
+            (
+                reqwest::header::HeaderName::from_bytes(n.as_bytes()).expect("checked by clap"),
+                reqwest::header::HeaderValue::from_str(v).expect("checked by clap"),
+            )
+        })
+        .collect();
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(plan.concurrency)
         .tcp_nodelay(true)
+        .default_headers(headers)
         .build()
         .expect("an HTTP client");
     let mut channels = Vec::new();
