@@ -54,6 +54,7 @@ test-docker:
 ## bench: the server against the raw in-process model, ratios in one table (README figures)
 bench: build
 	bash scripts/bench.sh
+	bash scripts/bench-access-log.sh
 
 clean:
 	$(CARGO) clean

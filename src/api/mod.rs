@@ -2,12 +2,14 @@
 //! into typed [`Embed`] messages for the Router through [`Shared::infer`], so validation, the
 //! refusal rules and the errors ([`error`]) are the same on both.
 
+pub mod access;
 pub mod error;
 pub mod grpc;
 pub mod http;
 pub mod oip;
 pub mod openapi;
 pub mod predict;
+pub mod quantized;
 pub mod tei;
 pub mod tei_grpc;
 pub mod telemetry;
@@ -172,6 +174,8 @@ pub struct Call {
     /// The model version the request went to, once chosen (its metrics label, the
     /// `X-Model-Version` header).
     pub chosen: Chosen,
+    /// What its access line will say (tokens, texts, timings, trace id).
+    pub detail: access::Detail,
 }
 
 /// Where a [`Call`] notes the model version it went to.
@@ -197,6 +201,7 @@ impl Call {
             span,
             deadline,
             chosen: Chosen::default(),
+            detail: access::Detail::default(),
         }
     }
 
@@ -444,7 +449,12 @@ impl Shared {
     /// `server.max_concurrent_requests` (admission control, before any queue). Dropping the
     /// returned future cancels the request's queued work.
     pub async fn infer(&self, m: &Served, job: Job, call: Call) -> Result<EmbedOutput, ApiError> {
-        let Call { span, deadline, .. } = call;
+        let Call {
+            span,
+            deadline,
+            detail,
+            ..
+        } = call;
         if let Some(p) = &job.pairs {
             if p.len() != job.inputs.len() {
                 return Err(ApiError::validation(format!(
@@ -492,6 +502,7 @@ impl Shared {
                 out.embeddings.len()
             )));
         }
+        detail.add_tokens(out.token_counts.iter().map(|&t| u64::from(t)).sum());
         Ok(out)
     }
 
