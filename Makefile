@@ -55,6 +55,7 @@ test-docker:
 bench: build
 	bash scripts/bench.sh
 	bash scripts/bench-priority.sh
+	bash scripts/bench-access-log.sh
 
 clean:
 	$(CARGO) clean

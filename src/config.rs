@@ -838,6 +838,13 @@ pub struct Logging {
     /// A `tracing` filter, e.g. `info` or `actor_infer=debug,info`. `RUST_LOG` wins if set.
     #[serde(default = "default_log_level")]
     pub level: String,
+    /// One line per finished request at INFO (target `actor_infer::access`).
+    #[serde(default = "default_true")]
+    pub access_log: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_log_level() -> String {
@@ -849,6 +856,7 @@ impl Default for Logging {
         Self {
             format: LogFormat::Text,
             level: default_log_level(),
+            access_log: true,
         }
     }
 }

@@ -141,3 +141,28 @@ fn teis_grpc_api_with_a_client_generated_from_its_proto() {
     ]));
     server.stop_clean();
 }
+
+/// openai with `extra_body={"output_dtype": ...}` on a server calibrated with ranges
+/// sentence-transformers computed: its quantization of its own embeddings comes back.
+#[test]
+fn openai_client_quantized_output_types_through_extra_body() {
+    let ranges = common::root().join("tests/fixtures/quantize/minilm-ranges-f32.npy");
+    let server = Server::start(experiment(&format!(
+        "model:\n  path: {}\n  device: cpu\n  quantization:\n    ranges_file: {}\n",
+        common::default_model().display(),
+        ranges.display()
+    )));
+    let figures = check(&[
+        "openai-quantized",
+        &server.http,
+        &reference(),
+        ranges.to_str().unwrap(),
+    ]);
+    // The binary types may differ only where a component is within the parity tolerance of
+    // 0, which the script checks; a handful at most.
+    for p in ["binary", "ubinary"] {
+        let off = figures[&format!("{p}_values_off")].as_u64().unwrap();
+        assert!(off <= 4, "{p}: {off} bytes differ");
+    }
+    server.stop_clean();
+}

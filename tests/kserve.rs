@@ -477,3 +477,58 @@ async fn v2_infer_answers_504_past_its_deadline() {
     );
     server.stop_clean();
 }
+
+/// tritonclient asking for the quantized outputs by name over HTTP JSON, HTTP binary tensors
+/// and gRPC, from a server calibrated with ranges sentence-transformers computed: numpy gets
+/// int8 and uint8 arrays of the right shapes, holding the quantization (`quantize`, proven
+/// byte for byte against sentence-transformers in tests/quantize.rs) of the FP32 embedding
+/// of the same response.
+#[test]
+fn tritonclient_reads_the_quantized_outputs_on_every_transport() {
+    use actor_infer::model::quantize::{Precision, Ranges, quantize, values};
+    let npy = root().join("tests/fixtures/quantize/minilm-ranges-f32.npy");
+    let server = Server::start(experiment(&format!(
+        "model:\n  path: {}\n  device: cpu\n  quantization:\n    ranges_file: {}\n",
+        common::default_model().display(),
+        npy.display()
+    )));
+    let ranges = Ranges::read(&npy).unwrap();
+    let cases = reference();
+    let texts: Vec<&str> = cases.iter().map(|c| c.text.as_str()).collect();
+    let outputs = [
+        ("embedding_int8", Precision::Int8, "int8", 384),
+        ("embedding_uint8", Precision::Uint8, "uint8", 384),
+        ("embedding_binary", Precision::Binary, "int8", 48),
+        ("embedding_ubinary", Precision::Ubinary, "uint8", 48),
+    ];
+    let names: Vec<&str> = std::iter::once("embedding")
+        .chain(outputs.iter().map(|o| o.0))
+        .collect();
+    let report = infer(
+        &server,
+        MODEL,
+        json!({ "inputs": { "text": texts }, "outputs": names }),
+    );
+    for t in TRANSPORTS {
+        let r = &report[t]["outputs"];
+        let flat = f32s(&r["embedding"]["data"]);
+        for (name, p, dtype, width) in outputs {
+            let o = &r[name];
+            assert_eq!(o["datatype"], dtype, "{t} {name}: {o}");
+            assert_eq!(o["shape"], json!([cases.len(), width]), "{t} {name}");
+            let got: Vec<i64> = o["data"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_f64().unwrap() as i64)
+                .collect();
+            let want: Vec<i64> = flat
+                .chunks(384)
+                .flat_map(|row| values(&quantize(row, p, Some(&ranges)).unwrap(), p))
+                .map(i64::from)
+                .collect();
+            assert_eq!(got, want, "{t} {name}");
+        }
+    }
+    server.stop_clean();
+}

@@ -544,3 +544,331 @@ fn recall_of_quantized_embeddings() {
         hits[0]
     );
 }
+
+/// POSTs `body` to `path`: the status and the JSON answer.
+fn post(server: &Server, path: &str, body: &serde_json::Value) -> (u16, serde_json::Value) {
+    let (status, text) = common::http_request(
+        &server.http_addr,
+        "POST",
+        path,
+        Some("application/json"),
+        body.to_string().as_bytes(),
+    )
+    .unwrap();
+    let v = serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text));
+    (status, v)
+}
+
+fn ints(v: &serde_json::Value) -> Vec<i16> {
+    v.as_array()
+        .unwrap_or_else(|| panic!("not an array: {v}"))
+        .iter()
+        .map(|x| i16::try_from(x.as_i64().unwrap()).unwrap())
+        .collect()
+}
+
+/// How many values of `got` differ from `want`, asserting none by more than `step`.
+fn differing(got: &[i16], want: &[i16], step: i16, what: &str) -> usize {
+    assert_eq!(got.len(), want.len(), "{what}: widths");
+    let mut n = 0;
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        assert!((g - w).abs() <= step, "{what}[{i}]: {g} against {w}");
+        n += usize::from(g != w);
+    }
+    n
+}
+
+/// What sentence-transformers' quantize_embeddings gives for `rows` (the committed fixtures
+/// prove `quantize` byte for byte against it), as the numbers a JSON client reads.
+fn expected(rows: &[Vec<f32>], p: Precision, ranges: Option<&Ranges>) -> Vec<Vec<i16>> {
+    rows.iter()
+        .map(|r| values(&quantize(r, p, ranges).unwrap(), p))
+        .collect()
+}
+
+/// A server calibrated from the fixture texts, asked for each output type over every protocol
+/// that returns embeddings: what comes back is the quantization of what the same server serves
+/// as float32, with the ranges of the calibration texts' own embeddings (cut and normalised
+/// like the output when `dimensions` asks), one step of int8 allowed for the last bit of a
+/// float; and a type the model cannot give is refused naming what it offers.
+#[tokio::test(flavor = "multi_thread")]
+async fn every_protocol_returns_the_quantized_bytes_of_what_it_serves() {
+    use actor_infer::api::grpc::pb::{
+        InferRequest, inference_service_client::InferenceServiceClient,
+    };
+    let texts: Vec<String> = common::reference()
+        .into_iter()
+        .take(6)
+        .map(|c| c.text)
+        .collect();
+    let exp = experiment(&format!(
+        "model:\n  path: {}\n  device: cpu\n  quantization:\n    calibration_file: {}\n",
+        common::default_model().display(),
+        fixtures().join("minilm-texts.txt").display()
+    ));
+    let server = Server::start(exp);
+    let (calibration, _) = calibration_texts();
+    let served = embed_all(&server, &calibration);
+    let floats_of = |body: serde_json::Value| -> Vec<Vec<f32>> {
+        body.as_array().unwrap().iter().map(floats).collect()
+    };
+    let (status, body) = post(&server, "/embed", &serde_json::json!({ "inputs": texts }));
+    assert_eq!(status, 200, "{body}");
+    let rows = floats_of(body);
+    let full = Ranges::of(&served).unwrap();
+    let mut steps = 0;
+    for p in [
+        Precision::Int8,
+        Precision::Uint8,
+        Precision::Binary,
+        Precision::Ubinary,
+    ] {
+        let want = expected(&rows, p, Some(&full));
+        let (status, body) = post(
+            &server,
+            "/embed",
+            &serde_json::json!({ "inputs": texts, "output_dtype": p.as_str() }),
+        );
+        assert_eq!(status, 200, "{p:?}: {body}");
+        let step = i16::from(p.needs_ranges());
+        for (i, (got, want)) in body.as_array().unwrap().iter().zip(&want).enumerate() {
+            assert_eq!(got.as_array().unwrap().len(), p.row_bytes(384), "{p:?}");
+            steps += differing(&ints(got), want, step, &format!("/embed {p:?} text {i}"));
+        }
+        // OpenAI, as the `openai` client sends it through extra_body.
+        let (status, body) = post(
+            &server,
+            "/v1/embeddings",
+            &serde_json::json!({ "input": texts, "model": "m", "output_dtype": p.as_str(),
+                                 "encoding_format": "float" }),
+        );
+        assert_eq!(status, 200, "{p:?}: {body}");
+        for (i, d) in body["data"].as_array().unwrap().iter().enumerate() {
+            differing(
+                &ints(&d["embedding"]),
+                &want[i],
+                step,
+                &format!("openai {p:?} {i}"),
+            );
+        }
+        // base64: the bytes themselves.
+        let (status, body) = post(
+            &server,
+            "/embed",
+            &serde_json::json!({ "inputs": texts, "output_dtype": p.as_str(),
+                                 "encoding_format": "base64" }),
+        );
+        assert_eq!(status, 200, "{p:?}: {body}");
+        for (i, b) in body.as_array().unwrap().iter().enumerate() {
+            use base64::Engine as _;
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(b.as_str().unwrap())
+                .unwrap();
+            differing(
+                &values(&bytes, p),
+                &want[i],
+                step,
+                &format!("base64 {p:?} {i}"),
+            );
+        }
+    }
+    println!("int8/uint8 values one step off the float32 rows' quantization: {steps}");
+    assert!(steps < 20, "{steps} values a step off");
+
+    // Matryoshka: cut to 128 and normalised, then quantized with the ranges of the
+    // calibration embeddings cut and normalised the same way.
+    let cut: Vec<Vec<f32>> = served
+        .iter()
+        .map(|r| {
+            let mut r = r[..128].to_vec();
+            let n = r.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
+            r.iter_mut().for_each(|x| *x /= n);
+            r
+        })
+        .collect();
+    let (status, body) = post(
+        &server,
+        "/embed",
+        &serde_json::json!({ "inputs": texts, "dimensions": 128 }),
+    );
+    assert_eq!(status, 200, "{body}");
+    let rows128 = floats_of(body);
+    let want = expected(&rows128, Precision::Int8, Some(&Ranges::of(&cut).unwrap()));
+    let (status, body) = post(
+        &server,
+        "/embed",
+        &serde_json::json!({ "inputs": texts, "dimensions": 128, "output_dtype": "int8" }),
+    );
+    assert_eq!(status, 200, "{body}");
+    for (i, got) in body.as_array().unwrap().iter().enumerate() {
+        differing(&ints(got), &want[i], 1, &format!("dimensions 128 int8 {i}"));
+    }
+
+    // gRPC Infer: the bytes in `quantized`, no floats.
+    let mut grpc = InferenceServiceClient::connect(server.grpc.clone())
+        .await
+        .unwrap();
+    let res = grpc
+        .infer(InferRequest {
+            texts: texts.clone(),
+            output_dtype: Some("ubinary".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let want = expected(&rows, Precision::Ubinary, None);
+    for (i, o) in res.outputs.iter().enumerate() {
+        assert!(o.embedding.is_empty());
+        assert!(o.token_count > 0);
+        differing(
+            &values(&o.quantized, Precision::Ubinary),
+            &want[i],
+            0,
+            "grpc",
+        );
+    }
+    let err = grpc
+        .infer(InferRequest {
+            texts: texts.clone(),
+            output_dtype: Some("f16".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(
+        err.message()
+            .contains("`f16` is not one of float32, int8, uint8, binary, ubinary"),
+        "{}",
+        err.message()
+    );
+
+    // KServe v2: the quantized outputs when named, with their datatypes and shapes.
+    let (status, meta) = common::http_get(&server.http_addr, "/v2/models/all-MiniLM-L6-v2")
+        .map(|(s, b)| (s, serde_json::from_str::<serde_json::Value>(&b).unwrap()))
+        .unwrap();
+    assert_eq!(status, 200);
+    let outputs: Vec<(String, String, serde_json::Value)> = meta["outputs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| {
+            (
+                o["name"].as_str().unwrap().to_string(),
+                o["datatype"].as_str().unwrap().to_string(),
+                o["shape"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        outputs,
+        vec![
+            (
+                "embedding".into(),
+                "FP32".into(),
+                serde_json::json!([-1, 384])
+            ),
+            (
+                "embedding_int8".into(),
+                "INT8".into(),
+                serde_json::json!([-1, 384])
+            ),
+            (
+                "embedding_uint8".into(),
+                "UINT8".into(),
+                serde_json::json!([-1, 384])
+            ),
+            (
+                "embedding_binary".into(),
+                "INT8".into(),
+                serde_json::json!([-1, 48])
+            ),
+            (
+                "embedding_ubinary".into(),
+                "UINT8".into(),
+                serde_json::json!([-1, 48])
+            ),
+        ]
+    );
+    let request = |names: &[&str]| {
+        serde_json::json!({
+            "inputs": [{"name": "text", "datatype": "BYTES", "shape": [texts.len()],
+                        "data": texts}],
+            "outputs": names.iter().map(|n| serde_json::json!({"name": n})).collect::<Vec<_>>(),
+        })
+    };
+    let (status, body) = post(
+        &server,
+        "/v2/models/all-MiniLM-L6-v2/infer",
+        &request(&["embedding_int8", "embedding_binary"]),
+    );
+    assert_eq!(status, 200, "{body}");
+    let outs = body["outputs"].as_array().unwrap();
+    assert_eq!(outs.len(), 2, "{body}");
+    for (o, p, width) in [
+        (&outs[0], Precision::Int8, 384),
+        (&outs[1], Precision::Binary, 48),
+    ] {
+        assert_eq!(o["datatype"], "INT8");
+        assert_eq!(o["shape"], serde_json::json!([texts.len(), width]));
+        let flat: Vec<i16> = expected(&rows, p, Some(&full)).concat();
+        differing(
+            &ints(&o["data"]),
+            &flat,
+            i16::from(p.needs_ranges()),
+            "kserve",
+        );
+    }
+    // Without `outputs`: the float32 embedding only.
+    let (status, body) = post(
+        &server,
+        "/v2/models/all-MiniLM-L6-v2/infer",
+        &serde_json::json!({"inputs": request(&[])["inputs"]}),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["outputs"].as_array().unwrap().len(), 1, "{body}");
+    assert_eq!(body["outputs"][0]["name"], "embedding");
+    server.stop_clean();
+
+    // Without calibration ranges, int8 and uint8 are refused naming what is missing; the
+    // binary types still work.
+    let server = Server::start(experiment(""));
+    for (path, body) in [
+        (
+            "/embed",
+            serde_json::json!({"inputs": "a", "output_dtype": "int8"}),
+        ),
+        (
+            "/v1/embeddings",
+            serde_json::json!({"input": "a", "output_dtype": "uint8"}),
+        ),
+        (
+            "/v2/models/all-MiniLM-L6-v2/infer",
+            serde_json::json!({"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1],
+                                           "data": ["a"]}],
+                               "outputs": [{"name": "embedding_int8"}]}),
+        ),
+    ] {
+        let (status, answer) = post(&server, path, &body);
+        assert_eq!(status, 400, "{path}: {answer}");
+        let message = answer["error"].as_str().unwrap();
+        assert!(
+            message.contains("needs calibration ranges")
+                && message.contains("model.quantization")
+                && message.contains("float32, binary, ubinary"),
+            "{path}: {message}"
+        );
+    }
+    let (status, body) = post(
+        &server,
+        "/embed",
+        &serde_json::json!({"inputs": texts, "output_dtype": "binary"}),
+    );
+    assert_eq!(status, 200, "{body}");
+    let want = expected(&rows, Precision::Binary, None);
+    for (i, got) in body.as_array().unwrap().iter().enumerate() {
+        differing(&ints(got), &want[i], 0, "uncalibrated binary");
+    }
+    server.stop_clean();
+}

@@ -120,39 +120,60 @@ impl InferenceService for GrpcApi {
             } else {
                 Some(req.text_pairs)
             };
+            let precision = match req.output_dtype.as_deref() {
+                Some(_) if classifier => {
+                    return Err(ApiError::validation(
+                        "output_dtype is for embedding models; this is a classifier",
+                    ));
+                }
+                name => super::quantized::precision(&m, name)?,
+            };
             let mut job = super::Job::of(req.texts.into_iter().map(Into::into).collect());
             job.priority = super::priority(req.priority.as_deref(), "priority")?;
             job.pairs = pairs;
             job.normalize = req.normalize;
             job.truncate = req.truncate.unwrap_or(true);
-            let out = shared.infer(&m, job, call).await?;
+            let mut out = shared.infer(&m, job, call).await?;
             let raw = req.raw_scores.unwrap_or(false);
-            let outputs: Vec<pb::Output> = out
-                .embeddings
-                .into_iter()
-                .zip(out.token_counts)
-                .map(|(row, token_count)| {
-                    if classifier {
-                        pb::Output {
-                            embedding: Vec::new(),
-                            token_count,
-                            predictions: predict::predictions(&row, &m.spec, raw)
-                                .into_iter()
-                                .map(|p| pb::Prediction {
-                                    label: p.label,
-                                    score: p.score,
-                                })
-                                .collect(),
-                        }
-                    } else {
-                        pb::Output {
-                            embedding: row,
-                            token_count,
-                            predictions: Vec::new(),
-                        }
-                    }
-                })
-                .collect();
+            let output = |token_count| pb::Output {
+                embedding: Vec::new(),
+                token_count,
+                predictions: Vec::new(),
+                quantized: Vec::new(),
+            };
+            let outputs: Vec<pb::Output> = if classifier {
+                out.embeddings
+                    .iter()
+                    .zip(&out.token_counts)
+                    .map(|(row, &token_count)| pb::Output {
+                        predictions: predict::predictions(row, &m.spec, raw)
+                            .into_iter()
+                            .map(|p| pb::Prediction {
+                                label: p.label,
+                                score: p.score,
+                            })
+                            .collect(),
+                        ..output(token_count)
+                    })
+                    .collect()
+            } else {
+                let normalized = req.normalize.unwrap_or(m.spec.normalize);
+                let rows = std::mem::take(&mut out.embeddings);
+                super::quantized::rows(&m, rows, precision, normalized)?
+                    .into_iter()
+                    .zip(&out.token_counts)
+                    .map(|(row, &token_count)| match row {
+                        super::quantized::Row::Float(embedding) => pb::Output {
+                            embedding,
+                            ..output(token_count)
+                        },
+                        super::quantized::Row::Quantized(quantized, _) => pb::Output {
+                            quantized,
+                            ..output(token_count)
+                        },
+                    })
+                    .collect()
+            };
             let texts = outputs.len();
             Ok((
                 pb::InferResponse {
@@ -318,12 +339,13 @@ impl GrpcApi {
     {
         let deadline = client_deadline(&self.shared, &request);
         let trace = TraceContext::from_grpc(request.metadata());
+        let peer = request.remote_addr();
         let mut req = request.into_inner();
         let id = match req.take_request_id() {
             id if id.is_empty() => super::new_request_id(),
             id => id,
         };
-        let resp = served(&self.shared, route, &id, deadline, trace, |call| {
+        let resp = served(&self.shared, route, &id, deadline, trace, peer, |call| {
             work(req, call)
         })
         .await?;
@@ -341,22 +363,55 @@ pub(super) async fn served<Resp, Fut>(
     id: &str,
     deadline: super::Deadline,
     trace: Option<TraceContext>,
+    peer: Option<std::net::SocketAddr>,
     work: impl FnOnce(Call) -> Fut,
 ) -> Result<Resp, Status>
 where
     Fut: std::future::Future<Output = Result<(Resp, usize, Timings), ApiError>>,
 {
+    let arrived = std::time::Instant::now();
     let mut call = Call::new(
         tracing::info_span!("request", transport = "grpc", route, request_id = %id, traceparent = tracing::field::Empty),
         deadline,
     );
     call.priority = shared.route_priority(route);
     let chosen = call.chosen.clone();
+    let detail = call.detail.clone();
+    let traceparent = trace.as_ref().map(|t| t.traceparent().to_string());
     super::telemetry::continue_trace(&call.span, trace);
+    detail.trace(super::access::trace_id(traceparent.as_deref(), &call.span));
     let mut gone = ClientGoneGuard(Some((shared, chosen.clone())));
     let result = work(call).await;
     gone.0 = None;
     super::record(chosen.recorder(shared), "grpc", &result);
+    if let Ok((_, texts, timings)) = &result {
+        detail.served(*texts, timings);
+    }
+    if shared.config.logging.access_log {
+        let code = match &result {
+            Ok(_) => tonic::Code::Ok,
+            Err(e) => Status::from(e.clone()).code(),
+        };
+        let error = result.as_ref().err();
+        super::access::Line {
+            transport: "grpc",
+            method: "POST",
+            route,
+            request_id: id,
+            traceparent: None,
+            model: chosen
+                .get()
+                .map(|m| (m.name.clone(), m.version.to_string())),
+            status: format!("{code:?}"),
+            server_error: error.is_some_and(|e| e.kind.http_status() >= 500),
+            error: error.map(|e| (e.kind.as_str(), e.message.as_str())),
+            detail: Some(&detail),
+            elapsed: arrived.elapsed(),
+            client: peer.map(|a| a.to_string()),
+            quiet: false,
+        }
+        .write();
+    }
     let (resp, _, _) = result.map_err(Status::from)?;
     Ok(resp)
 }
@@ -418,6 +473,32 @@ impl tonic::service::Interceptor for ApiKeyCheck {
             Ok(()) => Ok(request),
             Err(e) => {
                 super::record::<()>(&self.shared.recorder, "grpc", &Err(e.clone()));
+                if self.shared.config.logging.access_log {
+                    let route = request
+                        .extensions()
+                        .get::<tonic::GrpcMethod>()
+                        .map(|m| format!("{}/{}", m.service(), m.method()))
+                        .unwrap_or_default();
+                    super::access::Line {
+                        transport: "grpc",
+                        method: "POST",
+                        route: &route,
+                        request_id: &super::new_request_id(),
+                        traceparent: request
+                            .metadata()
+                            .get("traceparent")
+                            .and_then(|v| v.to_str().ok()),
+                        model: None,
+                        status: format!("{:?}", Status::from(e.clone()).code()),
+                        server_error: false,
+                        error: Some((e.kind.as_str(), e.message.as_str())),
+                        detail: None,
+                        elapsed: std::time::Duration::ZERO,
+                        client: request.remote_addr().map(|a| a.to_string()),
+                        quiet: false,
+                    }
+                    .write();
+                }
                 Err(Status::from(e))
             }
         }

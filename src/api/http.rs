@@ -52,10 +52,16 @@ impl ResponseError for ApiError {
         if self.kind == ErrorKind::Unauthenticated {
             res.insert_header(("WWW-Authenticate", "Bearer"));
         }
-        res.json(ErrorBody {
+        let mut res = res.json(ErrorBody {
             error: self.message.clone(),
             error_type: self.kind.as_str(),
-        })
+        });
+        // For the access line.
+        res.extensions_mut().insert(Refused {
+            kind: self.kind.as_str(),
+            message: self.message.clone(),
+        });
+        res
     }
 }
 
@@ -205,6 +211,13 @@ pub(super) struct Served<T> {
     pub timings: Timings,
 }
 
+/// Why a response refused its request (the access line's `error`).
+#[derive(Debug, Clone)]
+struct Refused {
+    kind: &'static str,
+    message: String,
+}
+
 /// A request's id (`X-Request-Id`), set by [`request_id`] for every request.
 #[derive(Debug, Clone)]
 pub struct RequestId(pub String);
@@ -226,16 +239,58 @@ fn id_of(header: Option<&[u8]>) -> String {
     }
 }
 
+/// Writes `res`'s access line ([`super::access`]).
+fn access_line(res: &actix_web::dev::ServiceResponse, id: &str, elapsed: std::time::Duration) {
+    let req = res.request();
+    let refused = res.response().extensions().get::<Refused>().cloned();
+    let detail = req.extensions().get::<super::access::Detail>().cloned();
+    let model = req
+        .extensions()
+        .get::<super::Chosen>()
+        .and_then(|c| c.get().map(|m| (m.name.clone(), m.version.to_string())));
+    let route = req
+        .match_pattern()
+        .unwrap_or_else(|| req.path().to_string());
+    let traceparent = req
+        .headers()
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok());
+    let status = res.status();
+    super::access::Line {
+        transport: "http",
+        method: req.method().as_str(),
+        route: &route,
+        request_id: id,
+        traceparent,
+        model,
+        status: status.as_u16().to_string(),
+        server_error: status.is_server_error(),
+        error: refused.as_ref().map(|r| (r.kind, r.message.as_str())),
+        detail: detail.as_ref(),
+        elapsed,
+        client: req.peer_addr().map(|a| a.to_string()),
+        quiet: super::access::quiet(&route),
+    }
+    .write();
+}
+
 /// Middleware: every request gets an id ([`RequestId`]) and every response echoes it, an
 /// inner middleware's refusal (the API key) included.
 async fn request_id(
     req: actix_web::dev::ServiceRequest,
     next: actix_web::middleware::Next<impl actix_web::body::MessageBody + 'static>,
 ) -> Result<actix_web::dev::ServiceResponse, actix_web::Error> {
+    let arrived = std::time::Instant::now();
     let id = id_of(req.headers().get("x-request-id").map(|v| v.as_bytes()));
     req.extensions_mut().insert(RequestId(id.clone()));
+    let log = req
+        .app_data::<web::Data<Shared>>()
+        .is_none_or(|s| s.config.logging.access_log);
     // Handlers' errors arrive here as responses; so do the API key's (see require_api_key).
     let mut res = next.call(req).await?.map_into_boxed_body();
+    if log {
+        access_line(&res, &id, arrived.elapsed());
+    }
     res.headers_mut().insert(
         actix_web::http::header::HeaderName::from_static("x-request-id"),
         actix_web::http::header::HeaderValue::from_str(&id).expect("ids are printable ASCII"),
@@ -282,7 +337,15 @@ where
         shared.deadline(None),
     );
     let chosen = call.chosen.clone();
+    let detail = call.detail.clone();
     super::telemetry::continue_trace(&call.span, TraceContext::from_http(req.headers()));
+    let traceparent = req
+        .headers()
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok());
+    detail.trace(super::access::trace_id(traceparent, &call.span));
+    req.extensions_mut().insert(detail.clone());
+    req.extensions_mut().insert(chosen.clone());
     let header = req
         .headers()
         .get("x-priority")
@@ -297,6 +360,9 @@ where
         }
         Err(e) => Err(e),
     };
+    if let Ok((_, texts, timings)) = &result {
+        detail.served(*texts, timings);
+    }
     super::record(chosen.recorder(shared), "http", &result);
     let (body, _, timings) = result?;
     let mut res = HttpResponse::Ok();

@@ -2,12 +2,14 @@
 //! into typed [`Embed`] messages for the Router through [`Shared::infer`], so validation, the
 //! refusal rules and the errors ([`error`]) are the same on both.
 
+pub mod access;
 pub mod error;
 pub mod grpc;
 pub mod http;
 pub mod oip;
 pub mod openapi;
 pub mod predict;
+pub mod quantized;
 pub mod tei;
 pub mod tei_grpc;
 pub mod telemetry;
@@ -175,6 +177,8 @@ pub struct Call {
     /// Its priority from the transport (`X-Priority`) or the route's default
     /// (`server.route_priorities`); a `priority` field in the body ([`Job::priority`]) wins.
     pub priority: Option<Priority>,
+    /// What its access line will say (tokens, texts, timings, trace id).
+    pub detail: access::Detail,
 }
 
 /// Where a [`Call`] notes the model version it went to.
@@ -201,6 +205,7 @@ impl Call {
             deadline,
             chosen: Chosen::default(),
             priority: None,
+            detail: access::Detail::default(),
         }
     }
 
@@ -464,6 +469,7 @@ impl Shared {
             span,
             deadline,
             priority,
+            detail,
             ..
         } = call;
         if let Some(p) = &job.pairs {
@@ -514,6 +520,7 @@ impl Shared {
                 out.embeddings.len()
             )));
         }
+        detail.add_tokens(out.token_counts.iter().map(|&t| u64::from(t)).sum());
         Ok(out)
     }
 

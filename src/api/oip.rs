@@ -7,9 +7,12 @@
 //!
 //! | kind | inputs | outputs |
 //! | --- | --- | --- |
-//! | embedding | `text` BYTES `[n]` or `[n, 1]` | `embedding` FP32 `[n, dim]` |
+//! | embedding | `text` BYTES `[n]` or `[n, 1]` | `embedding` FP32 `[n, dim]`; when asked for: `embedding_binary` INT8 and `embedding_ubinary` UINT8 `[n, ceil(dim / 8)]` (signs packed 8 to a byte), `embedding_int8` INT8 and `embedding_uint8` UINT8 `[n, dim]` (with calibration ranges) |
 //! | classifier | `text`, optional `text_pair` (BYTES, as many) | `scores` FP32 `[n, labels]` (in label order), `label` BYTES `[n]` (the top label) |
 //! | reranker | `text` (queries, or one query for every pair), `text_pair` (documents) | `score` FP32 `[n]` |
+//!
+//! The quantized outputs are sentence-transformers' `quantize_embeddings` of the FP32 one
+//! ([`super::quantized`]), returned only when a request names them.
 //!
 //! Request parameters: `normalize` (bool, embedding models), `truncate` (bool, default true),
 //! `raw_scores` (bool: logits instead of softmax/sigmoid scores). Others are ignored, as the
@@ -85,6 +88,18 @@ const fn bytes(name: &'static str) -> (&'static str, &'static str) {
     (name, "BYTES")
 }
 
+/// The output tensor of a quantized precision (by sentence-transformers' name): its name,
+/// datatype and width for `dim` dimensions; `None` for `float32` (that is `embedding`).
+fn quantized_output(precision: &str, dim: usize) -> Option<(&'static str, &'static str, usize)> {
+    Some(match precision {
+        "int8" => ("embedding_int8", "INT8", dim),
+        "uint8" => ("embedding_uint8", "UINT8", dim),
+        "binary" => ("embedding_binary", "INT8", dim.div_ceil(8)),
+        "ubinary" => ("embedding_ubinary", "UINT8", dim.div_ceil(8)),
+        _ => return None,
+    })
+}
+
 /// The metadata of `spec`: its tensors, by kind (see the module's table).
 pub fn metadata(m: &Version) -> ModelMetadata {
     let spec = &*m.spec;
@@ -96,7 +111,12 @@ pub fn metadata(m: &Version) -> ModelMetadata {
     let (inputs, outputs) = match spec.task {
         Task::Embedding => (
             vec![t(bytes("text"), vec![-1])],
-            vec![t(("embedding", "FP32"), vec![-1, spec.dim() as i64])],
+            std::iter::once(t(("embedding", "FP32"), vec![-1, spec.dim() as i64]))
+                .chain(super::quantized::offered(m).into_iter().filter_map(|p| {
+                    let (name, datatype, width) = quantized_output(p, spec.dim())?;
+                    Some(t((name, datatype), vec![-1, width as i64]))
+                }))
+                .collect(),
         ),
         Task::Classifier => (
             vec![t(bytes("text"), vec![-1]), t(bytes("text_pair"), vec![-1])],
@@ -195,6 +215,10 @@ pub enum Data {
     Fp32(Vec<f32>),
     /// BYTES elements.
     Bytes(Vec<Vec<u8>>),
+    /// INT8, as two's-complement bytes, row-major.
+    Int8(Vec<u8>),
+    /// UINT8, row-major.
+    Uint8(Vec<u8>),
 }
 
 impl Data {
@@ -203,14 +227,17 @@ impl Data {
         match self {
             Data::Fp32(_) => "FP32",
             Data::Bytes(_) => "BYTES",
+            Data::Int8(_) => "INT8",
+            Data::Uint8(_) => "UINT8",
         }
     }
 
-    /// The binary tensor encoding: little-endian FP32 values; BYTES elements each as a
-    /// little-endian u32 length and the bytes.
+    /// The binary tensor encoding: little-endian FP32 values; INT8 and UINT8 a byte each;
+    /// BYTES elements each as a little-endian u32 length and the bytes.
     pub fn to_raw(&self) -> Vec<u8> {
         match self {
             Data::Fp32(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            Data::Int8(v) | Data::Uint8(v) => v.clone(),
             Data::Bytes(v) => {
                 let mut out = Vec::with_capacity(v.iter().map(|e| e.len() + 4).sum());
                 for e in v {
@@ -276,11 +303,24 @@ pub async fn infer(
     let meta = metadata(m);
     let names: Vec<&'static str> = meta.outputs.iter().map(|t| t.name).collect();
     let wanted: Vec<&'static str> = match &request.outputs {
-        None => names.clone(),
+        // The quantized outputs only when asked for.
+        None => names
+            .iter()
+            .copied()
+            .filter(|n| !n.starts_with("embedding_"))
+            .collect(),
         Some(asked) => asked
             .iter()
             .map(|a| {
                 names.iter().copied().find(|n| n == a).ok_or_else(|| {
+                    // `embedding_int8` without calibration ranges says what it needs.
+                    if let Some(p) = a.strip_prefix("embedding_")
+                        && spec.task == Task::Embedding
+                        && let Err(e) = super::quantized::precision(m, Some(p))
+                        && quantized_output(p, 1).is_some()
+                    {
+                        return e;
+                    }
                     ApiError::validation(format!(
                         "unknown output `{a}`; this model's outputs are {}",
                         names.join(", ")
@@ -330,6 +370,34 @@ pub async fn infer(
                 .await?;
             let n = out.embeddings.len();
             let dim = out.embeddings.first().map_or(spec.dim(), Vec::len);
+            let normalized = p.normalize.unwrap_or(spec.normalize);
+            for name in &wanted {
+                let Some(precision) = name.strip_prefix("embedding_") else {
+                    continue;
+                };
+                let (_, datatype, width) =
+                    quantized_output(precision, dim).expect("a quantized output");
+                let precision = super::quantized::precision(m, Some(precision))?;
+                let bytes: Vec<u8> =
+                    super::quantized::rows(m, out.embeddings.clone(), precision, normalized)?
+                        .into_iter()
+                        .flat_map(|r| match r {
+                            super::quantized::Row::Quantized(b, _) => b,
+                            super::quantized::Row::Float(_) => {
+                                unreachable!("a quantized precision")
+                            }
+                        })
+                        .collect();
+                outputs.push(OutputTensor {
+                    name,
+                    shape: vec![n as i64, width as i64],
+                    data: if datatype == "INT8" {
+                        Data::Int8(bytes)
+                    } else {
+                        Data::Uint8(bytes)
+                    },
+                });
+            }
             outputs.push(OutputTensor {
                 name: "embedding",
                 shape: vec![n as i64, dim as i64],

@@ -71,6 +71,8 @@ pub struct Facts {
     pub vocab: usize,
     /// The names `prompt_name` takes.
     pub prompts: Vec<String>,
+    /// The names `output_dtype` takes (`int8`, `uint8` with calibration ranges).
+    pub output_dtypes: Vec<&'static str>,
 }
 
 /// What one served configuration accepts: the models (in order) and the limits fixed at start.
@@ -122,6 +124,7 @@ impl Contract {
                     dim: m.spec.dim(),
                     vocab: m.spec.vocab_size,
                     prompts: m.spec.prompts.keys().cloned().collect(),
+                    output_dtypes: super::quantized::offered(m),
                 })
                 .collect(),
             embedder: index(Pick::Default(Task::Embedding)),
@@ -261,6 +264,7 @@ fn bound_requests(schemas: &mut Map<String, Value>, c: &Contract) {
         dim: 0,
         vocab: 0,
         prompts: Vec::new(),
+        output_dtypes: Vec::new(),
     });
     let prop = |schemas: &mut Map<String, Value>, schema: &str, field: &str, value: Value| {
         if let Some(p) = schemas
@@ -303,6 +307,27 @@ fn bound_requests(schemas: &mut Map<String, Value>, c: &Contract) {
             json!({"enum": ["float", "base64", null]}),
         );
     }
+    // `/embed` quantizes for the default embedder; `/v1/embeddings` for any embedding model
+    // it may name, so what every one of them offers.
+    let dtypes = |offered: Vec<&'static str>| json!({"enum": offered.into_iter().map(Value::from).chain([Value::Null]).collect::<Vec<_>>()});
+    prop(
+        schemas,
+        "EmbedRequest",
+        "output_dtype",
+        dtypes(embedder.output_dtypes.clone()),
+    );
+    let everywhere: Vec<&'static str> = embedder
+        .output_dtypes
+        .iter()
+        .copied()
+        .filter(|d| {
+            c.models
+                .iter()
+                .filter(|m| m.task == Task::Embedding)
+                .all(|m| m.output_dtypes.contains(d))
+        })
+        .collect();
+    prop(schemas, "OpenAiRequest", "output_dtype", dtypes(everywhere));
     // The models `/v1/embeddings` can name: the embedding ones.
     let names: Vec<Value> = c
         .models
@@ -539,6 +564,7 @@ mod tests {
             dim: 384,
             vocab: 30522,
             prompts: vec!["query".into()],
+            output_dtypes: vec!["float32", "binary", "ubinary"],
         }
     }
 

@@ -7,7 +7,6 @@
 //! [`super::predict`].
 
 use actix_web::{HttpRequest, HttpResponse, web};
-use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -15,6 +14,7 @@ use super::{
     Job, Shared,
     error::ApiError,
     http::{Object, Served, inference, typed},
+    quantized,
 };
 use crate::{
     actors::models::{Pick, Served as Version},
@@ -165,6 +165,10 @@ pub struct EmbedRequest {
     #[serde(default)]
     #[schema(example = "interactive")]
     pub priority: Option<String>,
+    /// `float32` (default), `int8`, `uint8`, `binary` or `ubinary`: the embedding quantized as
+    /// sentence-transformers' `quantize_embeddings` does (numbers, or their bytes in base64).
+    #[serde(default)]
+    pub output_dtype: Option<String>,
 }
 
 /// TEI's `POST /embed_all` (and `/embed_sparse`, refused).
@@ -201,6 +205,10 @@ pub struct OpenAiRequest {
     /// Keep the first N dimensions, then normalise (if the model normalises).
     #[serde(default, deserialize_with = "super::http::whole_number")]
     pub dimensions: Option<usize>,
+    /// Not OpenAI's (send it with `extra_body`): `float32` (default), `int8`, `uint8`,
+    /// `binary` or `ubinary`, as sentence-transformers' `quantize_embeddings`.
+    #[serde(default)]
+    pub output_dtype: Option<String>,
     /// The end user (not used).
     #[serde(default)]
     #[allow(dead_code)]
@@ -396,6 +404,29 @@ pub async fn embed_rows(
     Ok(out)
 }
 
+/// [`embed_rows`], and the rows in the request's `output_dtype` (checked before any work is
+/// queued; `None`: float32), quantized after the cut and the normalisation.
+pub async fn embed_quantized(
+    shared: &Shared,
+    m: &Version,
+    inputs: Vec<TextInput>,
+    options: EmbedOptions,
+    output_dtype: Option<&str>,
+    call: super::Call,
+) -> Result<(crate::actors::router::EmbedOutput, Vec<quantized::Row>), ApiError> {
+    super::require(m, &[Task::Embedding], "/embed, /v1/embeddings, gRPC Embed")?;
+    let precision = quantized::precision(m, output_dtype)?;
+    let normalized = options.normalize.unwrap_or(m.spec.normalize);
+    let mut out = embed_rows(shared, m, inputs, options, call).await?;
+    let rows = quantized::rows(
+        m,
+        std::mem::take(&mut out.embeddings),
+        precision,
+        normalized,
+    )?;
+    Ok((out, rows))
+}
+
 /// The options `/embed`, `/v1/embeddings` and gRPC `Embed` share.
 #[derive(Debug, Default, Clone)]
 pub struct EmbedOptions {
@@ -444,15 +475,19 @@ async fn embed_body(
         priority: super::priority(body.priority.as_deref(), "priority")?,
     };
     let m = call.model(shared, Pick::Default(Task::Embedding))?;
-    let out = embed_rows(shared, &m, body.inputs.0, options, call).await?;
+    let (out, rows) = embed_quantized(
+        shared,
+        &m,
+        body.inputs.0,
+        options,
+        body.output_dtype.as_deref(),
+        call,
+    )
+    .await?;
     Ok(Served {
-        texts: out.embeddings.len(),
+        texts: rows.len(),
         timings: out.timings,
-        body: out
-            .embeddings
-            .into_iter()
-            .map(|v| encoded(v, base64))
-            .collect(),
+        body: rows.into_iter().map(|r| r.json(base64)).collect(),
     })
 }
 
@@ -464,18 +499,6 @@ fn base64_format(format: Option<&str>) -> Result<bool, ApiError> {
         Some(other) => Err(ApiError::validation(format!(
             "encoding_format `{other}` is not supported; use `float` or `base64`"
         ))),
-    }
-}
-
-/// An embedding as a JSON array, or as its little-endian f32 bytes in base64.
-fn encoded(v: Vec<f32>, base64: bool) -> serde_json::Value {
-    if base64 {
-        let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
-        base64::engine::general_purpose::STANDARD
-            .encode(bytes)
-            .into()
-    } else {
-        v.into()
     }
 }
 
@@ -570,17 +593,24 @@ pub async fn openai_embeddings(
             Some(name) => call.model(&shared, Pick::NamedOrOnly(name))?,
             None => call.model(&shared, Pick::Default(Task::Embedding))?,
         };
-        let out = embed_rows(&shared, &m, body.input.0, options, call).await?;
+        let (out, rows) = embed_quantized(
+            &shared,
+            &m,
+            body.input.0,
+            options,
+            body.output_dtype.as_deref(),
+            call,
+        )
+        .await?;
         let tokens: u64 = out.token_counts.iter().map(|&n| u64::from(n)).sum();
-        let texts = out.embeddings.len();
-        let data = out
-            .embeddings
+        let texts = rows.len();
+        let data = rows
             .into_iter()
             .enumerate()
-            .map(|(index, v)| OpenAiEmbedding {
+            .map(|(index, r)| OpenAiEmbedding {
                 object: "embedding",
                 index,
-                embedding: encoded(v, base64),
+                embedding: r.json(base64),
             })
             .collect();
         Ok(Served {

@@ -78,10 +78,11 @@ impl TeiApi {
     {
         let deadline = client_deadline(&self.shared, &request);
         let trace = TraceContext::from_grpc(request.metadata());
+        let peer = request.remote_addr();
         let req = request.into_inner();
         let id = super::new_request_id();
         let shared = self.shared.clone();
-        let resp = served(&self.shared, route, &id, deadline, trace, |call| {
+        let resp = served(&self.shared, route, &id, deadline, trace, peer, |call| {
             work(shared, req, call)
         })
         .await?;
@@ -104,6 +105,7 @@ impl TeiApi {
         let shared = self.shared.clone();
         // Every message's call continues the stream's trace.
         let trace = TraceContext::from_grpc(request.metadata());
+        let peer = request.remote_addr();
         let answers = request
             .into_inner()
             .map(move |message| {
@@ -114,7 +116,7 @@ impl TeiApi {
                     let deadline = shared.deadline(None);
                     let id = super::new_request_id();
                     let worker = shared.clone();
-                    served(&shared, route, &id, deadline, trace, |call| {
+                    served(&shared, route, &id, deadline, trace, peer, |call| {
                         work(worker, req, call)
                     })
                     .await
@@ -525,6 +527,7 @@ impl pb::rerank_server::Rerank for TeiApi {
     ) -> Result<Response<pb::RerankResponse>, Status> {
         let deadline = client_deadline(&self.shared, &request);
         let trace = TraceContext::from_grpc(request.metadata());
+        let peer = request.remote_addr();
         let mut incoming = request.into_inner();
         let mut texts = Vec::new();
         let mut first: Option<pb::RerankStreamRequest> = None;
@@ -544,6 +547,7 @@ impl pb::rerank_server::Rerank for TeiApi {
             &id,
             deadline,
             trace,
+            peer,
             |call| async move {
                 rank(
                     &shared,

@@ -319,6 +319,11 @@ pub struct TraceContext {
 }
 
 impl TraceContext {
+    /// The caller's `traceparent`.
+    pub fn traceparent(&self) -> &str {
+        &self.traceparent
+    }
+
     /// From HTTP headers; `None` without a `traceparent`.
     pub fn from_http(headers: &actix_web::http::header::HeaderMap) -> Option<TraceContext> {
         let get = |k: &str| headers.get(k).and_then(|v| v.to_str().ok());

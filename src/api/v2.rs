@@ -429,6 +429,8 @@ fn encode(
         } else {
             let data = match o.data {
                 Data::Fp32(v) => Value::from(v),
+                Data::Int8(v) => Value::from(v.into_iter().map(|b| b as i8).collect::<Vec<_>>()),
+                Data::Uint8(v) => Value::from(v),
                 Data::Bytes(v) => Value::from(
                     v.into_iter()
                         .map(|e| String::from_utf8_lossy(&e).into_owned())

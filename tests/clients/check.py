@@ -2,6 +2,7 @@
 """The client packages people already have, against a running actor-infer (tests/clients.rs).
 
     check.py openai HTTP_BASE REFERENCE_JSON
+    check.py openai-quantized HTTP_BASE REFERENCE_JSON RANGES_NPY
     check.py hf HTTP_BASE REFERENCE_JSON
     check.py hf-classifier HTTP_BASE FIXTURE_REFERENCE_JSON
     check.py reflection GRPC_ADDR REFERENCE_JSON
@@ -75,6 +76,74 @@ def check_openai(base, ref):
     worst["raw_base64"] = max_abs(floats, cs[0]["embedding"])
     assert worst["raw_base64"] < TOL, worst
     print(json.dumps(worst))
+
+
+def st_quantize(emb, precision, ranges=None):
+    """sentence-transformers' quantize_embeddings (6.2.0) for `precision`, with the saturation
+    at the ranges' ends that the server documents (numpy's cast of an out-of-range float is
+    undefined; sentence-transformers leaves it so)."""
+    import numpy as np
+    emb = np.asarray(emb, dtype=np.float32)
+    if precision in ("binary", "ubinary"):
+        packed = np.packbits(emb > 0, axis=-1)
+        return (packed.astype(np.int16) - 128).astype(np.int8) if precision == "binary" else packed
+    ranges = np.asarray(ranges, dtype=np.float32)
+    starts = ranges[0, :]
+    steps = (ranges[1, :] - starts) / 255
+    steps = np.where(steps == 0, np.float32(1), steps)
+    q = np.clip(np.floor((emb - starts) / steps), 0, 255)
+    return (q - 128).astype(np.int8) if precision == "int8" else q.astype(np.uint8)
+
+
+def check_openai_quantized(base, ref, ranges_npy):
+    """The openai client with `extra_body={"output_dtype": ...}` against a server calibrated
+    with RANGES_NPY (ranges sentence-transformers computed): the numbers are
+    sentence-transformers' quantization of its own reference embeddings, a step off at most
+    for int8/uint8 (outside the dimensions whose range is empty), and only where a component is within the parity tolerance of a range's end
+    or of 0 for the binary types."""
+    import numpy as np
+    import openai
+    client = openai.OpenAI(base_url=f"{base}/v1", api_key="unused")
+    cs = cases(ref)
+    texts = [c["text"] for c in cs]
+    emb = np.array([c["embedding"] for c in cs], dtype=np.float32)
+    ranges = np.load(ranges_npy)
+    figures = {}
+    for precision in ("int8", "uint8", "binary", "ubinary"):
+        want = st_quantize(emb, precision, ranges).astype(np.int16)
+        r = client.embeddings.create(model="all-MiniLM-L6-v2", input=texts,
+                                     encoding_format="float",
+                                     extra_body={"output_dtype": precision})
+        got = np.array([d.embedding for d in r.data]).astype(np.int16)
+        assert got.shape == want.shape, (precision, got.shape, want.shape)
+        diff = np.abs(got - want)
+        if precision in ("int8", "uint8"):
+            # A dimension whose calibration range is (nearly) empty (MiniLM has three dead
+            # ones, about 1e-32 wide) buckets float noise: compare the others.
+            live = (ranges[1] - ranges[0]) / 255 > 1e-5
+            figures["dead_dimensions"] = int((~live).sum())
+            assert diff[:, live].max() <= 1, (precision, int(diff[:, live].max()))
+            diff = diff[:, live]
+        else:
+            # A differing byte must come from a sign flip of a component near 0.
+            for i, j in zip(*np.nonzero(diff)):
+                near = np.abs(emb[i, j * 8:(j + 1) * 8]).min()
+                assert near < TOL, (precision, i, j, float(near))
+        figures[f"{precision}_values_off"] = int((diff != 0).sum())
+        # The same bytes in base64 when asked for explicitly.
+        raw = client.embeddings.create(model="m", input=texts, encoding_format="base64",
+                                       extra_body={"output_dtype": precision})
+        dtype = np.int8 if precision in ("int8", "binary") else np.uint8
+        b = np.array([np.frombuffer(base64.b64decode(d.embedding), dtype=dtype)
+                      for d in raw.data]).astype(np.int16)
+        assert (b == got).all(), precision
+    # An output type the server cannot give is refused, naming what it offers.
+    try:
+        client.embeddings.create(model="m", input="a", extra_body={"output_dtype": "f16"})
+        raise AssertionError("output_dtype f16 was accepted")
+    except openai.BadRequestError as e:
+        assert "float32, int8, uint8, binary, ubinary" in str(e), e
+    print(json.dumps(figures))
 
 
 def check_hf(base, ref):
@@ -229,5 +298,5 @@ def check_tei_grpc(addr, ref, proto_root):
 
 if __name__ == "__main__":
     cmd, args = sys.argv[1], sys.argv[2:]
-    {"openai": check_openai, "hf": check_hf, "hf-classifier": check_hf_classifier,
+    {"openai": check_openai, "openai-quantized": check_openai_quantized, "hf": check_hf, "hf-classifier": check_hf_classifier,
      "reflection": check_reflection, "tei-grpc": check_tei_grpc}[cmd](*args)
