@@ -226,19 +226,9 @@ fn end_process(code: i32, telemetry: Option<api::telemetry::Exporter>) -> ! {
     exit(code)
 }
 
-/// How the binary ends, whatever the path: stdout and stderr flushed, then `_exit(code)`,
-/// without the C++ static destructors that `exit()` runs. With libtorch's CUDA half loaded
-/// (`device: auto` or `cuda` on a host that has it), those destructors can hang: on CI a
-/// server that had logged "Shutdown complete" was held until its watchdog's exit 3, and a
-/// refused `device: cuda` (exit 2) did not end within a minute. Nothing is left for them to do:
-/// the process owns no file, socket or child that outlives it.
-pub fn exit(code: i32) -> ! {
-    use std::io::Write;
-    let _ = std::io::stdout().flush();
-    let _ = std::io::stderr().flush();
-    // SAFETY: _exit ends the process at once; every writer is unbuffered or flushed above.
-    unsafe { libc::_exit(code) }
-}
+/// How the binary ends, whatever the path: [`actors::supervisor::exit`] (flush, then `_exit`,
+/// skipping the C++ static destructors that hang with libtorch's CUDA half loaded).
+pub use actors::supervisor::exit;
 
 /// Runs the server, model `i` on `devices[i]` (resolved by `model::device::select`), until it
 /// stops; returns the process exit code (`actors::supervisor::EXIT_*`). `source` is where a
