@@ -120,6 +120,23 @@ impl Listeners {
     pub fn grpc_addr(&self) -> std::io::Result<SocketAddr> {
         self.grpc.local_addr()
     }
+
+    /// Writes the bound ports to `path` as JSON (`host`, `http_port`, `grpc_port`): first to a
+    /// file beside it, then renamed over it, so a reader never sees half of it.
+    pub fn write_port_file(&self, path: &std::path::Path) -> std::io::Result<()> {
+        let (http, grpc) = (self.http_addr()?, self.grpc_addr()?);
+        let body = serde_json::json!({
+            "host": http.ip().to_string(),
+            "http_port": http.port(),
+            "grpc_port": grpc.port(),
+        });
+        let mut partial = path.as_os_str().to_owned();
+        partial.push(format!(".{}.partial", std::process::id()));
+        std::fs::write(&partial, format!("{body}\n"))?;
+        std::fs::rename(&partial, path).inspect_err(|_| {
+            let _ = std::fs::remove_file(&partial);
+        })
+    }
 }
 
 /// Says once, at start, which device serves and why, which libraries were loaded from where,
@@ -142,8 +159,14 @@ fn log_device(choice: &model::device::Choice) {
 
 /// `actor-infer --experiment exp.yaml`: loads and checks the configuration (exit 2 if it is
 /// refused), settles the device (exit 2 if it cannot be used) before binding the ports (exit 1
-/// if one is taken), then runs the server in an actix System and returns its exit code.
-pub fn serve(experiment: &std::path::Path, overrides: &config::Overrides, check: bool) -> i32 {
+/// if one is taken), writes them to `port_file` if given (exit 1 if it cannot), then runs the
+/// server in an actix System and returns its exit code.
+pub fn serve(
+    experiment: &std::path::Path,
+    overrides: &config::Overrides,
+    check: bool,
+    port_file: Option<&std::path::Path>,
+) -> i32 {
     let config = match Config::load(experiment, overrides) {
         Ok(c) => c,
         Err(e) => {
@@ -196,6 +219,16 @@ pub fn serve(experiment: &std::path::Path, overrides: &config::Overrides, check:
         grpc = %listeners.grpc_addr().map(|a| a.to_string()).unwrap_or_default(),
         "listening"
     );
+    if let Some(path) = port_file
+        && let Err(e) = listeners.write_port_file(path)
+    {
+        tracing::error!("cannot write the port file {}: {e}", path.display());
+        eprintln!(
+            "actor-infer: cannot write the port file {}: {e}",
+            path.display()
+        );
+        return EXIT_FAILURE;
+    }
     // Every actor's panic is caught where it happens (the Supervisor's table in README
     // "Stopping"); one that escapes anyway ends the System, and the process then exits, and
     // with it every thread, socket and byte of device memory: there is no child process.
