@@ -431,14 +431,10 @@ fn a_batch_serving_two_requests_is_in_the_oldest_ones_trace_and_links_the_other(
 
 #[tokio::test]
 async fn a_grpc_call_continues_the_traceparent_in_its_metadata() {
-    use actor_infer::api::grpc::pb::{
-        InferRequest, inference_service_client::InferenceServiceClient,
-    };
+    use actor_infer::api::grpc::pb::InferRequest;
     let collector = Collector::grpc();
     let server = serve_with(&collector.endpoint, "");
-    let mut client = InferenceServiceClient::connect(server.grpc.clone())
-        .await
-        .unwrap();
+    let mut client = common::grpc(&server).await;
     let mut request = tonic::Request::new(InferRequest {
         texts: vec!["over gRPC".into()],
         request_id: "otel-grpc".into(),
@@ -544,7 +540,7 @@ fn sampling_ratio_zero_keeps_only_traces_the_caller_sampled() {
 #[test]
 fn a_collector_that_is_down_costs_no_request() {
     // Nothing listens there.
-    let endpoint = format!("http://127.0.0.1:{}", common::free_port());
+    let endpoint = format!("http://127.0.0.1:{}", common::unused_port());
     let server = serve_with(&endpoint, "");
     let tp = traceparent();
     for i in 0..40 {
@@ -580,32 +576,13 @@ fn a_collector_that_is_down_costs_no_request() {
 
 /// Runs `tests/kserve_client.py` (Triton's clients, from the venv `make test-deps` makes).
 fn tritonclient(args: &[&str], stdin: &str) -> serde_json::Value {
-    let cache = std::env::var_os("ACTOR_INFER_CACHE")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| {
-            std::path::PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/actor-infer")
-        });
-    let mut child = std::process::Command::new(cache.join("tritonclient-venv/bin/python"))
-        .arg(common::root().join("tests/kserve_client.py"))
-        .args(args)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("the tritonclient venv: run `make test-deps`");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    common::run_json(
+        std::process::Command::new(common::python("tritonclient-venv"))
+            .arg(common::root().join("tests/kserve_client.py"))
+            .args(args),
+        stdin.as_bytes(),
+        Duration::from_secs(180),
+    )
 }
 
 /// What `make run` serves (configs/default.yaml, ports moved to free ones), with tracing turned
@@ -704,7 +681,7 @@ fn telemetry_off_exports_nothing_but_logs_the_traceparent() {
 fn otlp_export_cost_benchmark() {
     let seconds = std::env::var("OTLP_BENCH_SECONDS").unwrap_or_else(|_| "15".into());
     let collector = Collector::grpc();
-    let down = format!("http://127.0.0.1:{}", common::free_port());
+    let down = format!("http://127.0.0.1:{}", common::unused_port());
     let rounds: usize = std::env::var("OTLP_BENCH_ROUNDS")
         .ok()
         .and_then(|r| r.parse().ok())
@@ -724,8 +701,8 @@ fn otlp_export_cost_benchmark() {
             let server = Server::start(experiment(&yaml));
             let http = server.http_addr.rsplit(':').next().unwrap().to_string();
             let grpc = server.grpc.rsplit(':').next().unwrap().to_string();
-            let out = std::process::Command::new(env!("CARGO_BIN_EXE_actor-infer"))
-                .args([
+            let r = common::run_json(
+                common::binary().args([
                     "bench",
                     "--json",
                     "--http-port",
@@ -742,15 +719,10 @@ fn otlp_export_cost_benchmark() {
                     "1",
                     "--tokens",
                     "12",
-                ])
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
+                ]),
+                b"",
+                Duration::from_secs(300),
             );
-            let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
             assert_eq!(r["errors"], serde_json::json!({}), "{r}");
             let (tps, p50) = (
                 r["texts_per_s"].as_f64().unwrap(),
