@@ -503,12 +503,18 @@ fn a_rolling_restart_behind_nginx_fails_no_request() {
     };
 
     // Steady load first, through all three.
-    std::thread::sleep(Duration::from_secs(2));
-    assert!(tally.ok() > 0, "no request succeeded through nginx");
-    assert!(
-        replicas.iter().all(|r| r.served() > 0),
-        "nginx did not spread the load"
-    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while tally.ok() == 0 || !replicas.iter().all(|r| r.served() > 0) {
+        assert!(
+            Instant::now() < deadline,
+            "no request succeeded through nginx ({}), or nginx did not spread the load \
+             (served: {:?}); failures: {:?}",
+            tally.ok(),
+            replicas.iter().map(Replica::served).collect::<Vec<_>>(),
+            tally.failures.lock().unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 
     let mut phases = Vec::new();
     for r in &mut replicas {
@@ -525,7 +531,15 @@ fn a_rolling_restart_behind_nginx_fails_no_request() {
         let drained = tally.ok() - before;
         let exited = tally.ok();
         // Down for a moment: the others carry the load.
-        std::thread::sleep(Duration::from_millis(500));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while tally.ok() == exited {
+            assert!(
+                Instant::now() < deadline,
+                "no request was served while {} was down",
+                r.name
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
         r.spawn(&exp.path);
         r.wait_ready(Duration::from_secs(120));
         let down = tally.ok() - exited;
@@ -541,7 +555,12 @@ fn a_rolling_restart_behind_nginx_fails_no_request() {
         }
         phases.push((r.name.clone(), drained, down));
     }
-    std::thread::sleep(Duration::from_secs(1));
+    // Load goes on after the last restart.
+    let (after, deadline) = (tally.ok(), Instant::now() + Duration::from_secs(20));
+    while tally.ok() < after + 20 {
+        assert!(Instant::now() < deadline, "no load after the last restart");
+        std::thread::sleep(Duration::from_millis(10));
+    }
     done.store(true, Ordering::Relaxed);
     for t in threads {
         t.join().expect("an HTTP client thread panicked");

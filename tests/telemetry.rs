@@ -299,19 +299,17 @@ fn one_http_request_yields_one_trace_continuing_its_traceparent() {
     )
     .unwrap();
     assert_eq!(status, 200, "{body}");
-    let spans = collector.received.wait_for(
+    collector.received.wait_for(
         TRACE_ID,
         &["request", "tokenize", "queue", "inference", "batch"],
     );
-    // Nothing else was traced: one request, one trace.
-    std::thread::sleep(Duration::from_millis(500));
-    let traces: BTreeSet<String> = collector
-        .received
-        .spans()
-        .into_iter()
-        .map(|s| s.trace_id)
-        .collect();
-    assert_eq!(traces, BTreeSet::from([TRACE_ID.to_string()]));
+    // Nothing else was traced: one request, one trace. The stop sends the exporter's last
+    // spans before the process ends, so once it has exited the collector holds all there is.
+    let log = server.log.clone();
+    server.stop_clean();
+    let spans = collector.received.spans();
+    let traces: BTreeSet<&str> = spans.iter().map(|s| s.trace_id.as_str()).collect();
+    assert_eq!(traces, BTreeSet::from([TRACE_ID]), "{spans:#?}");
     assert_eq!(spans.len(), 5, "{spans:#?}");
 
     let request = by_name(&spans, "request");
@@ -350,7 +348,7 @@ fn one_http_request_yields_one_trace_continuing_its_traceparent() {
     assert_eq!(r["service.version"], env!("CARGO_PKG_VERSION"));
     assert_eq!(r["actor_infer.experiment"], "traced");
     // The traceparent is logged with the request id.
-    let log = server.log();
+    let log = log.lock().unwrap().clone();
     assert!(
         log.lines()
             .any(|l| l.contains("request_id=otel-1") && l.contains(&tp)),
@@ -360,7 +358,6 @@ fn one_http_request_yields_one_trace_continuing_its_traceparent() {
         log.contains("OpenTelemetry: exporting traces over OTLP"),
         "{log}"
     );
-    server.stop_clean();
 }
 
 #[test]
@@ -383,7 +380,7 @@ fn a_batch_serving_two_requests_is_in_the_oldest_ones_trace_and_links_the_other(
         "0af7651916cd43dd8448eb211c80319c",
         "1bf7651916cd43dd8448eb211c80319d",
     ];
-    let mut sent = Vec::new();
+    let mut sent: Vec<std::thread::JoinHandle<u16>> = Vec::new();
     for (i, trace) in traces.iter().enumerate() {
         let addr = server.http_addr.clone();
         let tp = format!("00-{trace}-{PARENT_ID}-01");
@@ -398,8 +395,16 @@ fn a_batch_serving_two_requests_is_in_the_oldest_ones_trace_and_links_the_other(
             .unwrap()
             .0
         }));
-        // The first is queued (tokenized) before the second arrives.
-        std::thread::sleep(Duration::from_millis(200));
+        // The first is queued (tokenized, waiting for the worker) before the second is sent.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while common::scrape(&server, "actor_infer_queue_depth") < (i + 1) as f64 {
+            assert!(
+                Instant::now() < deadline,
+                "request {i} never queued:\n{}",
+                server.log()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
     for s in sent {
         assert_eq!(s.join().unwrap(), 200);
@@ -522,7 +527,8 @@ fn sampling_ratio_zero_keeps_only_traces_the_caller_sampled() {
     .unwrap();
     assert_eq!(status, 200);
     collector.received.wait_for(TRACE_ID, &["request", "batch"]);
-    std::thread::sleep(Duration::from_millis(500));
+    // Once the server has stopped, every span it would ever export has been exported.
+    server.stop_clean();
     let traces: BTreeSet<String> = collector
         .received
         .spans()
@@ -534,7 +540,6 @@ fn sampling_ratio_zero_keeps_only_traces_the_caller_sampled() {
         BTreeSet::from([TRACE_ID.to_string()]),
         "only the caller's trace"
     );
-    server.stop_clean();
 }
 
 #[test]
