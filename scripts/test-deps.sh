@@ -103,3 +103,24 @@ if [ ! -f "$client_stamp" ]; then
   "$client_venv/bin/python" -m pip install --quiet --disable-pip-version-check "${client_pins[@]}"
   touch "$client_stamp"
 fi
+
+# ---------------------------------------------------------------- schemathesis
+# The OpenAPI contract test (tests/openapi.rs): schemathesis 4.32.5 and exactly what it pulled
+# in when the test was written.
+st_pins=(
+  schemathesis==4.32.5 anyio==4.16.0 certifi==2026.10.19.post1 charset-normalizer==3.5.3
+  click==8.5.1 graphql-core==3.3.2 harfile==0.6.0 hypothesis==6.170.17 hypothesis-graphql==0.13.5
+  idna==3.20 iniconfig==2.3.1 jsonschema_rs==0.60.3 markdown-it-py==4.3.0 MarkupSafe==3.0.4
+  mdurl==0.1.2 packaging==26.4 pluggy==1.7.0 Pygments==2.21.0 pyrate-limiter==4.5.1
+  pytest==9.2.0 PyYAML==6.0.4 requests==2.34.2 rich==15.0.0 sortedcontainers==2.4.0
+  typing_extensions==4.16.0 urllib3==2.8.0 Werkzeug==3.1.9
+)
+st_venv=${ACTOR_INFER_CACHE:-$HOME/.cache/actor-infer}/schemathesis-venv
+st_stamp="$st_venv/.complete-$(echo "${st_pins[*]}" | sha256sum | cut -c1-16)"
+if [ ! -f "$st_stamp" ]; then
+  echo "[test-deps] installing schemathesis into $st_venv" >&2
+  rm -rf "$st_venv"
+  python3 -m venv "$st_venv"
+  "$st_venv/bin/python" -m pip install --quiet --disable-pip-version-check "${st_pins[@]}"
+  touch "$st_stamp"
+fi

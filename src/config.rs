@@ -75,6 +75,9 @@ pub struct Config {
     /// OpenTelemetry tracing (off unless `telemetry.otlp_endpoint` is set).
     #[serde(default)]
     pub telemetry: Telemetry,
+    /// Models named by their Hugging Face id (`crate::hub`).
+    #[serde(default)]
+    pub hub: Hub,
     /// Whether the file listed `models:` (error keys then say `models[i]`).
     #[serde(skip)]
     listed: bool,
@@ -275,13 +278,30 @@ impl Default for Server {
     }
 }
 
+/// `hub:` section: models whose `path` is a Hugging Face id (README "A model by its Hugging
+/// Face id").
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Hub {
+    /// Download a model named by its id that is not in the Hugging Face cache (from
+    /// `HF_ENDPOINT`, at start only, never while `HF_HUB_OFFLINE` is set). Off by default:
+    /// nothing is downloaded unless the experiment says so.
+    #[serde(default)]
+    pub download: bool,
+}
+
 /// `model:` section.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Model {
     /// Folder of a Hugging Face / sentence-transformers model (`config.json`,
-    /// `model.safetensors`, `tokenizer.json`, optional `1_Pooling/`, `modules.json`).
+    /// `model.safetensors`, `tokenizer.json`, optional `1_Pooling/`, `modules.json`), or, when
+    /// no such folder exists, a Hugging Face id (`org/name`, optionally `@revision`), resolved
+    /// at load to its snapshot in the Hugging Face cache (`crate::hub`).
     pub path: PathBuf,
+    /// The Hub id and revision `path` was resolved from (set at load; `--check` shows it).
+    #[serde(default, skip_deserializing, skip_serializing_if = "Option::is_none")]
+    pub hub: Option<crate::hub::Resolved>,
     /// Name reported to clients; defaults to the folder's name.
     #[serde(default)]
     pub name: Option<String>,
@@ -324,13 +344,37 @@ pub struct Model {
     /// This model's batching budget, in place of the top-level `batching:` section.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub batching: Option<Batching>,
+    /// Calibration ranges for `int8` / `uint8` embeddings (`model::quantize`); `binary` and
+    /// `ubinary` need none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quantization: Option<Quantization>,
+}
+
+/// `model.quantization`: where an embedding model's `int8` / `uint8` calibration ranges come
+/// from, one of the two (README "Quantized embeddings"). Relative paths are resolved against the
+/// YAML file's folder.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Quantization {
+    /// Per-dimension ranges, `2 × dim` (row 0 each dimension's minimum, row 1 its maximum), as
+    /// sentence-transformers' `quantize_embeddings(..., ranges=...)` takes them: JSON
+    /// `[[min, ...], [max, ...]]` or a NumPy `.npy` (float32 or float64).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ranges_file: Option<PathBuf>,
+    /// Texts, one per line, embedded at load (after the warm-up); the ranges are their
+    /// embeddings' per-dimension minimum and maximum, as `quantize_embeddings(...,
+    /// calibration_embeddings=...)` computes them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calibration_file: Option<PathBuf>,
 }
 
 impl Model {
-    /// The name clients use: `name`, else the folder's own name (not the link target's:
-    /// models/all-MiniLM-L6-v2 is a link into the cache), unless the path ends in `.` or `..`.
+    /// The name clients use: `name`, else a Hub id's last part, else the folder's own name
+    /// (not the link target's: models/all-MiniLM-L6-v2 is a link into the cache), unless the
+    /// path ends in `.` or `..`.
     pub fn served_name(&self) -> String {
-        self.name.clone().unwrap_or_else(|| {
+        let hub = self.hub.as_ref().map(crate::hub::Resolved::name);
+        self.name.clone().or(hub).unwrap_or_else(|| {
             self.path
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
@@ -741,8 +785,29 @@ pub struct Overrides {
 
 impl Config {
     /// Reads `path`, applies environment variables and `overrides`, resolves relative paths
-    /// and validates everything. The error names the key at fault.
+    /// and validates everything. The error names the key at fault. A model named by its
+    /// Hugging Face id is looked up in the cache only, never downloaded (a reload runs this on
+    /// the Supervisor's thread): see [`Config::load_at_start`].
     pub fn load(path: &Path, overrides: &Overrides) -> Result<Config, ConfigError> {
+        Self::load_with(path, overrides, None)
+    }
+
+    /// [`Config::load`] at start-up: a model named by its Hugging Face id that is not cached is
+    /// downloaded when `hub.download` allows it and `HF_HUB_OFFLINE` is not set; `say` prints
+    /// the download's progress lines.
+    pub fn load_at_start(
+        path: &Path,
+        overrides: &Overrides,
+        say: crate::hub::Say,
+    ) -> Result<Config, ConfigError> {
+        Self::load_with(path, overrides, Some(say))
+    }
+
+    fn load_with(
+        path: &Path,
+        overrides: &Overrides,
+        fetch: Option<crate::hub::Say>,
+    ) -> Result<Config, ConfigError> {
         let shown = path.display().to_string();
         if !path.is_file() {
             return Err(ConfigError::new(
@@ -759,9 +824,56 @@ impl Config {
             .parent()
             .map(Path::to_path_buf)
             .unwrap_or_else(|| PathBuf::from("."));
-        for m in &mut config.models {
+        let hub = crate::hub::HubEnv::from_env();
+        let download = config.hub.download;
+        for i in 0..config.models.len() {
+            let key = config.model_key(i);
+            let m = &mut config.models[i];
+            if let Some(q) = &mut m.quantization {
+                for file in [&mut q.ranges_file, &mut q.calibration_file]
+                    .into_iter()
+                    .flatten()
+                {
+                    if file.is_relative() {
+                        *file = folder.join(&*file);
+                    }
+                }
+            }
             if m.path.is_relative() {
-                m.path = folder.join(&m.path);
+                let written = m.path.clone();
+                m.path = folder.join(&written);
+                // A folder that exists always wins; else an id-shaped path is a Hub id.
+                if !m.path.exists()
+                    && let Some(id) = written.to_str().and_then(crate::hub::HubId::parse)
+                {
+                    let weights = if m.kind == ModelKind::Torchscript {
+                        crate::hub::Weights::TorchScript
+                    } else {
+                        crate::hub::Weights::Any
+                    };
+                    let quiet: crate::hub::Say = std::sync::Arc::new(|_: &str| {});
+                    let say = fetch.as_ref().unwrap_or(&quiet);
+                    let (snapshot, resolved) =
+                        crate::hub::resolve(&id, weights, &hub, download && fetch.is_some(), say)
+                            .map_err(|e| {
+                            let reload = if fetch.is_none() && download {
+                                " (a reload reads the cache only; the server downloads at start)"
+                            } else {
+                                ""
+                            };
+                            ConfigError::new(
+                                format!("{key}.path"),
+                                format!(
+                                    "no folder {} exists, so `{}` was read as a Hugging Face id: \
+                                 {e}{reload}",
+                                    m.path.display(),
+                                    written.display()
+                                ),
+                            )
+                        })?;
+                    m.path = snapshot;
+                    m.hub = Some(resolved);
+                }
             }
         }
         if config.experiment.name.is_empty() {
@@ -819,10 +931,12 @@ impl Config {
             // A YAML syntax error: config names no key, the file is the best we can say.
             ConfigError::new("file", e.to_string())
         })?;
-        let mut config: Config = serde_path_to_error::deserialize(raw).map_err(|e| {
+        refuse_fractions(&raw)?;
+        let mut config: Config = serde_path_to_error::deserialize(raw.clone()).map_err(|e| {
             let key = e.path().to_string();
             let key = if key == "." { "file".to_string() } else { key };
-            ConfigError::new(key, e.into_inner().to_string().trim())
+            let problem = e.into_inner().to_string();
+            ConfigError::new(key.clone(), refused(&raw, &key, problem.trim()))
         })?;
         // `model:` is a list of one; `models:` lists several. Exactly one of the two.
         match (config.model.take(), config.models.is_empty()) {
@@ -1064,6 +1178,28 @@ fn validate_model(m: &Model, key: &str) -> Result<(), ConfigError> {
             format!("{} has no {}", m.path.display(), weights.join(" or ")),
         ));
     }
+    if let Some(q) = &m.quantization {
+        let files = [
+            ("ranges_file", &q.ranges_file),
+            ("calibration_file", &q.calibration_file),
+        ];
+        let set: Vec<_> = files.iter().filter(|(_, f)| f.is_some()).collect();
+        if set.len() != 1 {
+            return Err(ConfigError::new(
+                format!("{key}.quantization"),
+                "give exactly one of ranges_file (per-dimension ranges) and calibration_file \
+                 (texts to compute them from)",
+            ));
+        }
+        let (name, file) = set[0];
+        let file = file.as_ref().expect("filtered on is_some");
+        if !file.is_file() {
+            return Err(ConfigError::new(
+                format!("{key}.quantization.{name}"),
+                format!("{} does not exist or is not a file", file.display()),
+            ));
+        }
+    }
     if let Some(n) = m.torchscript_inputs
         && !(2..=3).contains(&n)
     {
@@ -1121,6 +1257,167 @@ fn validate_pools(
     Ok(())
 }
 
+// ---------------------------------------------------------------- what each key accepts
+//
+// serde and the `config` crate word a refused value in their own terms (`enum DType does not
+// have variant constructor f8`, `expected an unsigned 64 bit or less integer`) and round a
+// fraction given for a count (`instances: 2.5` ran 3 workers). Every key whose values are a
+// closed set or a number is listed here with what it accepts, in the words of the README's
+// table; a refused value is answered with that.
+
+/// What a key accepts: the variants of an enum-like key, or a number's range.
+#[derive(Debug, Clone, PartialEq)]
+enum Accepts {
+    /// One of these spellings.
+    OneOf(&'static [&'static str]),
+    /// A whole number, within this range (said in words).
+    Whole(&'static str),
+    /// A number (fractions allowed), within this range (said in words).
+    Number(&'static str),
+}
+
+impl std::fmt::Display for Accepts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Accepts::OneOf(names) => write!(f, "one of {}", names.join(", ")),
+            Accepts::Whole(range) => write!(f, "a whole number {range}"),
+            Accepts::Number(range) => write!(f, "a number {range}"),
+        }
+    }
+}
+
+/// The names serde reads for the enum `T`: the variant list serde hands a deserializer.
+fn variants<'de, T: Deserialize<'de>>() -> &'static [&'static str] {
+    use serde::de::{Error as _, value::Error};
+    struct Probe<'a>(&'a std::cell::Cell<&'static [&'static str]>);
+    impl<'de> serde::Deserializer<'de> for Probe<'_> {
+        type Error = Error;
+        fn deserialize_any<V: serde::de::Visitor<'de>>(self, _: V) -> Result<V::Value, Error> {
+            Err(Error::custom("not an enum"))
+        }
+        fn deserialize_enum<V: serde::de::Visitor<'de>>(
+            self,
+            _: &'static str,
+            variants: &'static [&'static str],
+            _: V,
+        ) -> Result<V::Value, Error> {
+            self.0.set(variants);
+            Err(Error::custom("probed"))
+        }
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes
+            byte_buf option unit unit_struct newtype_struct seq tuple tuple_struct map struct
+            identifier ignored_any
+        }
+    }
+    let seen = std::cell::Cell::new(&[][..]);
+    let _ = T::deserialize(Probe(&seen));
+    seen.get()
+}
+
+/// What the key at `key` accepts (`models[1].dtype` is read as `model.dtype`), if it is a
+/// closed set or a number.
+fn accepts(key: &str) -> Option<Accepts> {
+    use Accepts::{Number, OneOf, Whole};
+    // `models[1].batching.max_batch_size` → `model.batching.max_batch_size`; a model's own
+    // `tokenizer:` and `batching:` sections take what the top-level ones take.
+    let key = match key.strip_prefix("models[") {
+        Some(rest) => format!("model{}", &rest[rest.find(']')? + 1..]),
+        None => key.to_string(),
+    };
+    let key = key
+        .strip_prefix("model.")
+        .filter(|k| k.starts_with("tokenizer.") || k.starts_with("batching."))
+        .map_or(key.clone(), str::to_string);
+    Some(match key.as_str() {
+        "model.dtype" => OneOf(variants::<DType>()),
+        "model.kind" => OneOf(variants::<ModelKind>()),
+        "model.pooling" => OneOf(variants::<Pooling>()),
+        "logging.format" => OneOf(variants::<LogFormat>()),
+        "telemetry.otlp_protocol" => OneOf(&["grpc", "http/protobuf", "http"]),
+        "workload.transport" => OneOf(variants::<Transport>()),
+        "server.grpc_port" | "server.http_port" => Whole("from 0 to 65535 (0 picks a free port)"),
+        "server.http_workers"
+        | "server.max_concurrent_requests"
+        | "server.max_client_batch_size"
+        | "server.max_input_chars"
+        | "server.max_request_bytes"
+        | "model.instances"
+        | "model.intra_op_threads"
+        | "model.max_seq_length"
+        | "tokenizer.workers"
+        | "batching.max_batch_size"
+        | "batching.max_batch_tokens"
+        | "batching.max_queue_texts"
+        | "workload.concurrency"
+        | "workload.requests"
+        | "workload.texts_per_request" => Whole("of at least 1"),
+        "model.torchscript_inputs" => {
+            Whole("2 (input_ids, attention_mask) or 3 (plus token_type_ids)")
+        }
+        "supervision.max_restarts" => Whole("of at least 0"),
+        "server.request_timeout_seconds" => Number("more than 0 and at most 86400"),
+        "shutdown.timeout_seconds" => Number("more than 0 and at most 3600"),
+        "metrics.window_seconds" => Number("from 1 to 86400"),
+        "supervision.window_seconds" | "workload.duration_seconds" => Number("more than 0"),
+        "batching.max_wait_ms" => Number("from 0 to 10000"),
+        "telemetry.sampling_ratio" => Number("from 0 to 1"),
+        _ => return None,
+    })
+}
+
+/// The problem to report for a value serde refused at `key`: what was given and what the
+/// key accepts, when the key is in [`accepts`]; else serde's words without the `config`
+/// crate's repetition of the key and the file.
+fn refused(raw: &config::Config, key: &str, problem: &str) -> String {
+    let problem = problem
+        .split(" for key `")
+        .next()
+        .unwrap_or(problem)
+        .to_string();
+    let Some(accepted) = accepts(key) else {
+        return problem;
+    };
+    match raw.get::<config::Value>(key) {
+        Ok(v) => format!("`{v}` is not accepted; give {accepted}"),
+        Err(_) => format!("{problem}; give {accepted}"),
+    }
+}
+
+/// Refuses a fraction given for a key that takes a whole number (the `config` crate would
+/// round it: `instances: 2.5` ran 3 workers).
+fn refuse_fractions(raw: &config::Config) -> Result<(), ConfigError> {
+    fn walk(v: &serde_json::Value, key: &str) -> Result<(), ConfigError> {
+        match v {
+            serde_json::Value::Object(m) => m.iter().try_for_each(|(k, v)| {
+                walk(
+                    v,
+                    &if key.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{key}.{k}")
+                    },
+                )
+            }),
+            serde_json::Value::Array(items) => items
+                .iter()
+                .enumerate()
+                .try_for_each(|(i, v)| walk(v, &format!("{key}[{i}]"))),
+            serde_json::Value::Number(n) if n.is_f64() => match accepts(key) {
+                Some(a @ Accepts::Whole(_)) if n.as_f64().is_some_and(|f| f.fract() != 0.0) => Err(
+                    ConfigError::new(key, format!("`{n}` is not accepted; give {a}")),
+                ),
+                _ => Ok(()),
+            },
+            _ => Ok(()),
+        }
+    }
+    // A tree the file cannot be read as is reported by the typed reading that follows.
+    raw.clone()
+        .try_deserialize::<serde_json::Value>()
+        .map_or(Ok(()), |tree| walk(&tree, ""))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1134,6 +1431,129 @@ mod tests {
     }
 
     const MIN: &str = "model:\n  path: m\n";
+
+    #[test]
+    fn a_refused_value_is_answered_with_what_the_key_accepts() {
+        // (section YAML, the key named, the words the message must hold)
+        let table: &[(&str, &str, &[&str])] = &[
+            (
+                "model:\n  path: m\n  dtype: f8\n",
+                "model.dtype",
+                &["`f8`", "one of f32, f16, bf16"],
+            ),
+            (
+                "model:\n  path: m\n  kind: ranker\n",
+                "model.kind",
+                &[
+                    "`ranker`",
+                    "one of auto, embedding, classifier, reranker, torchscript",
+                ],
+            ),
+            (
+                "model:\n  path: m\n  pooling: avg\n",
+                "model.pooling",
+                &["`avg`", "mean, cls, max, mean_sqrt_len, last_token"],
+            ),
+            (
+                "model:\n  path: m\n  instances: -2\n",
+                "model.instances",
+                &["`-2`", "a whole number of at least 1"],
+            ),
+            (
+                "model:\n  path: m\n  instances: 2.5\n",
+                "model.instances",
+                &["`2.5`", "a whole number of at least 1"],
+            ),
+            (
+                "model:\n  path: m\n  instances: many\n",
+                "model.instances",
+                &["`many`", "a whole number"],
+            ),
+            (
+                "model:\n  path: m\nbatching:\n  max_batch_size: -3\n",
+                "batching.max_batch_size",
+                &["`-3`", "a whole number of at least 1"],
+            ),
+            (
+                "model:\n  path: m\nbatching:\n  max_wait_ms: soon\n",
+                "batching.max_wait_ms",
+                &["`soon`", "a number from 0 to 10000"],
+            ),
+            (
+                "model:\n  path: m\nserver:\n  grpc_port: -1\n",
+                "server.grpc_port",
+                &["`-1`", "from 0 to 65535"],
+            ),
+            (
+                "model:\n  path: m\nserver:\n  max_client_batch_size: 1.5\n",
+                "server.max_client_batch_size",
+                &["`1.5`", "at least 1"],
+            ),
+            (
+                "model:\n  path: m\nlogging:\n  format: xml\n",
+                "logging.format",
+                &["`xml`", "one of text, json"],
+            ),
+            (
+                "model:\n  path: m\ntelemetry:\n  otlp_protocol: udp\n",
+                "telemetry.otlp_protocol",
+                &["`udp`", "grpc, http/protobuf, http"],
+            ),
+            (
+                "model:\n  path: m\nmetrics:\n  window_seconds: abc\n",
+                "metrics.window_seconds",
+                &["`abc`", "a number from 1 to 86400"],
+            ),
+            (
+                "model:\n  path: m\nworkload:\n  transport: udp\n",
+                "workload.transport",
+                &["`udp`", "one of grpc, http"],
+            ),
+            (
+                "models:\n  - path: a\n  - path: b\n    dtype: f64\n",
+                "models[1].dtype",
+                &["`f64`", "one of f32, f16, bf16"],
+            ),
+            (
+                "models:\n  - path: a\n    batching:\n      max_batch_tokens: -5\n",
+                "models[0].batching.max_batch_tokens",
+                &["`-5`", "at least 1"],
+            ),
+        ];
+        for (yaml, key, words) in table {
+            let e = load(yaml, &[], &Overrides::default()).unwrap_err();
+            assert_eq!(e.key, *key, "{yaml}: {e:?}");
+            for w in *words {
+                assert!(e.problem.contains(w), "{yaml}: `{}` lacks `{w}`", e.problem);
+            }
+            // Nothing of serde's or the config crate's own wording is left.
+            for jargon in ["variant constructor", "64 bit", "for key `", "invalid type"] {
+                assert!(!e.problem.contains(jargon), "{yaml}: {}", e.problem);
+            }
+        }
+        // From the environment too: a string where a number is taken.
+        let e = load(
+            MIN,
+            &[("ACTOR_INFER__BATCHING__MAX_BATCH_SIZE", "lots")],
+            &Overrides::default(),
+        )
+        .unwrap_err();
+        assert_eq!(e.key, "batching.max_batch_size");
+        assert!(
+            e.problem
+                .contains("`lots` is not accepted; give a whole number of at least 1"),
+            "{}",
+            e.problem
+        );
+        // A whole number written as a float is still that number.
+        let c = load(
+            "model:\n  path: m\n  instances: 2.0\n",
+            &[],
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(c.model().instances, 2);
+    }
 
     #[test]
     fn defaults_fill_what_the_file_leaves_out() {

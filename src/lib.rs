@@ -7,11 +7,11 @@
 //! tree within one budget and escalates to a hard abort, so nothing outlives the process: no
 //! worker processes exist to be orphaned, and ports and device memory go with the process.
 //!
-//! Layers, each importing only those below it (`tests/layers.rs` checks it): [`config`] and
-//! [`fault`] at the bottom, then [`model`], [`actors`], [`api`] (the front ends), [`tools`]
-//! (the `bench` and `doctor` clients and the command line), and this crate root, which wires
-//! them: [`serve`] is the server's command, [`run`] the server itself. `main.rs` only parses
-//! and dispatches.
+//! Layers, each importing only those below it (`tests/layers.rs` checks it): [`config`],
+//! [`hub`] (models named by their Hugging Face id) and [`fault`] at the bottom, then
+//! [`model`], [`actors`], [`api`] (the front ends), [`tools`] (the `bench` and `doctor`
+//! clients and the command line), and this crate root, which wires them: [`serve`] is the
+//! server's command, [`run`] the server itself. `main.rs` only parses and dispatches.
 
 #![warn(missing_docs)]
 
@@ -19,6 +19,7 @@ pub mod actors;
 pub mod api;
 pub mod config;
 pub mod fault;
+pub mod hub;
 pub mod model;
 pub mod tools;
 
@@ -167,7 +168,10 @@ pub fn serve(
     check: bool,
     port_file: Option<&std::path::Path>,
 ) -> i32 {
-    let config = match Config::load(experiment, overrides) {
+    // A model named by its Hugging Face id may be downloaded here (README "A model by its
+    // Hugging Face id"); logging starts later, so its progress goes to stderr.
+    let say: hub::Say = Arc::new(|line: &str| eprintln!("actor-infer: hub: {line}"));
+    let config = match Config::load_at_start(experiment, overrides, say) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("actor-infer: configuration error: {e}");
@@ -191,6 +195,18 @@ pub fn serve(
             return EXIT_CONFIG;
         }
     };
+    for m in &config.models {
+        if let Some(h) = &m.hub {
+            tracing::info!(
+                model = %m.served_name(),
+                id = %h.id,
+                revision = %h.revision,
+                commit = %h.commit,
+                folder = %m.path.display(),
+                "model from the Hugging Face cache"
+            );
+        }
+    }
     let mut devices = Vec::new();
     for m in &config.models {
         match model::device::select(m) {

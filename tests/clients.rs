@@ -16,7 +16,7 @@ use common::{Server, experiment};
 /// Runs `check.py <args>` and returns its figures (its last line, JSON).
 fn check(args: &[&str]) -> serde_json::Value {
     let figures = common::run_json(
-        Command::new(common::python("clients-venv"))
+        Command::new(common::venv_python("clients-venv"))
             .arg(common::root().join("tests/clients/check.py"))
             .args(args)
             .env("NO_PROXY", "127.0.0.1,localhost"),

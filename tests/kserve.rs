@@ -16,7 +16,7 @@ const MODEL: &str = "all-MiniLM-L6-v2";
 /// Runs `tests/kserve_client.py args` (stdin: `input`), 180 s at most; its JSON answer.
 fn client(args: &[&str], input: Option<&Value>) -> Value {
     common::run_json(
-        Command::new(common::python("tritonclient-venv"))
+        Command::new(common::venv_python("tritonclient-venv"))
             .arg(root().join("tests/kserve_client.py"))
             .args(args),
         input.map(|v| v.to_string()).unwrap_or_default().as_bytes(),

@@ -1,8 +1,8 @@
 //! The layering of `src/`, checked by a tool rather than by eye: every `crate::` and `super::`
 //! path in the non-test code of each module must name a module of its own layer or one below.
 //!
-//! Layers, bottom up: `config` and `fault`; `model`; `actors`; `api` (the front ends); `tools`
-//! (bench, doctor, the command line); the crate root (`lib.rs`, which wires them) and
+//! Layers, bottom up: `config`, `hub` and `fault`; `model`; `actors`; `api` (the front ends);
+//! `tools` (bench, doctor, the command line); the crate root (`lib.rs`, which wires them) and
 //! `main.rs`. So the configuration knows nothing above it, the actors never know the front ends,
 //! and the server library never knows its client tools.
 
@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 fn layer_of(top: &str) -> Option<usize> {
     Some(match top {
-        "config" | "fault" => 0,
+        "config" | "fault" | "hub" => 0,
         "model" => 1,
         "actors" => 2,
         "api" => 3,

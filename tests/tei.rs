@@ -41,7 +41,9 @@ fn every_documented_route_is_served() {
             seen += 1;
         }
     }
-    assert!(seen >= 18, "{seen} routes documented");
+    // The routes an embedding model serves: TEI's and OpenAI's embedding routes, /tokenize,
+    // /decode, the operational ones (not /predict, /rerank or /embed_sparse: tests/openapi.rs).
+    assert!(seen >= 17, "{seen} routes documented");
     server.stop_clean();
 }
 

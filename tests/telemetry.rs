@@ -582,7 +582,7 @@ fn a_collector_that_is_down_costs_no_request() {
 /// Runs `tests/kserve_client.py` (Triton's clients, from the venv `make test-deps` makes).
 fn tritonclient(args: &[&str], stdin: &str) -> serde_json::Value {
     common::run_json(
-        std::process::Command::new(common::python("tritonclient-venv"))
+        std::process::Command::new(common::venv_python("tritonclient-venv"))
             .arg(common::root().join("tests/kserve_client.py"))
             .args(args),
         stdin.as_bytes(),

@@ -136,6 +136,10 @@ impl ModelWorker {
             model.run(&batch, self.spec.pooling, &[])?;
         }
         let warmup = t1.elapsed();
+        // int8/uint8 calibration texts, embedded once per model version (model::calibrate).
+        if let Some(c) = &self.spec.calibration {
+            c.ensure(&self.spec, &model)?;
+        }
         self.model = Some(model);
         self.table.set(self.id, ActorState::Idle);
         Ok(LoadReport { load, warmup })

@@ -253,7 +253,11 @@ fn pick(model: &str, task: Task) -> Pick<'_> {
 
 /// `ModelInfo`'s answer for one model.
 fn model_info(i: super::ModelInfo) -> pb::ModelInfoResponse {
+    let hub = i.hub.unwrap_or_default();
     pb::ModelInfoResponse {
+        hub_id: hub.id,
+        hub_revision: hub.revision,
+        hub_commit: hub.commit,
         name: i.model,
         path: i.path.unwrap_or_default(),
         embedding_dim: i.embedding_dim as u32,

@@ -60,16 +60,65 @@ impl ResponseError for ApiError {
 }
 
 /// Parses a JSON body into `T`, naming the field at fault (`inputs[2]: invalid type ...`).
+/// The body must be a JSON object ([`Object`]).
 pub(super) fn typed<T: for<'de> Deserialize<'de>>(body: serde_json::Value) -> Result<T, ApiError> {
-    serde_path_to_error::deserialize(body).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner();
-        if path == "." {
-            ApiError::validation(format!("invalid request body: {inner}"))
-        } else {
-            ApiError::validation(format!("invalid request body at `{path}`: {inner}"))
+    serde_path_to_error::deserialize(body)
+        .map(|Object(t)| t)
+        .map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            if path == "." {
+                ApiError::validation(format!("invalid request body: {inner}"))
+            } else {
+                ApiError::validation(format!("invalid request body at `{path}`: {inner}"))
+            }
+        })
+}
+
+/// A JSON object read into `T`. serde's derived structs also take a JSON array of their
+/// fields in order (`"parameters": [null, true]`); a request's objects are objects only, as the
+/// OpenAPI document says. Nested request structs are read through it too.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Object<T>(pub T);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Object<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Fields<T>(std::marker::PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for Fields<T> {
+            type Value = T;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+                T::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+            }
         }
-    })
+        d.deserialize_map(Fields(std::marker::PhantomData))
+            .map(Object)
+    }
+}
+
+/// Reads an optional count written as an integer or as a float with no fraction (`57.0`,
+/// which JSON Schema counts as an integer too), for `#[serde(deserialize_with)]`. A count past
+/// `usize::MAX` reads as `usize::MAX` (as many as there are); the route checks its own bound.
+pub(super) fn whole_number<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<usize>, D::Error> {
+    use serde::de::Error;
+    match Option::<serde_json::Number>::deserialize(d)? {
+        None => Ok(None),
+        Some(n) => n
+            .as_u64()
+            .map(|n| usize::try_from(n).unwrap_or(usize::MAX))
+            .or_else(|| {
+                // `as` saturates: a whole number past usize::MAX reads as usize::MAX.
+                n.as_f64()
+                    .filter(|f| f.fract() == 0.0 && *f >= 0.0)
+                    .map(|f| f as usize)
+            })
+            .map(Some)
+            .ok_or_else(|| D::Error::custom(format!("{n} is not a whole number from 0"))),
+    }
 }
 
 fn ms(d: Duration) -> String {
@@ -373,11 +422,11 @@ pub async fn root(req: HttpRequest) -> HttpResponse {
     }
 }
 
-/// The OpenAPI 3 document of these routes, generated from the handlers' types.
-pub async fn openapi_json() -> HttpResponse {
+/// The OpenAPI 3.1 document of these routes for the models served now.
+pub async fn openapi_json(shared: web::Data<Shared>) -> HttpResponse {
     HttpResponse::Ok()
         .content_type("application/json")
-        .body(super::openapi::document())
+        .body(super::openapi::document_json(&shared))
 }
 
 async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
@@ -387,18 +436,55 @@ async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
     ))
 }
 
-/// A route whose other methods answer 405 in our error shape.
-pub(super) fn resource(path: &str, route: actix_web::Route) -> actix_web::Resource {
-    web::resource(path)
-        .route(route)
-        .default_service(web::to(method_not_allowed))
+/// A single-method route whose other methods answer 405 in our error shape, with `Allow`;
+/// `OPTIONS` answers 204 with the same `Allow`.
+pub(super) fn resource(
+    path: &str,
+    method: actix_web::http::Method,
+    route: actix_web::Route,
+) -> actix_web::Resource {
+    with_allow(web::resource(path).route(route), vec![method])
 }
 
-async fn method_not_allowed(req: HttpRequest) -> Result<HttpResponse, ApiError> {
-    Err(ApiError::new(
-        ErrorKind::MethodNotAllowed,
-        format!("{} is not allowed on {}", req.method(), req.path()),
-    ))
+/// Adds to `resource` (whose routes answer `methods`) the answers RFC 9110 asks of the methods
+/// it does not serve: `OPTIONS` is 204 with `Allow` listing them (and itself), any other
+/// method 405 in our error shape with the same `Allow`.
+fn with_allow(
+    resource: actix_web::Resource,
+    mut methods: Vec<actix_web::http::Method>,
+) -> actix_web::Resource {
+    use actix_web::http::Method;
+    methods.push(Method::OPTIONS);
+    let allow = methods
+        .iter()
+        .map(Method::as_str)
+        .collect::<Vec<_>>()
+        .join(", ");
+    resource.default_service(web::to(move |req: HttpRequest| {
+        let allow = allow.clone();
+        async move {
+            if req.method() == Method::OPTIONS {
+                return HttpResponse::NoContent()
+                    .insert_header((actix_web::http::header::ALLOW, allow))
+                    .finish();
+            }
+            let mut res = ApiError::new(
+                ErrorKind::MethodNotAllowed,
+                format!(
+                    "{} is not allowed on {}; it answers {allow}",
+                    req.method(),
+                    req.path()
+                ),
+            )
+            .error_response();
+            res.headers_mut().insert(
+                actix_web::http::header::ALLOW,
+                actix_web::http::header::HeaderValue::from_str(&allow)
+                    .expect("method names are header-safe"),
+            );
+            res
+        }
+    }))
 }
 
 /// actix-web's JSON extractor errors, as our error shape with a message that names the fault.
@@ -429,8 +515,16 @@ fn json_error(err: actix_web::error::JsonPayloadError, _req: &HttpRequest) -> ac
 /// Routes that never need the API key: probes, always; metrics, info, the OpenAPI document
 /// and the live page unless `server.api_key_protects_metrics`; the Open Inference Protocol's
 /// own probes and metadata likewise.
+///
+/// A method a route does not serve needs no key either: its answer (405 with `Allow`, or
+/// `OPTIONS`' 204) runs nothing and tells only what [`ROUTES`] says.
 fn is_open_route(method: &actix_web::http::Method, path: &str, protect_metrics: bool) -> bool {
-    matches!(path, "/health" | "/ready" | "/ping")
+    let served_path = ROUTES.iter().any(|(_, p)| *p == path);
+    let served_method = ROUTES
+        .iter()
+        .any(|(m, p)| *p == path && *m == method.as_str());
+    (served_path && !served_method)
+        || matches!(path, "/health" | "/ready" | "/ping")
         || (!protect_metrics
             && (matches!(path, "/metrics" | "/info" | "/api-doc/openapi.json")
                 || (path == "/" && method == actix_web::http::Method::GET)))
@@ -519,17 +613,21 @@ fn handler(method: &str, path: &str) -> actix_web::Route {
 }
 
 /// Registers [`ROUTES`], one resource per path; other methods on a path answer 405 in our
-/// error shape.
+/// error shape with `Allow`, and `OPTIONS` answers 204 with it.
 fn routes(cfg: &mut web::ServiceConfig) {
     let mut paths: Vec<&str> = ROUTES.iter().map(|(_, p)| *p).collect();
     paths.dedup();
     let mut seen = std::collections::BTreeSet::new();
     for path in paths.into_iter().filter(|p| seen.insert(*p)) {
         let mut resource = web::resource(path);
+        let mut methods = Vec::new();
         for (method, _) in ROUTES.iter().filter(|(_, p)| *p == path) {
             resource = resource.route(handler(method, path));
+            methods.push(
+                actix_web::http::Method::from_bytes(method.as_bytes()).expect("ROUTES' methods"),
+            );
         }
-        cfg.service(resource.default_service(web::to(method_not_allowed)));
+        cfg.service(with_allow(resource, methods));
     }
 }
 

@@ -234,9 +234,9 @@ impl Deadline {
 /// What `/info` and `ModelInfo` tell: TEI's fields (so TEI's clients read them) and ours.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ModelInfo {
-    /// TEI: the model's name.
+    /// TEI: the model's Hugging Face id when it was named by one (`org/name`), else its name.
     pub model_id: String,
-    /// TEI: the model's revision (none: served from a local folder).
+    /// TEI: the commit of the Hugging Face snapshot served (none: served from a local folder).
     pub model_sha: Option<String>,
     /// TEI: `float32`, `float16` or `bfloat16`.
     pub model_dtype: &'static str,
@@ -269,6 +269,16 @@ pub struct ModelInfo {
     /// The model folder: only with `server.expose_model_path` (it reveals the file system).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
+    /// The Hugging Face id, revision and commit the model was resolved from (`{"id",
+    /// "revision", "commit"}`); absent for a model served from a folder.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub hub: Option<crate::hub::Resolved>,
+    /// With `model.quantization`: `{"ranges": {"source", "file", "texts", "dim", "normalized",
+    /// "fingerprint"}}`, the int8/uint8 calibration ranges this version uses.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub quantization: Option<serde_json::Value>,
     /// What kind of model this is: `embedding`, `classifier` or `reranker`.
     pub kind: &'static str,
     /// The encoder family (`bert`, `roberta`, `xlm-roberta`, `distilbert`) or `torchscript`.
@@ -338,14 +348,14 @@ impl Job {
     }
 }
 
-/// Parses TEI's `truncation_direction` (`right`/`left`, as TEI's own enum spells them too).
+/// Parses `truncation_direction`: `right` or `left`, or TEI's own spellings `Right` and `Left`
+/// (what the OpenAPI document lists).
 pub fn direction(s: Option<&str>) -> Result<Direction, ApiError> {
-    match s.map(str::to_ascii_lowercase).as_deref() {
-        None | Some("right") => Ok(Direction::Right),
-        Some("left") => Ok(Direction::Left),
-        Some(_) => Err(ApiError::validation(format!(
-            "truncation_direction `{}` is not `left` or `right`",
-            s.unwrap_or_default()
+    match s {
+        None | Some("right" | "Right") => Ok(Direction::Right),
+        Some("left" | "Left") => Ok(Direction::Left),
+        Some(other) => Err(ApiError::validation(format!(
+            "truncation_direction `{other}` is not one of right, left, Right, Left"
         ))),
     }
 }
@@ -589,9 +599,17 @@ impl Shared {
                     .collect::<serde_json::Map<_, _>>(),
             })
         };
+        let hub = c.model().hub.clone();
         ModelInfo {
-            model_id: s.name.clone(),
-            model_sha: None,
+            model_id: hub
+                .as_ref()
+                .map_or_else(|| s.name.clone(), |h| h.id.clone()),
+            model_sha: hub.as_ref().map(|h| h.commit.clone()),
+            hub,
+            quantization: s
+                .calibration
+                .as_ref()
+                .map(|c| serde_json::json!({ "ranges": c.get().map(|c| c.info()) })),
             model_dtype: match s.dtype {
                 crate::config::DType::F32 => "float32",
                 crate::config::DType::F16 => "float16",
@@ -700,15 +718,30 @@ pub fn record<T>(
     }
 }
 
-/// The JSON dashboard, from the Metrics actor.
+/// The JSON dashboard, from the Metrics actor, with each model's Hugging Face source (`hub`:
+/// id, revision, commit) when it was named by its id.
 pub async fn dashboard_json(shared: &Shared) -> Result<serde_json::Value, ApiError> {
-    shared
+    let mut v = shared
         .metrics
         .send(Snapshot)
         .await
         .ok()
         .flatten()
-        .ok_or_else(|| ApiError::internal("the metrics actor could not answer; retry"))
+        .ok_or_else(|| ApiError::internal("the metrics actor could not answer; retry"))?;
+    let catalog = shared.directory.catalog();
+    if let Some(models) = v.get_mut("models").and_then(|m| m.as_array_mut()) {
+        for entry in models {
+            let source = catalog
+                .models
+                .iter()
+                .find(|m| entry["name"] == m.name.as_str())
+                .and_then(|m| m.config.model().hub.clone());
+            if let Some(hub) = source {
+                entry["hub"] = serde_json::json!(hub);
+            }
+        }
+    }
+    Ok(v)
 }
 
 /// A short id for requests whose client gave none.

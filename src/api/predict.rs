@@ -15,7 +15,7 @@ use utoipa::ToSchema;
 use super::{
     Job, Shared,
     error::ApiError,
-    http::{Served, inference, typed},
+    http::{Object, Served, inference, typed},
 };
 use crate::{
     actors::models::{Pick, Served as Version},
@@ -184,7 +184,8 @@ pub struct PredictRequest {
     /// `text_classification` sends). When present, the answer takes that task's shape: a list
     /// of labelled scores per input, for a single input too.
     #[serde(default)]
-    pub parameters: Option<ClassificationParameters>,
+    #[schema(value_type = Option<ClassificationParameters>)]
+    pub parameters: Option<Object<ClassificationParameters>>,
 }
 
 /// Hugging Face's text-classification parameters.
@@ -192,7 +193,7 @@ pub struct PredictRequest {
 #[serde(deny_unknown_fields)]
 pub struct ClassificationParameters {
     /// Keep the `top_k` best labels.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::http::whole_number")]
     pub top_k: Option<usize>,
     /// `softmax`, `sigmoid` or `none` instead of the model's own activation.
     #[serde(default)]
@@ -313,7 +314,7 @@ pub async fn predict_route(
         job.direction = super::direction(body.truncation_direction.as_deref())?;
         let out = shared.infer(&m, job, call).await?;
         let spec = &m.spec;
-        let hf = body.parameters.unwrap_or_default();
+        let hf = body.parameters.unwrap_or_default().0;
         let (problem, raw) = match hf.function_to_apply.as_deref() {
             None => (spec.problem_type, body.raw_scores),
             Some("softmax") => (ProblemType::SingleLabel, false),

@@ -14,7 +14,7 @@ use utoipa::ToSchema;
 use super::{
     Job, Shared,
     error::ApiError,
-    http::{Served, inference, typed},
+    http::{Object, Served, inference, typed},
 };
 use crate::{
     actors::models::{Pick, Served as Version},
@@ -59,12 +59,8 @@ impl<'de> Deserialize<'de> for Inputs {
             match v {
                 Value::String(s) => Ok(TextInput::Text(s)),
                 Value::Array(ids) => ids
-                    .into_iter()
-                    .map(|x| {
-                        x.as_u64()
-                            .and_then(|n| u32::try_from(n).ok())
-                            .ok_or_else(|| format!("{x} is not a token id"))
-                    })
+                    .iter()
+                    .map(|x| token_id(x).ok_or_else(|| format!("{x} is not a token id")))
                     .collect::<Result<Vec<u32>, _>>()
                     .map(TextInput::Ids),
                 other => Err(format!("{other} is not a text or a list of token ids")),
@@ -91,6 +87,51 @@ impl<'de> Deserialize<'de> for Inputs {
     }
 }
 
+/// A JSON number as a token id: a whole number from 0 to 2³²−1, written as an integer or as
+/// a float with no fraction (`10581.0`, which JSON Schema also counts as an integer).
+fn token_id(x: &serde_json::Value) -> Option<u32> {
+    match x.as_u64() {
+        Some(n) => u32::try_from(n).ok(),
+        None => x
+            .as_f64()
+            .filter(|f| f.fract() == 0.0 && (0.0..=f64::from(u32::MAX)).contains(f))
+            .map(|f| f as u32),
+    }
+}
+
+/// Token ids for `/decode`: one list or a list of lists, read as [`token_id`] reads each.
+#[derive(Debug, Clone, PartialEq)]
+pub enum InputIds {
+    /// One list.
+    Single(Vec<u32>),
+    /// Several.
+    Batch(Vec<Vec<u32>>),
+}
+
+impl<'de> Deserialize<'de> for InputIds {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        use serde_json::Value;
+        let list = |v: &Value| -> Result<Vec<u32>, String> {
+            v.as_array()
+                .ok_or_else(|| format!("{v} is not a list of token ids"))?
+                .iter()
+                .map(|x| token_id(x).ok_or_else(|| format!("{x} is not a token id")))
+                .collect()
+        };
+        match Value::deserialize(d)? {
+            Value::Array(items) if items.iter().all(Value::is_array) && !items.is_empty() => items
+                .iter()
+                .enumerate()
+                .map(|(i, v)| list(v).map_err(|e| format!("item {i}: {e}")))
+                .collect::<Result<Vec<_>, _>>()
+                .map(InputIds::Batch)
+                .map_err(D::Error::custom),
+            v => list(&v).map(InputIds::Single).map_err(D::Error::custom),
+        }
+    }
+}
+
 /// TEI's `POST /embed`.
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -111,7 +152,7 @@ pub struct EmbedRequest {
     #[serde(default)]
     pub prompt_name: Option<String>,
     /// Matryoshka: keep the first N dimensions, then normalise (if normalising).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::http::whole_number")]
     pub dimensions: Option<usize>,
     /// `float` (default) or `base64` (each embedding as its little-endian f32 bytes in base64;
     /// `huggingface_hub`'s `feature_extraction` may ask for it).
@@ -151,7 +192,7 @@ pub struct OpenAiRequest {
     #[serde(default)]
     pub encoding_format: Option<String>,
     /// Keep the first N dimensions, then normalise (if the model normalises).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::http::whole_number")]
     pub dimensions: Option<usize>,
     /// The end user (not used).
     #[serde(default)]
@@ -223,10 +264,12 @@ pub struct SimilarityParameters {
 #[serde(deny_unknown_fields)]
 pub struct SimilarityRequest {
     /// The sentences.
-    pub inputs: SimilarityInput,
+    #[schema(value_type = SimilarityInput)]
+    pub inputs: Object<SimilarityInput>,
     /// Options.
     #[serde(default)]
-    pub parameters: Option<SimilarityParameters>,
+    #[schema(value_type = Option<SimilarityParameters>)]
+    pub parameters: Option<Object<SimilarityParameters>>,
 }
 
 /// TEI's `POST /tokenize`.
@@ -259,10 +302,11 @@ pub struct SimpleToken {
     pub stop: Option<usize>,
 }
 
-/// Token ids: one list or a list of lists.
-#[derive(Deserialize, Serialize, ToSchema)]
+/// How `ids` is documented (what [`InputIds`] accepts; the served document bounds it).
+#[derive(Serialize, ToSchema)]
 #[serde(untagged)]
-pub enum InputIds {
+#[allow(dead_code)]
+enum InputIdsDoc {
     /// One list.
     Single(Vec<u32>),
     /// Several.
@@ -274,6 +318,7 @@ pub enum InputIds {
 #[serde(deny_unknown_fields)]
 pub struct DecodeRequest {
     /// The ids.
+    #[schema(value_type = InputIdsDoc)]
     pub ids: InputIds,
     /// Leave special tokens out (default true).
     #[serde(default = "yes")]
@@ -571,14 +616,15 @@ async fn similarity_body(
     body: SimilarityRequest,
     call: super::Call,
 ) -> Result<Served<Vec<f32>>, ApiError> {
-    let p = body.parameters.unwrap_or_default();
-    if body.inputs.sentences.is_empty() {
+    let p = body.parameters.unwrap_or_default().0;
+    let inputs = body.inputs.0;
+    if inputs.sentences.is_empty() {
         return Err(ApiError::validation(
             "inputs.sentences is empty; give at least one sentence",
         ));
     }
-    let mut texts = vec![TextInput::Text(body.inputs.source_sentence)];
-    texts.extend(body.inputs.sentences.into_iter().map(TextInput::Text));
+    let mut texts = vec![TextInput::Text(inputs.source_sentence)];
+    texts.extend(inputs.sentences.into_iter().map(TextInput::Text));
     let options = EmbedOptions {
         truncate: p.truncate,
         truncation_direction: p.truncation_direction,

@@ -364,7 +364,7 @@ impl pb::info_server::Info for TeiApi {
             sha: None,
             docker_label: None,
             model_id: i.model_id,
-            model_sha: None,
+            model_sha: i.model_sha,
             model_dtype: i.model_dtype.to_string(),
             model_type: match m.spec.task {
                 Task::Embedding => pb::ModelType::Embedding,

@@ -16,7 +16,7 @@
 //! tensors are in [`super::oip`]. Errors are `{"error": "...", "error_type": "..."}`, the
 //! protocol's `{"error": ...}` with this server's error type beside it.
 
-use actix_web::{HttpRequest, HttpResponse, web};
+use actix_web::{HttpRequest, HttpResponse, http::Method, web};
 use futures::StreamExt as _;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -43,25 +43,45 @@ pub fn is_open_route(path: &str, protect_metrics: bool) -> bool {
 
 /// Registers the `/v2` routes.
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(resource("/v2", web::get().to(server_metadata)))
-        .service(resource("/v2/health/live", web::get().to(live)))
-        .service(resource("/v2/health/ready", web::get().to(server_ready)))
-        .service(resource("/v2/models/{name}", web::get().to(model_metadata)))
+    cfg.service(resource("/v2", Method::GET, web::get().to(server_metadata)))
+        .service(resource(
+            "/v2/health/live",
+            Method::GET,
+            web::get().to(live),
+        ))
+        .service(resource(
+            "/v2/health/ready",
+            Method::GET,
+            web::get().to(server_ready),
+        ))
+        .service(resource(
+            "/v2/models/{name}",
+            Method::GET,
+            web::get().to(model_metadata),
+        ))
         .service(resource(
             "/v2/models/{name}/versions/{version}",
+            Method::GET,
             web::get().to(model_metadata),
         ))
         .service(resource(
             "/v2/models/{name}/ready",
+            Method::GET,
             web::get().to(model_ready),
         ))
         .service(resource(
             "/v2/models/{name}/versions/{version}/ready",
+            Method::GET,
             web::get().to(model_ready),
         ))
-        .service(resource("/v2/models/{name}/infer", web::post().to(infer)))
+        .service(resource(
+            "/v2/models/{name}/infer",
+            Method::POST,
+            web::post().to(infer),
+        ))
         .service(resource(
             "/v2/models/{name}/versions/{version}/infer",
+            Method::POST,
             web::post().to(infer),
         ));
 }

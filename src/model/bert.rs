@@ -516,6 +516,21 @@ mod tests {
             .to_string(),
         )
         .unwrap();
+        // The spec reads the vocabulary's size from the tokenizer, as the server does.
+        let vocab: serde_json::Map<String, serde_json::Value> = (0..v)
+            .map(|t| (format!("t{t}"), serde_json::json!(t)))
+            .collect();
+        std::fs::write(
+            dir.join("tokenizer.json"),
+            serde_json::json!({
+                "version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
+                "normalizer": null, "pre_tokenizer": {"type": "Whitespace"},
+                "post_processor": null, "decoder": null,
+                "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "t1"}
+            })
+            .to_string(),
+        )
+        .unwrap();
         tch::manual_seed(7);
         let r = |shape: &[i64]| Tensor::randn(shape, (Kind::Float, tch::Device::Cpu)) * 0.2;
         let mut named: Vec<(String, Tensor)> = vec![

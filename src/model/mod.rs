@@ -3,13 +3,18 @@
 //! pooling. Nothing here knows about actors; the actors in `crate::actors` own these values.
 
 pub mod bert;
+pub mod calibrate;
 pub mod device;
 pub mod heads;
 pub mod mkl;
+pub mod quantize;
 mod tokenize;
 pub mod torchscript;
 
-use std::path::{Path, PathBuf};
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+};
 
 use serde::Deserialize;
 
@@ -245,6 +250,11 @@ pub struct ModelSpec {
     pub prompts: std::collections::BTreeMap<String, String>,
     /// The prompt applied when a request names none (`default_prompt_name`).
     pub default_prompt: Option<String>,
+    /// Token ids an input may hold: 0 up to one less than this (the tokenizer's vocabulary,
+    /// added tokens included: what tokenizing checks ids against).
+    pub vocab_size: usize,
+    /// `int8` / `uint8` calibration ranges (`model.quantization`), when configured.
+    pub calibration: Option<Arc<calibrate::Calibrator>>,
 }
 
 /// `config_sentence_transformers.json`'s prompts.
@@ -515,6 +525,21 @@ impl ModelSpec {
             )));
         }
         let name = cfg.served_name();
+        let vocab_size = tokenizers::Tokenizer::from_file(dir.join("tokenizer.json"))
+            .map_err(|e| ModelError::File {
+                path: dir.join("tokenizer.json"),
+                message: format!("cannot load tokenizer: {e}"),
+            })?
+            .get_vocab_size(true);
+        let normalize = task == Task::Embedding && cfg.normalize.unwrap_or(folder_normalize);
+        let calibration = cfg
+            .quantization
+            .as_ref()
+            .map(|q| {
+                calibrate::Calibrator::from_config(q, task, encoder.hidden_size as usize, normalize)
+            })
+            .transpose()?
+            .map(Arc::new);
         Ok(ModelSpec {
             name,
             path: dir.clone(),
@@ -522,7 +547,7 @@ impl ModelSpec {
             max_seq_length,
             pooling: cfg.pooling.unwrap_or(folder_pooling),
             // A classifier's rows are logits: never normalised.
-            normalize: task == Task::Embedding && cfg.normalize.unwrap_or(folder_normalize),
+            normalize,
             device,
             dtype: cfg.dtype,
             task,
@@ -531,6 +556,8 @@ impl ModelSpec {
             problem_type,
             prompts: st_config.prompts,
             default_prompt: st_config.default_prompt_name,
+            vocab_size,
+            calibration,
         })
     }
 

@@ -513,18 +513,17 @@ pub fn run_to_exit_with(args: &[&str], envs: &[(&str, &str)]) -> (i32, String) {
     }
 }
 
-/// The interpreter of a venv that `scripts/test-deps.sh` makes in the cache
-/// (`clients-venv`, `tritonclient-venv`).
-pub fn python(venv: &str) -> PathBuf {
-    let cache = std::env::var_os("ACTOR_INFER_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/actor-infer")
-        });
+/// The Python of a venv `scripts/test-deps.sh` makes in the cache (`clients-venv`,
+/// `tritonclient-venv`, `schemathesis-venv`, ...).
+pub fn venv_python(venv: &str) -> PathBuf {
+    let cache = std::env::var("ACTOR_INFER_CACHE").map_or_else(
+        |_| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/actor-infer"),
+        PathBuf::from,
+    );
     let p = cache.join(venv).join("bin/python");
     assert!(
         p.is_file(),
-        "{} is missing: run `make test-deps` (scripts/test-deps.sh installs it)",
+        "{} is missing: `make test` installs it (scripts/test-deps.sh)",
         p.display()
     );
     p
