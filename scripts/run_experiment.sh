@@ -8,6 +8,8 @@
 #   WORKLOAD="cmd ..."  the workload to run once ready ($HTTP_URL and $GRPC_ADDR are set for
 #                       it); otherwise the experiment's `workload:` section through
 #                       `actor-infer bench`, or else 50 HTTP requests with curl
+#   Ports of 0 in the experiment are fine: the server picks free ones and says which in its
+#   --port-file, and every check after the start uses those.
 set -euo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/_bin.sh"
 EXPERIMENT=${1:-$EXPERIMENT}
@@ -19,16 +21,16 @@ import json, sys
 c = json.load(sys.stdin)
 h = c["server"]["host"]
 print("127.0.0.1" if h in ("0.0.0.0", "::") else h, c["server"]["http_port"], c["server"]["grpc_port"], c["shutdown"]["timeout_seconds"])')
-export HTTP_URL="http://$HOST:$HTTP_PORT" GRPC_ADDR="$HOST:$GRPC_PORT"
 
-"$BIN" doctor --experiment "$EXPERIMENT" count before >/dev/null
+STATE=$(mktemp -d -t actor-infer-run.XXXXXX)
+"$BIN" doctor --experiment "$EXPERIMENT" count before --state-file "$STATE/count.json" >/dev/null
 if ! "$BIN" doctor --experiment "$EXPERIMENT" ports >/dev/null; then
   say "a port is already held before the start:"; "$BIN" doctor --experiment "$EXPERIMENT" ports >&2 || true
   exit 1
 fi
 
-LOG=${LOG:-$(mktemp -t actor-infer-run.XXXXXX.log)}
-"$BIN" --experiment "$EXPERIMENT" >"$LOG" 2>&1 &
+LOG=${LOG:-$STATE/server.log}
+"$BIN" --experiment "$EXPERIMENT" --port-file "$STATE/ports.json" >"$LOG" 2>&1 &
 PID=$!
 say "server pid $PID, log $LOG"
 
@@ -49,6 +51,20 @@ stop_server() {
 CODE=0
 trap stop_server EXIT
 
+# The ports it bound (the experiment's, or free ones for 0), once both are.
+for _ in $(seq 600); do
+  [ -s "$STATE/ports.json" ] && break
+  kill -0 "$PID" 2>/dev/null || { say "the server died while starting:"; tail -5 "$LOG" >&2; exit 1; }
+  sleep 0.1
+done
+[ -s "$STATE/ports.json" ] || { say "never bound its ports"; exit 1; }
+read -r HTTP_PORT GRPC_PORT < <(python3 -c '
+import json, sys
+p = json.load(open(sys.argv[1]))
+print(p["http_port"], p["grpc_port"])' "$STATE/ports.json")
+export HTTP_URL="http://$HOST:$HTTP_PORT" GRPC_ADDR="$HOST:$GRPC_PORT"
+PORTS=(--http-port "$HTTP_PORT" --grpc-port "$GRPC_PORT")
+
 for _ in $(seq 600); do
   curl -fsS "$HTTP_URL/ready" >/dev/null 2>&1 && break
   kill -0 "$PID" 2>/dev/null || { say "the server died while starting:"; tail -5 "$LOG" >&2; exit 1; }
@@ -66,7 +82,7 @@ if [ -n "${WORKLOAD:-}" ]; then
   bash -c "$WORKLOAD"
 elif [ "$HAS_WORKLOAD" = yes ]; then
   say "workload: the experiment's workload: section (actor-infer bench)"
-  "$BIN" bench --experiment "$EXPERIMENT"
+  "$BIN" bench --experiment "$EXPERIMENT" "${PORTS[@]}"
 else
   for i in $(seq 50); do
     curl -fsS "$HTTP_URL/embed" -H 'content-type: application/json' \
@@ -74,7 +90,7 @@ else
   done
   say "workload: 50 requests done"
 fi
-"$BIN" doctor --experiment "$EXPERIMENT" metrics | python3 -c '
+"$BIN" doctor --experiment "$EXPERIMENT" "${PORTS[@]}" metrics | python3 -c '
 import json, sys
 d = json.load(sys.stdin); s = d["stage_timings"]
 print("[run_experiment] qps %s avg_ms %s tokenize_ms %s inference_ms %s queue_ms %s" % (
@@ -83,9 +99,9 @@ print("[run_experiment] qps %s avg_ms %s tokenize_ms %s inference_ms %s queue_ms
 stop_server
 trap - EXIT
 left=0
-"$BIN" doctor --experiment "$EXPERIMENT" ports >&2 || left=1
+"$BIN" doctor --experiment "$EXPERIMENT" "${PORTS[@]}" ports >&2 || left=1
 kill -0 "$PID" 2>/dev/null && { say "process $PID still exists"; left=1; }
-"$BIN" doctor --experiment "$EXPERIMENT" count after >&2 || left=1
+"$BIN" doctor --experiment "$EXPERIMENT" "${PORTS[@]}" count after --state-file "$STATE/count.json" >&2 || left=1
 if [ "$left" -ne 0 ]; then say "something was left behind"; exit 1; fi
 [ "$CODE" -eq 0 ] || { say "the server did not stop cleanly (exit $CODE)"; exit "$CODE"; }
 say "clean: ports free, no process left"

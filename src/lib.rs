@@ -121,6 +121,23 @@ impl Listeners {
     pub fn grpc_addr(&self) -> std::io::Result<SocketAddr> {
         self.grpc.local_addr()
     }
+
+    /// Writes the bound ports to `path` as JSON (`host`, `http_port`, `grpc_port`): first to a
+    /// file beside it, then renamed over it, so a reader never sees half of it.
+    pub fn write_port_file(&self, path: &std::path::Path) -> std::io::Result<()> {
+        let (http, grpc) = (self.http_addr()?, self.grpc_addr()?);
+        let body = serde_json::json!({
+            "host": http.ip().to_string(),
+            "http_port": http.port(),
+            "grpc_port": grpc.port(),
+        });
+        let mut partial = path.as_os_str().to_owned();
+        partial.push(format!(".{}.partial", std::process::id()));
+        std::fs::write(&partial, format!("{body}\n"))?;
+        std::fs::rename(&partial, path).inspect_err(|_| {
+            let _ = std::fs::remove_file(&partial);
+        })
+    }
 }
 
 /// Says once, at start, which device serves and why, which libraries were loaded from where,
@@ -154,8 +171,14 @@ fn log_device(choice: &model::device::Choice) {
 
 /// `actor-infer --experiment exp.yaml`: loads and checks the configuration (exit 2 if it is
 /// refused), settles the device (exit 2 if it cannot be used) before binding the ports (exit 1
-/// if one is taken), then runs the server in an actix System and returns its exit code.
-pub fn serve(experiment: &std::path::Path, overrides: &config::Overrides, check: bool) -> i32 {
+/// if one is taken), writes them to `port_file` if given (exit 1 if it cannot), then runs the
+/// server in an actix System and returns its exit code.
+pub fn serve(
+    experiment: &std::path::Path,
+    overrides: &config::Overrides,
+    check: bool,
+    port_file: Option<&std::path::Path>,
+) -> i32 {
     // A model named by its Hugging Face id may be downloaded here (README "A model by its
     // Hugging Face id"); logging starts later, so its progress goes to stderr.
     let say: hub::Say = Arc::new(|line: &str| eprintln!("actor-infer: hub: {line}"));
@@ -227,6 +250,16 @@ pub fn serve(experiment: &std::path::Path, overrides: &config::Overrides, check:
         grpc = %listeners.grpc_addr().map(|a| a.to_string()).unwrap_or_default(),
         "listening"
     );
+    if let Some(path) = port_file
+        && let Err(e) = listeners.write_port_file(path)
+    {
+        tracing::error!("cannot write the port file {}: {e}", path.display());
+        eprintln!(
+            "actor-infer: cannot write the port file {}: {e}",
+            path.display()
+        );
+        return EXIT_FAILURE;
+    }
     // Every actor's panic is caught where it happens (the Supervisor's table in README
     // "Stopping"); one that escapes anyway ends the System, and the process then exits, and
     // with it every thread, socket and byte of device memory: there is no child process.
@@ -257,19 +290,9 @@ fn end_process(code: i32, telemetry: Option<api::telemetry::Exporter>) -> ! {
     exit(code)
 }
 
-/// How the binary ends, whatever the path: stdout and stderr flushed, then `_exit(code)`,
-/// without the C++ static destructors that `exit()` runs. With libtorch's CUDA half loaded
-/// (`device: auto` or `cuda` on a host that has it), those destructors can hang: on CI a
-/// server that had logged "Shutdown complete" was held until its watchdog's exit 3, and a
-/// refused `device: cuda` (exit 2) did not end within a minute. Nothing is left for them to do:
-/// the process owns no file, socket or child that outlives it.
-pub fn exit(code: i32) -> ! {
-    use std::io::Write;
-    let _ = std::io::stdout().flush();
-    let _ = std::io::stderr().flush();
-    // SAFETY: _exit ends the process at once; every writer is unbuffered or flushed above.
-    unsafe { libc::_exit(code) }
-}
+/// How the binary ends, whatever the path: [`actors::supervisor::exit`] (flush, then `_exit`,
+/// skipping the C++ static destructors that hang with libtorch's CUDA half loaded).
+pub use actors::supervisor::exit;
 
 /// Runs the server, model `i` on `devices[i]` (resolved by `model::device::select`), until it
 /// stops; returns the process exit code (`actors::supervisor::EXIT_*`). `source` is where a

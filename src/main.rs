@@ -14,7 +14,12 @@ fn main() {
         Some(Command::Doctor { check }) => doctor::main(&cli, check.as_ref()),
         Some(Command::Bench(args)) => bench::main(&cli, args.clone()),
         None => match &cli.experiment {
-            Some(experiment) => actor_infer::serve(experiment, &cli.overrides(), cli.check),
+            Some(experiment) => actor_infer::serve(
+                experiment,
+                &cli.overrides(),
+                cli.check,
+                cli.port_file.as_deref(),
+            ),
             None => Cli::command()
                 .error(
                     clap::error::ErrorKind::MissingRequiredArgument,

@@ -380,9 +380,7 @@ async fn raw_infer(server: &Server, texts: Vec<Vec<u8>>) -> Result<InferResponse
 #[tokio::test]
 async fn bad_grpc_input_gets_the_right_code_and_the_server_keeps_serving() {
     let server = Server::start(experiment(LIMITS));
-    let mut grpc = InferenceServiceClient::connect(server.grpc.clone())
-        .await
-        .unwrap();
+    let mut grpc = common::grpc(&server).await;
     let texts = |v: Vec<String>| InferRequest {
         texts: v,
         ..Default::default()
@@ -606,9 +604,7 @@ async fn overload_is_refused_fast_with_429_and_memory_stays_bounded() {
 #[tokio::test]
 async fn a_grpc_deadline_that_passes_in_the_queue_is_answered_deadline_exceeded() {
     let server = Server::start_with(experiment("experiment:\n  name: deadlines\n"), FAULTS);
-    let mut grpc = InferenceServiceClient::connect(server.grpc.clone())
-        .await
-        .unwrap();
+    let mut grpc = common::grpc(&server).await;
     // Hold the only worker for 2 s.
     let slow = {
         let mut grpc = grpc.clone();
@@ -722,9 +718,7 @@ async fn queued_work_of_a_client_that_disconnects_is_skipped_and_counted() {
     );
 
     // gRPC: the client drops the call (a RST_STREAM, no deadline involved).
-    let mut grpc = InferenceServiceClient::connect(server.grpc.clone())
-        .await
-        .unwrap();
+    let mut grpc = common::grpc(&server).await;
     let call = grpc.infer(InferRequest {
         texts: vec!["grpc one".into(), "grpc two".into()],
         ..Default::default()
@@ -810,9 +804,7 @@ async fn an_api_key_guards_inference_and_is_never_shown() {
         assert_eq!(status, 200, "{path}");
     }
 
-    let mut grpc = InferenceServiceClient::connect(server.grpc.clone())
-        .await
-        .unwrap();
+    let mut grpc = common::grpc(&server).await;
     let request = || {
         tonic::Request::new(InferRequest {
             texts: vec!["secret work".into()],

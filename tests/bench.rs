@@ -3,24 +3,17 @@
 
 mod common;
 
-use std::process::Command;
+use std::time::Duration;
 
 use common::{Server, experiment};
 use serde_json::Value;
 
 fn bench(args: &[&str]) -> Value {
-    let out = Command::new(env!("CARGO_BIN_EXE_actor-infer"))
-        .arg("bench")
-        .args(args)
-        .arg("--json")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    common::run_json(
+        common::binary().arg("bench").args(args).arg("--json"),
+        b"",
+        Duration::from_secs(300),
+    )
 }
 
 #[test]

@@ -9,41 +9,22 @@
 
 mod common;
 
-use std::{path::PathBuf, process::Command};
+use std::{process::Command, time::Duration};
 
 use common::{Server, experiment};
 
-/// The venv `scripts/test-deps.sh` makes.
-fn python() -> PathBuf {
-    let cache = std::env::var("ACTOR_INFER_CACHE").map_or_else(
-        |_| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/actor-infer"),
-        PathBuf::from,
-    );
-    let p = cache.join("clients-venv/bin/python");
-    assert!(
-        p.is_file(),
-        "{} is missing: `make test` installs it (scripts/test-deps.sh)",
-        p.display()
-    );
-    p
-}
-
 /// Runs `check.py <args>` and returns its figures (its last line, JSON).
 fn check(args: &[&str]) -> serde_json::Value {
-    let out = Command::new(python())
-        .arg(common::root().join("tests/clients/check.py"))
-        .args(args)
-        .env("NO_PROXY", "127.0.0.1,localhost")
-        .output()
-        .expect("run check.py");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "check.py {args:?} failed:\n{stdout}\n{stderr}"
+    let figures = common::run_json(
+        Command::new(common::venv_python("clients-venv"))
+            .arg(common::root().join("tests/clients/check.py"))
+            .args(args)
+            .env("NO_PROXY", "127.0.0.1,localhost"),
+        b"",
+        Duration::from_secs(300),
     );
-    eprintln!("check.py {}: {}", args[0], stdout.trim());
-    serde_json::from_str(stdout.lines().last().unwrap_or("")).expect("figures as JSON")
+    eprintln!("check.py {}: {figures}", args[0]);
+    figures
 }
 
 fn reference() -> String {

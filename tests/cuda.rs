@@ -107,22 +107,21 @@ fn device_cpu_does_not_load_the_cuda_half() {
     server.stop_clean();
 }
 
-/// Runs the binary on `body` (a `model:` section's extra keys) with fixed, free ports and
+/// Runs the binary on `body` (a `model:` section's extra keys) on ports it would pick and
 /// returns its exit code and log, checking it never bound a port.
 fn refused(body: &str, envs: &[(&str, &str)]) -> (i32, String) {
     let exp = experiment(&format!(
         "model:\n  path: {}\n{body}",
         common::default_model().display()
     ));
-    let (http, grpc) = (common::free_port(), common::free_port());
     let (code, log) = run_to_exit_with(
         &[
             "--experiment",
             exp.path.to_str().unwrap(),
             "--http-port",
-            &http.to_string(),
+            "0",
             "--grpc-port",
-            &grpc.to_string(),
+            "0",
         ],
         envs,
     );
@@ -232,7 +231,7 @@ fn doctor_reports_gpu_memory_per_process_or_why_it_cannot() {
         "{out}"
     );
     let (_, out) = run_to_exit_with(
-        &["doctor", "--http-port", &common::free_port().to_string()],
+        &["doctor", "--http-port", &common::unused_port().to_string()],
         &[],
     );
     assert!(out.contains("== 4. GPU memory per process"), "{out}");

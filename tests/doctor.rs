@@ -110,7 +110,7 @@ fn a_port_held_by_something_else_is_case_a() {
         .unwrap();
     let stray = Stray(child);
     let held = line.trim().to_string();
-    let free = common::free_port();
+    let free = common::unused_port();
     let (code, out) = doctor(&["--http-port", &held, "--grpc-port", &free.to_string()]);
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("CASE A"), "{out}");
@@ -124,11 +124,9 @@ fn a_port_held_by_something_else_is_case_a() {
 
 #[test]
 fn run_experiment_script_starts_loads_stops_and_verifies() {
-    let exp = experiment(&format!(
-        "experiment:\n  name: scripted\nserver:\n  http_port: {}\n  grpc_port: {}\n",
-        common::free_port(),
-        common::free_port()
-    ));
+    // Port 0: the server picks its ports and the script reads them from its --port-file.
+    let exp =
+        experiment("experiment:\n  name: scripted\nserver:\n  http_port: 0\n  grpc_port: 0\n");
     let workload = "for i in 1 2 3; do curl -fsS $HTTP_URL/embed \
                     -H 'content-type: application/json' -d '{\"inputs\":\"w\"}' >/dev/null; done";
     let (ok, text) = run_experiment(&exp, &[("WORKLOAD", workload)]);
@@ -179,12 +177,10 @@ fn wrapper_scripts_answer_like_the_originals() {
 
 #[test]
 fn run_experiment_script_runs_the_experiments_workload_section() {
-    let exp = experiment(&format!(
-        "experiment:\n  name: workload\nserver:\n  http_port: {}\n  grpc_port: {}\n\
+    let exp = experiment(
+        "experiment:\n  name: workload\nserver:\n  http_port: 0\n  grpc_port: 0\n\
          workload:\n  transport: grpc\n  concurrency: 2\n  requests: 20\n  tokens: 8-16\n",
-        common::free_port(),
-        common::free_port()
-    ));
+    );
     let (ok, text) = run_experiment(&exp, &[]);
     assert!(ok, "{text}");
     assert!(text.contains("workload: section"), "{text}");

@@ -25,9 +25,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use actor_infer::api::grpc::pb::{
-    ModelInfoRequest, inference_service_client::InferenceServiceClient,
-};
+use actor_infer::api::grpc::pb::ModelInfoRequest;
 use common::{
     Experiment, Server, TOLERANCE, floats, http_get, http_request, max_abs_diff, reference,
     run_to_exit_with,
@@ -126,25 +124,11 @@ impl Drop for Hub {
     }
 }
 
-/// The clients venv's Python (`scripts/test-deps.sh`), with huggingface_hub 2.4.0.
-fn python() -> PathBuf {
-    let cache = std::env::var("ACTOR_INFER_CACHE").map_or_else(
-        |_| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/actor-infer"),
-        PathBuf::from,
-    );
-    let p = cache.join("clients-venv/bin/python");
-    assert!(
-        p.is_file(),
-        "{} is missing: `make test` installs it (scripts/test-deps.sh)",
-        p.display()
-    );
-    p
-}
-
 /// Runs `code` with huggingface_hub, the cache in `home`, and returns its last stdout line as
 /// JSON. `env` adds variables (HF_ENDPOINT, HF_HUB_OFFLINE, ...).
 fn hf(code: &str, home: &Path, env: &[(&str, &str)]) -> serde_json::Value {
-    let mut cmd = Command::new(python());
+    // The clients venv (`scripts/test-deps.sh`) has huggingface_hub 2.4.0.
+    let mut cmd = Command::new(common::venv_python("clients-venv"));
     cmd.arg("-c")
         .arg(code)
         .env("HF_HOME", home)
@@ -158,17 +142,7 @@ fn hf(code: &str, home: &Path, env: &[(&str, &str)]) -> serde_json::Value {
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let out = cmd.output().expect("run the clients venv's python");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "python failed ({}):\n{stdout}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_str(stdout.lines().last().unwrap_or("")).unwrap_or_else(|e| {
-        panic!("python's last line is not JSON ({e}):\n{stdout}");
-    })
+    common::run_json(&mut cmd, b"", Duration::from_secs(300))
 }
 
 /// An experiment serving `path` (an id, or a folder) on the CPU; `extra` is prepended.
@@ -320,9 +294,7 @@ async fn a_cache_made_by_huggingface_hub_serves_offline_with_parity() {
     assert_eq!(info["model"], "all-MiniLM-L6-v2", "the name clients use");
     assert_eq!(info["hub"]["revision"], "main");
 
-    let mut grpc = InferenceServiceClient::connect(server.grpc.clone())
-        .await
-        .unwrap();
+    let mut grpc = common::grpc(&server).await;
     let m = grpc
         .model_info(ModelInfoRequest::default())
         .await

@@ -6,83 +6,22 @@
 
 mod common;
 
-use std::{
-    io::Write as _,
-    path::PathBuf,
-    process::{Child, Command, Stdio},
-    time::{Duration, Instant},
-};
+use std::{path::PathBuf, process::Command, time::Duration};
 
 use common::{Server, TOLERANCE, experiment, max_abs_diff, reference, root};
 use serde_json::{Value, json};
 
 const MODEL: &str = "all-MiniLM-L6-v2";
 
-/// The venv with tritonclient (`scripts/test-deps.sh`).
-fn python() -> PathBuf {
-    let cache = std::env::var_os("ACTOR_INFER_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/actor-infer")
-        });
-    let p = cache.join("tritonclient-venv/bin/python");
-    assert!(
-        p.is_file(),
-        "{} is missing: run `make test-deps` (scripts/test-deps.sh installs tritonclient)",
-        p.display()
-    );
-    p
-}
-
-/// A child process killed and reaped however the test ends.
-struct Reaped(Child);
-
-impl Drop for Reaped {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// Runs `tests/kserve_client.py args` (stdin: `input`), 180 s at most; its JSON answer.
 fn client(args: &[&str], input: Option<&Value>) -> Value {
-    let mut child = Reaped(
-        Command::new(python())
+    common::run_json(
+        Command::new(common::venv_python("tritonclient-venv"))
             .arg(root().join("tests/kserve_client.py"))
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("run tests/kserve_client.py"),
-    );
-    let mut stdin = child.0.stdin.take().unwrap();
-    if let Some(input) = input {
-        stdin.write_all(input.to_string().as_bytes()).unwrap();
-    }
-    drop(stdin);
-    let mut stdout = child.0.stdout.take().unwrap();
-    let mut stderr = child.0.stderr.take().unwrap();
-    let out = std::thread::spawn(move || {
-        let mut s = String::new();
-        std::io::Read::read_to_string(&mut stdout, &mut s).map(|_| s)
-    });
-    let err = std::thread::spawn(move || {
-        let mut s = String::new();
-        std::io::Read::read_to_string(&mut stderr, &mut s).map(|_| s)
-    });
-    let deadline = Instant::now() + Duration::from_secs(180);
-    let status = loop {
-        if let Some(s) = child.0.try_wait().unwrap() {
-            break s;
-        }
-        assert!(Instant::now() < deadline, "kserve_client.py {args:?} hung");
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let out = out.join().unwrap().unwrap();
-    let err = err.join().unwrap().unwrap();
-    assert!(status.success(), "kserve_client.py {args:?} failed:\n{err}");
-    serde_json::from_str(&out).unwrap_or_else(|e| panic!("not JSON ({e}): {out}\n{err}"))
+            .args(args),
+        input.map(|v| v.to_string()).unwrap_or_default().as_bytes(),
+        Duration::from_secs(180),
+    )
 }
 
 fn grpc_addr(server: &Server) -> &str {

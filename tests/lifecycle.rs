@@ -94,18 +94,14 @@ fn bad_configurations_are_refused_naming_the_key() {
 fn environment_overrides_yaml_and_flags_override_both() {
     let exp = experiment("server:\n  http_port: 1111\n  grpc_port: 2222\n");
     let path = exp.path.to_str().unwrap().to_string();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_actor-infer"))
-        .args(["--experiment", &path, "--check", "--grpc-port", "4444"])
-        .env("ACTOR_INFER__SERVER__HTTP_PORT", "3333")
-        .env("ACTOR_INFER__SERVER__GRPC_PORT", "5555")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let v = common::run_json(
+        common::binary()
+            .args(["--experiment", &path, "--check", "--grpc-port", "4444"])
+            .env("ACTOR_INFER__SERVER__HTTP_PORT", "3333")
+            .env("ACTOR_INFER__SERVER__GRPC_PORT", "5555"),
+        b"",
+        Duration::from_secs(60),
     );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["server"]["http_port"], 3333);
     assert_eq!(v["server"]["grpc_port"], 4444);
 }
@@ -161,4 +157,45 @@ fn a_model_that_fails_to_load_stops_everything_with_exit_1() {
     assert!(log.contains("could not load the model"), "{log}");
     assert!(log.contains("model.safetensors"), "{log}");
     assert!(log.contains("Shutdown complete"), "{log}");
+}
+
+#[test]
+fn the_port_file_names_the_bound_ports_or_the_start_fails_with_exit_1() {
+    // Written once both ports are bound: what Server::start reads, and what it connects to.
+    let server = Server::start(experiment(""));
+    let ports: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(server.port_file()).expect("the port file"))
+            .unwrap();
+    assert_eq!(ports["host"], "127.0.0.1", "{ports}");
+    assert_eq!(
+        format!("127.0.0.1:{}", ports["http_port"]),
+        server.http_addr,
+        "{ports}"
+    );
+    assert_eq!(
+        format!("http://127.0.0.1:{}", ports["grpc_port"]),
+        server.grpc,
+        "{ports}"
+    );
+    server.stop_clean();
+
+    // Where it cannot be written, the server says so and stops before serving anything.
+    let exp = experiment("");
+    let missing = exp.dir.path().join("no-such-folder/ports.json");
+    let (code, log) = common::run_to_exit(&[
+        "--experiment",
+        exp.path.to_str().unwrap(),
+        "--http-port",
+        "0",
+        "--grpc-port",
+        "0",
+        "--port-file",
+        missing.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 1, "{log}");
+    assert!(
+        log.contains("cannot write the port file") && log.contains("no-such-folder"),
+        "{log}"
+    );
+    assert!(!log.contains("starting model workers"), "{log}");
 }

@@ -8,10 +8,10 @@
 
 mod common;
 
-use actor_infer::api::grpc::pb::{
-    InferRequest, ModelInfoRequest, RerankRequest, inference_service_client::InferenceServiceClient,
+use actor_infer::api::grpc::pb::{InferRequest, ModelInfoRequest, RerankRequest};
+use common::{
+    Server, experiment, fixture, fixture_reference, floats, get, grpc, max_abs_diff, post, strings,
 };
-use common::{Server, experiment, fixture, fixture_reference, floats, max_abs_diff, strings};
 use serde_json::{Value, json};
 
 /// f32 parity: per embedding component, per logit and per score.
@@ -23,32 +23,6 @@ fn serve(name: &str, extra: &str) -> Server {
         "experiment:\n  name: {name}\nmodel:\n  path: {}\n  device: cpu\n{extra}",
         fixture(name).display()
     )))
-}
-
-async fn post(server: &Server, path: &str, body: Value) -> (u16, Value) {
-    let res = reqwest::Client::new()
-        .post(format!("{}{path}", server.http))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    let status = res.status().as_u16();
-    (status, res.json::<Value>().await.unwrap())
-}
-
-async fn info(server: &Server) -> Value {
-    reqwest::get(format!("{}/info", server.http))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
-}
-
-async fn grpc(server: &Server) -> InferenceServiceClient<tonic::transport::Channel> {
-    InferenceServiceClient::connect(server.grpc.clone())
-        .await
-        .unwrap()
 }
 
 /// A route the model does not serve answers 400 `wrong_model_kind`, naming what it serves.
@@ -90,7 +64,7 @@ async fn check_embedding(name: &str, family: &str, extra: &str) {
         "the fixture has a text that is truncated"
     );
 
-    let i = info(&server).await;
+    let i = get(&server, "/info").await;
     assert_eq!(i["kind"], "embedding", "{i}");
     assert_eq!(i["family"], family, "{i}");
     assert_eq!(i["max_sequence_length"], r["max_seq_length"], "{i}");
@@ -231,7 +205,7 @@ async fn check_classifier(name: &str, family: &str, activation: &str) {
     let r = fixture_reference(name);
     let texts = strings(&r["texts"]);
     let labels = strings(&r["labels"]);
-    let i = info(&server).await;
+    let i = get(&server, "/info").await;
     assert_eq!(i["kind"], "classifier", "{i}");
     assert_eq!(i["family"], family, "{i}");
     assert_eq!(i["activation"], activation, "{i}");
@@ -452,7 +426,7 @@ async fn reranker_matches_cross_encoder_over_http_and_grpc() {
     let texts = strings(&r["texts"]);
     let scores = floats(&r["scores"]);
     let logits = floats(&r["logits"]);
-    let i = info(&server).await;
+    let i = get(&server, "/info").await;
     assert_eq!(i["kind"], "reranker", "{i}");
     assert_eq!(
         i["routes"],
@@ -651,7 +625,7 @@ async fn bf16_on_cpu_drifts_little_from_f32() {
     let texts: Vec<&str> = cases.iter().map(|c| c.text.as_str()).collect();
     let (status, body) = post(&server, "/embed", json!({"inputs": texts})).await;
     assert_eq!(status, 200, "{body}");
-    assert_eq!(info(&server).await["dtype"], "bf16");
+    assert_eq!(get(&server, "/info").await["dtype"], "bf16");
     let (mut max_abs, mut min_cos) = (0f32, 1f32);
     for (n, case) in cases.iter().enumerate() {
         let got = floats(&body[n]);

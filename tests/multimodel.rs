@@ -16,11 +16,10 @@ use std::{
 
 use actor_infer::api::grpc::pb::{
     InferRequest, ListModelsRequest, ModelInfoRequest, RerankRequest,
-    inference_service_client::InferenceServiceClient,
 };
 use common::{
-    Experiment, Server, TOLERANCE, default_model, fixture, fixture_reference, floats, max_abs_diff,
-    root, scrape, strings,
+    Experiment, Server, TOLERANCE, default_model, fixture, fixture_reference, floats, get, grpc,
+    max_abs_diff, post_versioned, root, scrape, strings,
 };
 use serde_json::{Value, json};
 
@@ -42,36 +41,6 @@ fn entry(name: &str, path: &Path, extra: &str) -> String {
 
 fn minilm(extra: &str) -> String {
     entry("minilm", &default_model(), extra)
-}
-
-async fn post(server: &Server, path: &str, body: Value) -> (u16, Value, Option<String>) {
-    let res = reqwest::Client::new()
-        .post(format!("{}{path}", server.http))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    let status = res.status().as_u16();
-    let version = res
-        .headers()
-        .get("x-model-version")
-        .map(|v| v.to_str().unwrap().to_string());
-    (status, res.json().await.unwrap(), version)
-}
-
-async fn get(server: &Server, path: &str) -> Value {
-    reqwest::get(format!("{}{path}", server.http))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
-}
-
-async fn grpc(server: &Server) -> InferenceServiceClient<tonic::transport::Channel> {
-    InferenceServiceClient::connect(server.grpc.clone())
-        .await
-        .unwrap()
 }
 
 /// `POST /admin/reload`: status and report.
@@ -143,7 +112,7 @@ async fn an_embedder_a_reranker_and_a_classifier_serve_side_by_side() {
     // OpenAI by name, TEI's /embed by default: both the embedder, matching
     // sentence-transformers.
     let c = &cases[0];
-    let (status, body, version) = post(
+    let (status, body, version) = post_versioned(
         &server,
         "/v1/embeddings",
         json!({"model": "minilm", "input": [c.text]}),
@@ -153,7 +122,7 @@ async fn an_embedder_a_reranker_and_a_classifier_serve_side_by_side() {
     assert_eq!(version.as_deref(), Some("minilm@1"));
     let d = max_abs_diff(&floats(&body["data"][0]["embedding"]), &c.embedding);
     assert!(d < TOLERANCE, "OpenAI route: {d}");
-    let (status, body, _) = post(&server, "/embed", json!({"inputs": c.text})).await;
+    let (status, body, _) = post_versioned(&server, "/embed", json!({"inputs": c.text})).await;
     assert_eq!(status, 200, "{body}");
     assert!(max_abs_diff(&floats(&body[0]), &c.embedding) < TOLERANCE);
 
@@ -162,7 +131,7 @@ async fn an_embedder_a_reranker_and_a_classifier_serve_side_by_side() {
     let texts = strings(&rr["texts"]);
     let scores = floats(&rr["scores"]);
     let (status, body, version) =
-        post(&server, "/rerank", json!({"query": query, "texts": texts})).await;
+        post_versioned(&server, "/rerank", json!({"query": query, "texts": texts})).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(version.as_deref(), Some("reranker@1"));
     for r in body.as_array().unwrap() {
@@ -170,7 +139,8 @@ async fn an_embedder_a_reranker_and_a_classifier_serve_side_by_side() {
         assert!((r["score"].as_f64().unwrap() as f32 - scores[i]).abs() < TOLERANCE);
     }
     let ctexts = strings(&cr["texts"]);
-    let (status, body, version) = post(&server, "/predict", json!({"inputs": ctexts[..3]})).await;
+    let (status, body, version) =
+        post_versioned(&server, "/predict", json!({"inputs": ctexts[..3]})).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(version.as_deref(), Some("classifier@1"));
     let want = &cr["scores"][0][0];
@@ -248,7 +218,7 @@ async fn an_embedder_a_reranker_and_a_classifier_serve_side_by_side() {
     );
 
     // A name that is not served: 404 / NOT_FOUND, listing the models.
-    let (status, body, _) = post(
+    let (status, body, _) = post_versioned(
         &server,
         "/v1/embeddings",
         json!({"model": "text-embedding-3-small", "input": ["x"]}),
@@ -324,7 +294,7 @@ async fn the_shipped_multi_model_example_routes_each_kind_to_its_model() {
         ),
         ("/predict", json!({"inputs": "a"}), "sentiment@1"),
     ] {
-        let (status, body, version) = post(&server, path, body).await;
+        let (status, body, version) = post_versioned(&server, path, body).await;
         assert_eq!(
             (status, version.as_deref()),
             (200, Some(model)),
@@ -371,7 +341,7 @@ async fn ten_reloads_under_load_fail_no_request_and_give_memory_back() {
 
     // Warm the allocator up with both models before measuring.
     for _ in 0..20 {
-        let (s, _, _) = post(
+        let (s, _, _) = post_versioned(
             &server,
             "/v1/embeddings",
             json!({"model": "minilm", "input": [long.0]}),
@@ -402,7 +372,7 @@ async fn ten_reloads_under_load_fail_no_request_and_give_memory_back() {
             while !stop.load(Ordering::Acquire) {
                 // (tokens the model saw, the embedding, the version the server says served)
                 let got: Result<(u32, Vec<f32>, Option<String>), String> = if transport == "http" {
-                    let (status, body, version) = post(
+                    let (status, body, version) = post_versioned(
                         &server,
                         "/v1/embeddings",
                         json!({"model": "minilm", "input": [long.0]}),
@@ -473,7 +443,8 @@ async fn ten_reloads_under_load_fail_no_request_and_give_memory_back() {
         load.push(tokio::spawn(async move {
             while !stop.load(Ordering::Acquire) {
                 let (status, body, version) =
-                    post(&server, "/rerank", json!({"query": query, "texts": texts})).await;
+                    post_versioned(&server, "/rerank", json!({"query": query, "texts": texts}))
+                        .await;
                 let mut f = failures.lock().unwrap();
                 if status != 200 || version.as_deref() != Some("reranker@1") {
                     f.push(format!("rerank: {status} {version:?} {body}"));
@@ -609,7 +580,7 @@ async fn a_broken_model_or_file_keeps_the_old_version_serving() {
     assert_eq!(report["unchanged"], json!(["minilm"]));
     // The old reranker still answers, as version 1.
     let rr = fixture_reference("bert-reranker");
-    let (status, body, version) = post(
+    let (status, body, version) = post_versioned(
         &server,
         "/rerank",
         json!({"query": rr["query"], "texts": rr["texts"]}),
@@ -683,7 +654,7 @@ async fn a_broken_model_or_file_keeps_the_old_version_serving() {
     assert_eq!(status, 409, "{body}");
     assert_eq!(body["error_type"], "conflict");
     assert_eq!(first.await.unwrap(), 200);
-    let (status, body, version) = post(
+    let (status, body, version) = post_versioned(
         &server,
         "/v1/embeddings",
         json!({"model": "minilm", "input": [c.text]}),

@@ -125,9 +125,9 @@ fn a_real_prometheus_scrapes_the_stage_histograms() {
         String::from_utf8_lossy(&out.stderr)
     );
 
-    // A real Prometheus, on a free loopback port, scraping this server every second.
+    // A real Prometheus, on a loopback port it picks (port 0; it logs the one it bound),
+    // scraping this server every second.
     let dir = tempfile::tempdir().unwrap();
-    let port = common::free_port();
     let config = dir.path().join("prometheus.yml");
     std::fs::write(
         &config,
@@ -138,20 +138,41 @@ fn a_real_prometheus_scrapes_the_stage_histograms() {
         ),
     )
     .unwrap();
-    let prom = Reap(
+    let prom_log = dir.path().join("prometheus.log");
+    let mut prom = Reap(
         Command::new("prometheus")
             .arg(format!("--config.file={}", config.display()))
             .arg(format!(
                 "--storage.tsdb.path={}",
                 dir.path().join("data").display()
             ))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .arg("--web.listen-address=127.0.0.1:0")
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(&prom_log).unwrap())
             .spawn()
             .expect("prometheus (run `make test-deps`)"),
     );
-    let prom_addr = format!("127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let prom_addr = loop {
+        // `msg="Listening on" address=127.0.0.1:PORT`, once its listener is bound.
+        let log = std::fs::read_to_string(&prom_log).unwrap_or_default();
+        if let Some(addr) = log
+            .lines()
+            .filter(|l| l.contains("msg=\"Listening on\""))
+            .find_map(|l| l.split("address=").nth(1))
+            .and_then(|a| a.split_whitespace().next())
+        {
+            break addr.to_string();
+        }
+        if let Some(status) = prom.0.try_wait().unwrap() {
+            panic!("prometheus exited ({status}):\n{log}");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "prometheus never listened:\n{log}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
     let query = |q: &str| -> Value {
         let path = format!("/api/v1/query?query={q}");
         http_get(&prom_addr, &path)

@@ -24,13 +24,17 @@ use std::{
 };
 
 use actor_infer::api::grpc::pb::{InferRequest, inference_service_client::InferenceServiceClient};
-use common::{TOLERANCE, free_port, http_get, http_request, listening, max_abs_diff, spawn};
+use common::{
+    TOLERANCE, http_get, http_request, listening, max_abs_diff, spawn, unused_port, wait_for_ports,
+};
 
-/// One replica: fixed ports (a restart must come back where nginx expects it).
+/// One replica. Its first start binds port 0 and says which ports it got (`--port-file`); a
+/// restart asks for the same ones again (it must come back where nginx expects it).
 struct Replica {
     name: String,
     http_port: u16,
     grpc_port: u16,
+    port_file: tempfile::TempDir,
     child: Option<Child>,
     log: Arc<Mutex<String>>,
 }
@@ -39,20 +43,33 @@ impl Replica {
     fn new(name: &str) -> Replica {
         Replica {
             name: name.to_string(),
-            http_port: free_port(),
-            grpc_port: free_port(),
+            http_port: 0,
+            grpc_port: 0,
+            port_file: tempfile::tempdir().unwrap(),
             child: None,
             log: Arc::new(Mutex::new(String::new())),
         }
+    }
+
+    /// A replica that never runs: nothing listens on its ports.
+    fn absent(name: &str) -> Replica {
+        let mut r = Replica::new(name);
+        (r.http_port, r.grpc_port) = (unused_port(), unused_port());
+        r
     }
 
     fn http_addr(&self) -> String {
         format!("127.0.0.1:{}", self.http_port)
     }
 
+    fn ports_path(&self) -> PathBuf {
+        self.port_file.path().join("ports.json")
+    }
+
     /// Spawns the binary (does not wait for readiness).
     fn spawn(&mut self, exp: &Path) {
         assert!(self.child.is_none(), "{} is already running", self.name);
+        let _ = std::fs::remove_file(self.ports_path());
         let (child, log) = spawn(
             &[
                 "--experiment",
@@ -61,6 +78,8 @@ impl Replica {
                 &self.http_port.to_string(),
                 "--grpc-port",
                 &self.grpc_port.to_string(),
+                "--port-file",
+                self.ports_path().to_str().unwrap(),
             ],
             &[],
         );
@@ -68,9 +87,25 @@ impl Replica {
         self.log = log;
     }
 
-    /// Waits until `/ready` answers 200.
+    /// Waits until it has bound its ports (learning them on its first start) and `/ready`
+    /// answers 200.
     fn wait_ready(&mut self, limit: Duration) {
         let deadline = Instant::now() + limit;
+        let ports = wait_for_ports(
+            &self.ports_path(),
+            self.child.as_mut().unwrap(),
+            &self.log,
+            deadline,
+        );
+        if self.http_port == 0 {
+            (self.http_port, self.grpc_port) = (ports.http, ports.grpc);
+        }
+        assert_eq!(
+            (ports.http, ports.grpc),
+            (self.http_port, self.grpc_port),
+            "{} came back on other ports",
+            self.name
+        );
         loop {
             if let Ok((200, _)) = http_get(&self.http_addr(), "/ready") {
                 return;
@@ -146,9 +181,25 @@ struct Nginx {
 }
 
 impl Nginx {
-    fn start(dir: &Path, conf: &str, http_port: u16) -> Nginx {
+    /// Starts nginx in `dir` in front of `replicas`, listening on loopback ports that were
+    /// unused a moment before. nginx cannot bind port 0 and say which it got, so a port taken
+    /// in between (nginx exits: "Address already in use") is retried with others.
+    fn start(dir: &Path, replicas: &[Replica]) -> (Nginx, u16, u16) {
+        for _ in 0..5 {
+            let (http_port, grpc_port) = (unused_port(), unused_port());
+            let conf = nginx_conf(dir, replicas, http_port, grpc_port);
+            if let Some(n) = Nginx::try_start(dir, &conf, http_port) {
+                return (n, http_port, grpc_port);
+            }
+        }
+        panic!("nginx found its ports taken five times");
+    }
+
+    /// nginx on `conf`, once it listens on `http_port`; `None` if a port was taken.
+    fn try_start(dir: &Path, conf: &str, http_port: u16) -> Option<Nginx> {
         let conf_path = dir.join("nginx.conf");
         std::fs::write(&conf_path, conf).unwrap();
+        let _ = std::fs::remove_file(dir.join("error.log"));
         let nginx = nginx_binary();
         let check = Command::new(&nginx)
             .args(["-t", "-q", "-p"])
@@ -183,12 +234,16 @@ impl Nginx {
         let deadline = Instant::now() + Duration::from_secs(10);
         while !listening(&format!("127.0.0.1:{http_port}")) {
             if let Some(status) = n.child.try_wait().unwrap() {
-                panic!("nginx exited at start ({status}):\n{}", n.error_log());
+                let log = n.error_log();
+                if log.contains("Address already in use") {
+                    return None;
+                }
+                panic!("nginx exited at start ({status}):\n{log}");
             }
             assert!(Instant::now() < deadline, "nginx never listened");
             std::thread::sleep(Duration::from_millis(20));
         }
-        n
+        Some(n)
     }
 
     fn error_log(&self) -> String {
@@ -307,12 +362,7 @@ fn a_rolling_restart_behind_nginx_fails_no_request() {
     }
 
     let lb_dir = tempfile::tempdir().unwrap();
-    let (lb_http, lb_grpc) = (free_port(), free_port());
-    let nginx = Nginx::start(
-        lb_dir.path(),
-        &nginx_conf(lb_dir.path(), &replicas, lb_http, lb_grpc),
-        lb_http,
-    );
+    let (nginx, lb_http, lb_grpc) = Nginx::start(lb_dir.path(), &replicas);
     let lb_http_addr = format!("127.0.0.1:{lb_http}");
 
     let done = Arc::new(AtomicBool::new(false));
@@ -453,12 +503,18 @@ fn a_rolling_restart_behind_nginx_fails_no_request() {
     };
 
     // Steady load first, through all three.
-    std::thread::sleep(Duration::from_secs(2));
-    assert!(tally.ok() > 0, "no request succeeded through nginx");
-    assert!(
-        replicas.iter().all(|r| r.served() > 0),
-        "nginx did not spread the load"
-    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while tally.ok() == 0 || !replicas.iter().all(|r| r.served() > 0) {
+        assert!(
+            Instant::now() < deadline,
+            "no request succeeded through nginx ({}), or nginx did not spread the load \
+             (served: {:?}); failures: {:?}",
+            tally.ok(),
+            replicas.iter().map(Replica::served).collect::<Vec<_>>(),
+            tally.failures.lock().unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 
     let mut phases = Vec::new();
     for r in &mut replicas {
@@ -475,7 +531,15 @@ fn a_rolling_restart_behind_nginx_fails_no_request() {
         let drained = tally.ok() - before;
         let exited = tally.ok();
         // Down for a moment: the others carry the load.
-        std::thread::sleep(Duration::from_millis(500));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while tally.ok() == exited {
+            assert!(
+                Instant::now() < deadline,
+                "no request was served while {} was down",
+                r.name
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
         r.spawn(&exp.path);
         r.wait_ready(Duration::from_secs(120));
         let down = tally.ok() - exited;
@@ -491,7 +555,12 @@ fn a_rolling_restart_behind_nginx_fails_no_request() {
         }
         phases.push((r.name.clone(), drained, down));
     }
-    std::thread::sleep(Duration::from_secs(1));
+    // Load goes on after the last restart.
+    let (after, deadline) = (tally.ok(), Instant::now() + Duration::from_secs(20));
+    while tally.ok() < after + 20 {
+        assert!(Instant::now() < deadline, "no load after the last restart");
+        std::thread::sleep(Duration::from_millis(10));
+    }
     done.store(true, Ordering::Relaxed);
     for t in threads {
         t.join().expect("an HTTP client thread panicked");
@@ -570,14 +639,11 @@ fn a_rolling_restart_behind_nginx_fails_no_request() {
 #[test]
 fn with_no_replica_left_grpc_clients_get_unavailable_and_http_clients_502() {
     // Replicas that are not running: every try fails to connect.
-    let replicas: Vec<Replica> = (0..3).map(|i| Replica::new(&format!("gone-{i}"))).collect();
+    let replicas: Vec<Replica> = (0..3)
+        .map(|i| Replica::absent(&format!("gone-{i}")))
+        .collect();
     let lb_dir = tempfile::tempdir().unwrap();
-    let (lb_http, lb_grpc) = (free_port(), free_port());
-    let nginx = Nginx::start(
-        lb_dir.path(),
-        &nginx_conf(lb_dir.path(), &replicas, lb_http, lb_grpc),
-        lb_http,
-    );
+    let (nginx, lb_http, lb_grpc) = Nginx::start(lb_dir.path(), &replicas);
     let (status, _) = http_request(
         &format!("127.0.0.1:{lb_http}"),
         "POST",

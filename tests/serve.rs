@@ -4,32 +4,9 @@
 
 mod common;
 
-use actor_infer::api::grpc::pb::{
-    InferRequest, ModelInfoRequest, inference_service_client::InferenceServiceClient,
-};
-use common::{Server, TOLERANCE, experiment, floats, max_abs_diff, reference};
+use actor_infer::api::grpc::pb::{InferRequest, ModelInfoRequest};
+use common::{Server, TOLERANCE, experiment, floats, max_abs_diff, post_full, reference};
 use serde_json::{Value, json};
-
-fn client() -> reqwest::Client {
-    reqwest::Client::new()
-}
-
-async fn post(
-    server: &Server,
-    path: &str,
-    body: Value,
-) -> (u16, reqwest::header::HeaderMap, Value) {
-    let res = client()
-        .post(format!("{}{path}", server.http))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    let status = res.status().as_u16();
-    let headers = res.headers().clone();
-    let body = res.json::<Value>().await.unwrap();
-    (status, headers, body)
-}
 
 #[tokio::test]
 async fn http_embeddings_match_sentence_transformers() {
@@ -38,7 +15,8 @@ async fn http_embeddings_match_sentence_transformers() {
 
     // One text per request, TEI's /embed.
     for case in &cases {
-        let (status, headers, body) = post(&server, "/embed", json!({"inputs": case.text})).await;
+        let (status, headers, body) =
+            post_full(&server, "/embed", json!({"inputs": case.text})).await;
         assert_eq!(status, 200, "{body}");
         let got = floats(&body[0]);
         let diff = max_abs_diff(&got, &case.embedding);
@@ -56,7 +34,7 @@ async fn http_embeddings_match_sentence_transformers() {
 
     // All texts in one request, OpenAI's /v1/embeddings: order kept, usage counts tokens.
     let texts: Vec<&str> = cases.iter().map(|c| c.text.as_str()).collect();
-    let (status, _, body) = post(
+    let (status, _, body) = post_full(
         &server,
         "/v1/embeddings",
         json!({"input": texts, "model": "x"}),
@@ -88,9 +66,7 @@ async fn http_embeddings_match_sentence_transformers() {
 async fn grpc_embeddings_match_sentence_transformers() {
     let server = Server::start(experiment("experiment:\n  name: parity-grpc\n"));
     let cases = reference();
-    let mut grpc = InferenceServiceClient::connect(server.grpc.clone())
-        .await
-        .unwrap();
+    let mut grpc = common::grpc(&server).await;
 
     for case in &cases {
         let res = grpc
@@ -160,9 +136,7 @@ async fn grpc_model_info_health_and_reflection() {
         HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
     };
     let server = Server::start(experiment("experiment:\n  name: grpc-meta\n"));
-    let mut grpc = InferenceServiceClient::connect(server.grpc.clone())
-        .await
-        .unwrap();
+    let mut grpc = common::grpc(&server).await;
     let info = grpc
         .model_info(ModelInfoRequest::default())
         .await
@@ -241,7 +215,7 @@ type BadRequest = (
 #[tokio::test]
 async fn http_info_health_and_clear_errors() {
     let server = Server::start(experiment("experiment:\n  name: http-meta\n"));
-    let c = client();
+    let c = reqwest::Client::new();
     let get = |path: &str| c.get(format!("{}{path}", server.http)).send();
 
     let info: Value = get("/info").await.unwrap().json().await.unwrap();
@@ -375,13 +349,13 @@ async fn http_info_health_and_clear_errors() {
     }
 
     // A long text is truncated (not refused) by default, to 256 tokens.
-    let (status, _, body) = post(&server, "/v1/embeddings", json!({"input": long})).await;
+    let (status, _, body) = post_full(&server, "/v1/embeddings", json!({"input": long})).await;
     assert_eq!(status, 200);
     assert_eq!(body["usage"]["prompt_tokens"], 256);
 
     // OpenAI clients ask for base64 by default: little-endian f32s.
-    let (_, _, plain) = post(&server, "/v1/embeddings", json!({"input": "base"})).await;
-    let (_, _, b64) = post(
+    let (_, _, plain) = post_full(&server, "/v1/embeddings", json!({"input": "base"})).await;
+    let (_, _, b64) = post_full(
         &server,
         "/v1/embeddings",
         json!({"input": "base", "encoding_format": "base64"}),
@@ -403,9 +377,7 @@ async fn http_info_health_and_clear_errors() {
 #[tokio::test]
 async fn grpc_errors_carry_codes_and_messages() {
     let server = Server::start(experiment("experiment:\n  name: grpc-errors\n"));
-    let mut grpc = InferenceServiceClient::connect(server.grpc.clone())
-        .await
-        .unwrap();
+    let mut grpc = common::grpc(&server).await;
     let err = grpc.infer(InferRequest::default()).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
     assert!(err.message().contains("empty"), "{}", err.message());
@@ -449,7 +421,7 @@ async fn small_batch_budgets_split_requests_and_reassemble_them_in_order() {
     ));
     let cases = reference();
     let texts: Vec<&str> = cases.iter().map(|c| c.text.as_str()).collect();
-    let (status, _, body) = post(&server, "/embed", json!({"inputs": texts})).await;
+    let (status, _, body) = post_full(&server, "/embed", json!({"inputs": texts})).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(
         body.as_array().unwrap().len(),
@@ -481,7 +453,7 @@ async fn small_batch_budgets_split_requests_and_reassemble_them_in_order() {
 #[tokio::test]
 async fn a_full_queue_refuses_at_once_with_429_and_resource_exhausted() {
     let server = Server::start(experiment("batching:\n  max_queue_texts: 3\n"));
-    let res = client()
+    let res = reqwest::Client::new()
         .post(format!("{}/embed", server.http))
         .json(&json!({"inputs": ["a", "b", "c", "d"]}))
         .send()
@@ -498,9 +470,7 @@ async fn a_full_queue_refuses_at_once_with_429_and_resource_exhausted() {
             .contains("batching.max_queue_texts = 3"),
         "{body}"
     );
-    let mut grpc = InferenceServiceClient::connect(server.grpc.clone())
-        .await
-        .unwrap();
+    let mut grpc = common::grpc(&server).await;
     let err = grpc
         .infer(InferRequest {
             texts: vec!["x".into(); 4],
@@ -510,7 +480,7 @@ async fn a_full_queue_refuses_at_once_with_429_and_resource_exhausted() {
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::ResourceExhausted);
     // Within the limit it serves.
-    let (status, _, _) = post(&server, "/embed", json!({"inputs": ["a", "b", "c"]})).await;
+    let (status, _, _) = post_full(&server, "/embed", json!({"inputs": ["a", "b", "c"]})).await;
     assert_eq!(status, 200);
     server.stop_clean();
 }

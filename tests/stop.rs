@@ -172,7 +172,16 @@ fn a_stop_under_load_completes_or_refuses_every_request() {
             }
         });
     });
-    std::thread::sleep(Duration::from_millis(1500));
+    // The stop comes once both transports are being served.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while ok.load(Ordering::Relaxed) == 0 || grpc_ok.load(Ordering::Relaxed) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "no answer over both transports before the stop:\n{}",
+            server.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let log = server.log.clone();
     stop_sent.store(true, Ordering::Relaxed);
     let status = server.stop();

@@ -7,25 +7,10 @@ mod common;
 
 use serde_json::{Value, json};
 
-use common::{Server, experiment, floats, http_request_with, max_abs_diff, reference};
-
-fn post(server: &Server, path: &str, body: Value) -> (u16, Value) {
-    let (status, text, _) = http_request_with(
-        &server.http_addr,
-        "POST",
-        path,
-        &[("content-type", "application/json")],
-        body.to_string().as_bytes(),
-    )
-    .unwrap();
-    (
-        status,
-        serde_json::from_str(&text).unwrap_or(Value::String(text.clone())),
-    )
-}
+use common::{Server, experiment, floats, http_request_with, max_abs_diff, post_json, reference};
 
 fn embedding(server: &Server, body: Value) -> Vec<f32> {
-    let (status, v) = post(server, "/embed", body);
+    let (status, v) = post_json(server, "/embed", body);
     assert_eq!(status, 200, "{v}");
     floats(&v[0])
 }
@@ -149,18 +134,18 @@ fn teis_embedding_routes_give_the_references_numbers() {
     let case = &cases[0];
     // POST /, /invocations, /embed, /embeddings: the same embedding.
     for path in ["/", "/invocations"] {
-        let (status, v) = post(&server, path, json!({"inputs": case.text}));
+        let (status, v) = post_json(&server, path, json!({"inputs": case.text}));
         assert_eq!(status, 200, "{path}: {v}");
         assert!(
             max_abs_diff(&floats(&v[0]), &case.embedding) < common::TOLERANCE,
             "{path}"
         );
     }
-    let (status, v) = post(&server, "/embeddings", json!({"input": [case.text]}));
+    let (status, v) = post_json(&server, "/embeddings", json!({"input": [case.text]}));
     assert_eq!(status, 200, "{v}");
     assert!(max_abs_diff(&floats(&v["data"][0]["embedding"]), &case.embedding) < common::TOLERANCE);
     // Token ids as input: what /tokenize gives, embedded, is the text's embedding.
-    let (status, tokens) = post(&server, "/tokenize", json!({"inputs": case.text}));
+    let (status, tokens) = post_json(&server, "/tokenize", json!({"inputs": case.text}));
     assert_eq!(status, 200, "{tokens}");
     let ids: Vec<u64> = tokens[0]
         .as_array()
@@ -171,14 +156,14 @@ fn teis_embedding_routes_give_the_references_numbers() {
     assert_eq!(ids.len() as u32, case.tokens);
     let by_ids = embedding(&server, json!({"inputs": ids}));
     assert!(max_abs_diff(&by_ids, &case.embedding) < common::TOLERANCE);
-    let (status, texts) = post(&server, "/decode", json!({"ids": [ids]}));
+    let (status, texts) = post_json(&server, "/decode", json!({"ids": [ids]}));
     assert_eq!(status, 200, "{texts}");
     assert_eq!(
         texts[0],
         case.text.to_lowercase().trim_end_matches('.').to_string() + "."
     );
     // /embed_all: one vector per token, whose mean normalises to the embedding.
-    let (status, all) = post(&server, "/embed_all", json!({"inputs": case.text}));
+    let (status, all) = post_json(&server, "/embed_all", json!({"inputs": case.text}));
     assert_eq!(status, 200, "{all}");
     let states = all[0].as_array().unwrap();
     assert_eq!(states.len() as u32, case.tokens);
@@ -192,7 +177,7 @@ fn teis_embedding_routes_give_the_references_numbers() {
     mean.iter_mut().for_each(|x| *x /= norm);
     assert!(max_abs_diff(&mean, &case.embedding) < common::TOLERANCE);
     // /similarity: cosines of the reference embeddings.
-    let (status, sims) = post(
+    let (status, sims) = post_json(
         &server,
         "/similarity",
         json!({"inputs": {"source_sentence": cases[0].text, "sentences": [cases[1].text, cases[2].text]}}),
@@ -208,7 +193,7 @@ fn teis_embedding_routes_give_the_references_numbers() {
         "{sims}"
     );
     // base64 on /embed: the same floats.
-    let (status, b) = post(
+    let (status, b) = post_json(
         &server,
         "/embed",
         json!({"inputs": case.text, "encoding_format": "base64"}),
@@ -252,17 +237,17 @@ fn teis_fields_are_checked_naming_what_is_wrong() {
         ),
         (json!({"inputs": "x", "colour": "blue"}), "colour"),
     ] {
-        let (status, v) = post(&server, "/embed", body.clone());
+        let (status, v) = post_json(&server, "/embed", body.clone());
         assert_eq!(status, 400, "{body}: {v}");
         assert!(v["error"].as_str().unwrap().contains(needle), "{body}: {v}");
     }
-    let (status, v) = post(&server, "/embed_sparse", json!({"inputs": "x"}));
+    let (status, v) = post_json(&server, "/embed_sparse", json!({"inputs": "x"}));
     assert_eq!(
         (status, v["error_type"].as_str()),
         (400, Some("wrong_model_kind")),
         "{v}"
     );
-    let (status, v) = post(&server, "/predict", json!({"inputs": "x"}));
+    let (status, v) = post_json(&server, "/predict", json!({"inputs": "x"}));
     assert_eq!(
         (status, v["error_type"].as_str()),
         (400, Some("wrong_model_kind")),
@@ -284,7 +269,7 @@ fn a_classifiers_default_route_and_hugging_faces_parameters() {
         serde_json::from_str(&std::fs::read_to_string(fixture.join("reference.json")).unwrap())
             .unwrap();
     // POST / on a classifier is /predict; TEI's shape for one input: a flat list.
-    let (status, v) = post(&server, "/", json!({"inputs": r["texts"][0]}));
+    let (status, v) = post_json(&server, "/", json!({"inputs": r["texts"][0]}));
     assert_eq!(status, 200, "{v}");
     assert_eq!(v[0]["label"], r["scores"][0][0]["label"]);
     assert!(
@@ -292,7 +277,7 @@ fn a_classifiers_default_route_and_hugging_faces_parameters() {
             < 1e-4
     );
     // Two strings are one pair, as in TEI.
-    let (status, v) = post(&server, "/predict", json!({"inputs": r["pairs"][0]}));
+    let (status, v) = post_json(&server, "/predict", json!({"inputs": r["pairs"][0]}));
     assert_eq!(status, 200, "{v}");
     let logits = r["pair_logits"][0].as_array().unwrap();
     let best = logits
@@ -306,7 +291,7 @@ fn a_classifiers_default_route_and_hugging_faces_parameters() {
         r["labels"].get(best).cloned().unwrap_or(json!("positive"))
     );
     // Hugging Face's task parameters: the nested shape, top_k.
-    let (status, v) = post(
+    let (status, v) = post_json(
         &server,
         "/predict",
         json!({"inputs": r["texts"][0], "parameters": {"top_k": 2, "function_to_apply": "softmax"}}),

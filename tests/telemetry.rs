@@ -299,19 +299,17 @@ fn one_http_request_yields_one_trace_continuing_its_traceparent() {
     )
     .unwrap();
     assert_eq!(status, 200, "{body}");
-    let spans = collector.received.wait_for(
+    collector.received.wait_for(
         TRACE_ID,
         &["request", "tokenize", "queue", "inference", "batch"],
     );
-    // Nothing else was traced: one request, one trace.
-    std::thread::sleep(Duration::from_millis(500));
-    let traces: BTreeSet<String> = collector
-        .received
-        .spans()
-        .into_iter()
-        .map(|s| s.trace_id)
-        .collect();
-    assert_eq!(traces, BTreeSet::from([TRACE_ID.to_string()]));
+    // Nothing else was traced: one request, one trace. The stop sends the exporter's last
+    // spans before the process ends, so once it has exited the collector holds all there is.
+    let log = server.log.clone();
+    server.stop_clean();
+    let spans = collector.received.spans();
+    let traces: BTreeSet<&str> = spans.iter().map(|s| s.trace_id.as_str()).collect();
+    assert_eq!(traces, BTreeSet::from([TRACE_ID]), "{spans:#?}");
     assert_eq!(spans.len(), 5, "{spans:#?}");
 
     let request = by_name(&spans, "request");
@@ -350,7 +348,7 @@ fn one_http_request_yields_one_trace_continuing_its_traceparent() {
     assert_eq!(r["service.version"], env!("CARGO_PKG_VERSION"));
     assert_eq!(r["actor_infer.experiment"], "traced");
     // The traceparent is logged with the request id.
-    let log = server.log();
+    let log = log.lock().unwrap().clone();
     assert!(
         log.lines()
             .any(|l| l.contains("request_id=otel-1") && l.contains(&tp)),
@@ -360,7 +358,6 @@ fn one_http_request_yields_one_trace_continuing_its_traceparent() {
         log.contains("OpenTelemetry: exporting traces over OTLP"),
         "{log}"
     );
-    server.stop_clean();
 }
 
 #[test]
@@ -383,7 +380,7 @@ fn a_batch_serving_two_requests_is_in_the_oldest_ones_trace_and_links_the_other(
         "0af7651916cd43dd8448eb211c80319c",
         "1bf7651916cd43dd8448eb211c80319d",
     ];
-    let mut sent = Vec::new();
+    let mut sent: Vec<std::thread::JoinHandle<u16>> = Vec::new();
     for (i, trace) in traces.iter().enumerate() {
         let addr = server.http_addr.clone();
         let tp = format!("00-{trace}-{PARENT_ID}-01");
@@ -398,8 +395,16 @@ fn a_batch_serving_two_requests_is_in_the_oldest_ones_trace_and_links_the_other(
             .unwrap()
             .0
         }));
-        // The first is queued (tokenized) before the second arrives.
-        std::thread::sleep(Duration::from_millis(200));
+        // The first is queued (tokenized, waiting for the worker) before the second is sent.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while common::scrape(&server, "actor_infer_queue_depth") < (i + 1) as f64 {
+            assert!(
+                Instant::now() < deadline,
+                "request {i} never queued:\n{}",
+                server.log()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
     for s in sent {
         assert_eq!(s.join().unwrap(), 200);
@@ -431,14 +436,10 @@ fn a_batch_serving_two_requests_is_in_the_oldest_ones_trace_and_links_the_other(
 
 #[tokio::test]
 async fn a_grpc_call_continues_the_traceparent_in_its_metadata() {
-    use actor_infer::api::grpc::pb::{
-        InferRequest, inference_service_client::InferenceServiceClient,
-    };
+    use actor_infer::api::grpc::pb::InferRequest;
     let collector = Collector::grpc();
     let server = serve_with(&collector.endpoint, "");
-    let mut client = InferenceServiceClient::connect(server.grpc.clone())
-        .await
-        .unwrap();
+    let mut client = common::grpc(&server).await;
     let mut request = tonic::Request::new(InferRequest {
         texts: vec!["over gRPC".into()],
         request_id: "otel-grpc".into(),
@@ -526,7 +527,8 @@ fn sampling_ratio_zero_keeps_only_traces_the_caller_sampled() {
     .unwrap();
     assert_eq!(status, 200);
     collector.received.wait_for(TRACE_ID, &["request", "batch"]);
-    std::thread::sleep(Duration::from_millis(500));
+    // Once the server has stopped, every span it would ever export has been exported.
+    server.stop_clean();
     let traces: BTreeSet<String> = collector
         .received
         .spans()
@@ -538,13 +540,12 @@ fn sampling_ratio_zero_keeps_only_traces_the_caller_sampled() {
         BTreeSet::from([TRACE_ID.to_string()]),
         "only the caller's trace"
     );
-    server.stop_clean();
 }
 
 #[test]
 fn a_collector_that_is_down_costs_no_request() {
     // Nothing listens there.
-    let endpoint = format!("http://127.0.0.1:{}", common::free_port());
+    let endpoint = format!("http://127.0.0.1:{}", common::unused_port());
     let server = serve_with(&endpoint, "");
     let tp = traceparent();
     for i in 0..40 {
@@ -580,32 +581,13 @@ fn a_collector_that_is_down_costs_no_request() {
 
 /// Runs `tests/kserve_client.py` (Triton's clients, from the venv `make test-deps` makes).
 fn tritonclient(args: &[&str], stdin: &str) -> serde_json::Value {
-    let cache = std::env::var_os("ACTOR_INFER_CACHE")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| {
-            std::path::PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/actor-infer")
-        });
-    let mut child = std::process::Command::new(cache.join("tritonclient-venv/bin/python"))
-        .arg(common::root().join("tests/kserve_client.py"))
-        .args(args)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("the tritonclient venv: run `make test-deps`");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    common::run_json(
+        std::process::Command::new(common::venv_python("tritonclient-venv"))
+            .arg(common::root().join("tests/kserve_client.py"))
+            .args(args),
+        stdin.as_bytes(),
+        Duration::from_secs(180),
+    )
 }
 
 /// What `make run` serves (configs/default.yaml, ports moved to free ones), with tracing turned
@@ -704,7 +686,7 @@ fn telemetry_off_exports_nothing_but_logs_the_traceparent() {
 fn otlp_export_cost_benchmark() {
     let seconds = std::env::var("OTLP_BENCH_SECONDS").unwrap_or_else(|_| "15".into());
     let collector = Collector::grpc();
-    let down = format!("http://127.0.0.1:{}", common::free_port());
+    let down = format!("http://127.0.0.1:{}", common::unused_port());
     let rounds: usize = std::env::var("OTLP_BENCH_ROUNDS")
         .ok()
         .and_then(|r| r.parse().ok())
@@ -724,8 +706,8 @@ fn otlp_export_cost_benchmark() {
             let server = Server::start(experiment(&yaml));
             let http = server.http_addr.rsplit(':').next().unwrap().to_string();
             let grpc = server.grpc.rsplit(':').next().unwrap().to_string();
-            let out = std::process::Command::new(env!("CARGO_BIN_EXE_actor-infer"))
-                .args([
+            let r = common::run_json(
+                common::binary().args([
                     "bench",
                     "--json",
                     "--http-port",
@@ -742,15 +724,10 @@ fn otlp_export_cost_benchmark() {
                     "1",
                     "--tokens",
                     "12",
-                ])
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
+                ]),
+                b"",
+                Duration::from_secs(300),
             );
-            let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
             assert_eq!(r["errors"], serde_json::json!({}), "{r}");
             let (tps, p50) = (
                 r["texts_per_s"].as_f64().unwrap(),

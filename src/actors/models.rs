@@ -183,3 +183,253 @@ impl Directory {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The invariant a reload rests on: a swap publishes a whole catalog at once, a version that
+    //! is no longer published never gains a lease (so a retired version that reached zero stays
+    //! there and may stop), and every lease is returned however its request ends.
+
+    use std::{
+        sync::atomic::{AtomicBool, AtomicU64},
+        thread,
+    };
+
+    use super::*;
+    use crate::config::Overrides;
+
+    /// Two models from the committed fixtures: an embedder and a reranker.
+    struct Models {
+        config: Config,
+        specs: Vec<Arc<ModelSpec>>,
+        recorder: Recorder,
+    }
+
+    impl Models {
+        fn new() -> Models {
+            let fixture =
+                |n: &str| format!("{}/tests/fixtures/models/{n}", env!("CARGO_MANIFEST_DIR"));
+            let yaml = format!(
+                "models:\n  - path: {}\n    device: cpu\n  - path: {}\n    device: cpu\n",
+                fixture("roberta-mean"),
+                fixture("bert-reranker")
+            );
+            let config =
+                Config::from_sources(&yaml, std::iter::empty(), &Overrides::default()).unwrap();
+            let specs = config
+                .models
+                .iter()
+                .map(|m| Arc::new(ModelSpec::load(m, tch::Device::Cpu).unwrap()))
+                .collect();
+            let recorder = Recorder::new(&prometheus::Registry::new(), &["ok"]).unwrap();
+            Models {
+                config,
+                specs,
+                recorder,
+            }
+        }
+
+        fn name(&self, i: usize) -> &str {
+            &self.specs[i].name
+        }
+
+        /// Version `version` of model `i`. Its Router's address leads nowhere: nothing here
+        /// sends to it.
+        fn served(&self, i: usize, version: u64) -> Arc<Served> {
+            let (tx, _rx) = actix::dev::channel::channel::<Router>(1);
+            Arc::new(Served::new(
+                version,
+                Arc::new(self.config.for_model(i)),
+                self.specs[i].clone(),
+                Addr::new(tx),
+                self.recorder.for_model(self.name(i)),
+            ))
+        }
+    }
+
+    /// A lease on what `pick` chooses, which must exist.
+    fn lease(d: &Directory, pick: Pick<'_>) -> Lease {
+        d.lease(pick)
+            .unwrap_or_else(|c| panic!("nothing serves {pick:?} (serving {:?})", c.names()))
+    }
+
+    fn catalog(models: &[&Arc<Served>]) -> Catalog {
+        Catalog {
+            models: models.iter().map(|m| Arc::clone(m)).collect(),
+            defaults: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn after_a_swap_every_pick_leases_the_new_version_and_the_old_gains_none() {
+        let m = Models::new();
+        let (embedder, reranker) = (m.name(0).to_string(), m.name(1).to_string());
+        let (e1, r1, e2) = (m.served(0, 1), m.served(1, 1), m.served(0, 2));
+        let d = Directory::default();
+        assert!(
+            d.lease(Pick::First).is_err(),
+            "nothing is served before boot"
+        );
+        d.publish(catalog(&[&e1, &r1]));
+        let before = lease(&d, Pick::Named(&embedder));
+        assert_eq!((before.version, e1.leases()), (1, 1));
+
+        // The reload replaces the embedder: one swap.
+        d.publish(catalog(&[&e2, &r1]));
+        for pick in [
+            Pick::Named(&embedder),
+            Pick::NamedOrOnly(&embedder),
+            Pick::Default(Task::Embedding),
+            Pick::First,
+        ] {
+            let got = lease(&d, pick);
+            assert_eq!(
+                (got.name.as_str(), got.version),
+                (&*embedder, 2),
+                "{pick:?}"
+            );
+            assert_eq!(
+                e1.leases(),
+                1,
+                "{pick:?}: the retired version gained a lease"
+            );
+        }
+        assert_eq!(e2.leases(), 0, "each lease above was returned");
+        // The request routed before the swap still holds the old version until it ends.
+        assert_eq!(before.version, 1);
+        drop(before);
+        assert_eq!(e1.leases(), 0);
+
+        // The next reload removes the reranker: its name no longer leases anything.
+        d.publish(catalog(&[&e2]));
+        let refused = d.lease(Pick::Named(&reranker)).err().expect("removed");
+        assert_eq!(refused.names(), vec![embedder.clone()]);
+        assert_eq!(r1.leases(), 0);
+        assert_eq!(
+            lease(&d, Pick::NamedOrOnly(&reranker)).tag(),
+            e2.tag(),
+            "one model left: a name of the client's own goes to it"
+        );
+    }
+
+    #[test]
+    fn every_lease_is_returned_however_its_request_ends() {
+        let m = Models::new();
+        let e1 = m.served(0, 1);
+        let d = Arc::new(Directory::default());
+        d.publish(catalog(&[&e1]));
+        let name = m.name(0).to_string();
+
+        // Answered on the thread that routed it, or on another thread.
+        let a = lease(&d, Pick::Named(&name));
+        let b = lease(&d, Pick::First);
+        assert_eq!(e1.leases(), 2);
+        thread::spawn(move || drop(b)).join().unwrap();
+        drop(a);
+        assert_eq!(e1.leases(), 0);
+
+        // A handler that panics while holding its lease (the unwind drops it).
+        let d2 = d.clone();
+        let panicked = thread::spawn(move || {
+            let _lease = lease(&d2, Pick::First);
+            panic!("a handler panics");
+        })
+        .join();
+        assert!(panicked.is_err());
+        assert_eq!(e1.leases(), 0, "the panicking request's lease was returned");
+
+        // Holding the version itself (what a retiring group keeps) is not a lease.
+        let version = lease(&d, Pick::First).served();
+        assert_eq!(version.leases(), 0);
+
+        // Many requests at once, from many threads.
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let d = d.clone();
+                thread::spawn(move || {
+                    let held: Vec<Lease> = (0..500).map(|_| lease(&d, Pick::First)).collect();
+                    drop(held);
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(e1.leases(), 0);
+    }
+
+    #[test]
+    fn leases_racing_two_thousand_swaps_never_land_on_a_stopped_version() {
+        // What a reload does with the version it replaces: publish the new one, wait until the
+        // old one's leases are all returned, then stop it. Four threads lease all the while;
+        // none may ever hold a lease on a version that was stopped, and each request routed
+        // after a swap returned goes to the new version (or a newer one).
+        const SWAPS: u64 = 2000;
+        let m = Models::new();
+        let name = m.name(0).to_string();
+        let reranker = m.served(1, 1);
+        let d = Arc::new(Directory::default());
+        let mut current = m.served(0, 1);
+        d.publish(catalog(&[&current, &reranker]));
+        let published = Arc::new(AtomicU64::new(1));
+        let stopped: Arc<Vec<AtomicBool>> =
+            Arc::new((0..=SWAPS + 1).map(|_| AtomicBool::new(false)).collect());
+        let done = Arc::new(AtomicBool::new(false));
+        let leasers: Vec<_> = (0..4)
+            .map(|_| {
+                let (d, published, stopped, done, name) = (
+                    d.clone(),
+                    published.clone(),
+                    stopped.clone(),
+                    done.clone(),
+                    name.clone(),
+                );
+                thread::spawn(move || {
+                    let mut leases = 0u64;
+                    while !done.load(Ordering::Acquire) {
+                        let after = published.load(Ordering::Acquire);
+                        let got = lease(&d, Pick::Named(&name));
+                        assert!(
+                            !stopped[got.version as usize].load(Ordering::Acquire),
+                            "a lease on version {}, which was retired and stopped",
+                            got.version
+                        );
+                        assert!(
+                            got.version >= after,
+                            "a request routed after version {after} was published leased \
+                             version {}",
+                            got.version
+                        );
+                        leases += 1;
+                        drop(got);
+                    }
+                    leases
+                })
+            })
+            .collect();
+        for v in 2..=SWAPS {
+            let next = m.served(0, v);
+            d.publish(catalog(&[&next, &reranker]));
+            published.store(v, Ordering::Release);
+            let old = std::mem::replace(&mut current, next);
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while old.leases() > 0 {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "{} kept {} leases",
+                    old.tag(),
+                    old.leases()
+                );
+                thread::yield_now();
+            }
+            stopped[old.version as usize].store(true, Ordering::Release);
+        }
+        done.store(true, Ordering::Release);
+        let leases: u64 = leasers
+            .into_iter()
+            .map(|t| t.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+            .sum();
+        assert!(leases > 0, "the leasers ran");
+        assert_eq!(current.leases(), 0);
+    }
+}

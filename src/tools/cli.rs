@@ -46,6 +46,12 @@ pub struct Cli {
     /// Validate the configuration, print it as resolved, and exit (0 if valid).
     #[arg(long)]
     pub check: bool,
+
+    /// Once both ports are bound, write them to this file as JSON
+    /// (`{"host": ..., "http_port": N, "grpc_port": N}`), replacing it in one rename: with
+    /// `--http-port 0 --grpc-port 0`, how a script or a test learns the ports the server chose.
+    #[arg(long, value_name = "PATH")]
+    pub port_file: Option<PathBuf>,
 }
 
 /// Subcommands.

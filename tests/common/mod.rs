@@ -1,5 +1,7 @@
-//! Test support: start the real `actor-infer` binary on free ports with the real default
-//! model, talk to it, and always stop it (a `Drop` guard kills and reaps it if a test fails).
+//! Test support: start the real `actor-infer` binary with the real default model on ports it
+//! picks itself (port 0, read back from its `--port-file`: no port is chosen here and bound
+//! later by a child), talk to it over HTTP and gRPC, run the Python clients, and always stop
+//! what a test started (`Drop` guards kill and reap it if a test fails).
 
 #![allow(dead_code)]
 
@@ -78,12 +80,23 @@ pub struct Server {
     pub grpc: String,
     pub http_addr: String,
     pub log: Arc<Mutex<String>>,
+    /// The threads copying its output into `log`; they end once it has exited.
+    readers: Vec<std::thread::JoinHandle<()>>,
     _exp: Option<Experiment>,
 }
 
-/// Spawns the binary with `args`; stderr goes to a shared log buffer.
+/// Spawns the binary with `args`; stdout and stderr go to a shared log buffer.
 pub fn spawn(args: &[&str], envs: &[(&str, &str)]) -> (Child, Arc<Mutex<String>>) {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_actor-infer"));
+    let (child, log, _readers) = spawn_with_readers(args, envs);
+    (child, log)
+}
+
+/// [`spawn`], also returning the threads copying its output, which end once both pipes close.
+fn spawn_with_readers(
+    args: &[&str],
+    envs: &[(&str, &str)],
+) -> (Child, Arc<Mutex<String>>, Vec<std::thread::JoinHandle<()>>) {
+    let mut cmd = binary();
     cmd.args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -94,34 +107,73 @@ pub fn spawn(args: &[&str], envs: &[(&str, &str)]) -> (Child, Arc<Mutex<String>>
     }
     let mut child = cmd.spawn().expect("spawn actor-infer");
     let log = Arc::new(Mutex::new(String::new()));
+    let mut readers = Vec::new();
     for stream in [
         Box::new(child.stderr.take().unwrap()) as Box<dyn Read + Send>,
         Box::new(child.stdout.take().unwrap()),
     ] {
         let log = log.clone();
-        std::thread::spawn(move || {
+        readers.push(std::thread::spawn(move || {
             for line in BufReader::new(stream).lines().map_while(Result::ok) {
                 let mut l = log.lock().unwrap();
                 l.push_str(&line);
                 l.push('\n');
             }
-        });
+        }));
     }
-    (child, log)
+    (child, log, readers)
 }
 
-fn field(line: &str, key: &str) -> Option<String> {
-    if let Ok(v) = serde_json::from_str::<serde_json::Value>(line) {
-        return v["fields"][key].as_str().map(str::to_owned);
+/// The binary under test, as a command to add arguments to.
+pub fn binary() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_actor-infer"))
+}
+
+/// The ports a server bound, as its `--port-file` says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ports {
+    /// HTTP.
+    pub http: u16,
+    /// gRPC.
+    pub grpc: u16,
+}
+
+/// Waits until the server `child` has written `path` (its `--port-file`, once both ports are
+/// bound) and reads it; fails the test, showing `log`, if the child exits first or `deadline`
+/// passes. The file is replaced in one rename, so it is never read half-written.
+pub fn wait_for_ports(
+    path: &Path,
+    child: &mut Child,
+    log: &Mutex<String>,
+    deadline: Instant,
+) -> Ports {
+    loop {
+        if let Ok(text) = std::fs::read_to_string(path) {
+            let v: serde_json::Value = serde_json::from_str(&text)
+                .unwrap_or_else(|e| panic!("{} is not JSON ({e}): {text}", path.display()));
+            let port = |k: &str| {
+                v[k].as_u64()
+                    .and_then(|p| u16::try_from(p).ok())
+                    .unwrap_or_else(|| panic!("no {k} in {text}"))
+            };
+            return Ports {
+                http: port("http_port"),
+                grpc: port("grpc_port"),
+            };
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!(
+                "server exited before binding its ports ({status}):\n{}",
+                log.lock().unwrap()
+            );
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no port file after the deadline:\n{}",
+            log.lock().unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(20));
     }
-    let start = line.find(&format!("{key}="))? + key.len() + 1;
-    let rest = &line[start..];
-    Some(
-        rest.split_whitespace()
-            .next()?
-            .trim_matches('"')
-            .to_string(),
-    )
 }
 
 impl Server {
@@ -133,7 +185,8 @@ impl Server {
     /// Like [`Server::start`], with extra environment variables.
     pub fn start_with(exp: Experiment, envs: &[(&str, &str)]) -> Server {
         let path = exp.path.to_str().unwrap().to_string();
-        let (child, log) = spawn(
+        let port_file = exp.dir.path().join("ports.json");
+        let (child, log, readers) = spawn_with_readers(
             &[
                 "--experiment",
                 &path,
@@ -141,6 +194,8 @@ impl Server {
                 "0",
                 "--grpc-port",
                 "0",
+                "--port-file",
+                port_file.to_str().unwrap(),
             ],
             envs,
         );
@@ -151,28 +206,19 @@ impl Server {
             grpc: String::new(),
             http_addr: String::new(),
             log,
+            readers,
             _exp: Some(exp),
         };
         let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            if let Some(status) = server.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("server exited early ({status}):\n{}", server.log());
-            }
-            let log = server.log();
-            if let Some(line) = log
-                .lines()
-                .find(|l| l.contains(" listening ") || l.contains("\"listening\""))
-            {
-                let http = field(line, "http").expect("http= in the listening line");
-                let grpc = field(line, "grpc").expect("grpc= in the listening line");
-                server.http = format!("http://{http}");
-                server.grpc = format!("http://{grpc}");
-                server.http_addr = http;
-                break;
-            }
-            assert!(Instant::now() < deadline, "no listening line:\n{log}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let ports = wait_for_ports(
+            &port_file,
+            server.child.as_mut().unwrap(),
+            &server.log,
+            deadline,
+        );
+        server.http_addr = format!("127.0.0.1:{}", ports.http);
+        server.http = format!("http://{}", server.http_addr);
+        server.grpc = format!("http://127.0.0.1:{}", ports.grpc);
         loop {
             if let Ok((200, _)) = http_get(&server.http_addr, "/ready") {
                 return server;
@@ -183,6 +229,11 @@ impl Server {
             assert!(Instant::now() < deadline, "never ready:\n{}", server.log());
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// Where the server wrote the ports it bound (`--port-file`).
+    pub fn port_file(&self) -> PathBuf {
+        self._exp.as_ref().unwrap().dir.path().join("ports.json")
     }
 
     /// Everything the server has logged so far.
@@ -198,12 +249,17 @@ impl Server {
         }
     }
 
-    /// Waits up to `limit` for the server to exit.
+    /// Waits up to `limit` for the server to exit; once it has, its last lines are in the log.
     pub fn wait(&mut self, limit: Duration) -> Option<ExitStatus> {
         let deadline = Instant::now() + limit;
         let child = self.child.as_mut()?;
         loop {
             if let Some(status) = child.try_wait().unwrap() {
+                let closing = Instant::now() + Duration::from_secs(5);
+                while !self.readers.iter().all(|r| r.is_finished()) {
+                    assert!(Instant::now() < closing, "its output never closed");
+                    std::thread::sleep(Duration::from_millis(10));
+                }
                 return Some(status);
             }
             if Instant::now() >= deadline {
@@ -299,8 +355,11 @@ pub fn http_get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
     http_request(addr, "GET", path, None, b"")
 }
 
-/// A loopback port that was free a moment ago (for configs that need a fixed port).
-pub fn free_port() -> u16 {
+/// A loopback port nothing listens on a moment ago: for a client that must find a port closed
+/// (a collector that is down, a replica that is not running, a port the doctor must report
+/// free). Never hand it to a child to bind: between here and its bind, another process may
+/// take it. A child binds port 0 itself and says which it got (`--port-file`).
+pub fn unused_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -433,12 +492,16 @@ pub fn run_to_exit(args: &[&str]) -> (i32, String) {
 
 /// [`run_to_exit`] with extra environment variables.
 pub fn run_to_exit_with(args: &[&str], envs: &[(&str, &str)]) -> (i32, String) {
-    let (mut child, log) = spawn(args, envs);
+    let (mut child, log, readers) = spawn_with_readers(args, envs);
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         if let Some(status) = child.try_wait().unwrap() {
-            // The reader threads may still be copying the last lines.
-            std::thread::sleep(Duration::from_millis(100));
+            // Its last lines are read once both pipes are closed.
+            let closing = Instant::now() + Duration::from_secs(5);
+            while !readers.iter().all(|r| r.is_finished()) {
+                assert!(Instant::now() < closing, "its output never closed");
+                std::thread::sleep(Duration::from_millis(10));
+            }
             return (status.code().unwrap_or(-1), log.lock().unwrap().clone());
         }
         if Instant::now() > deadline {
@@ -451,7 +514,7 @@ pub fn run_to_exit_with(args: &[&str], envs: &[(&str, &str)]) -> (i32, String) {
 }
 
 /// The Python of a venv `scripts/test-deps.sh` makes in the cache (`clients-venv`,
-/// `schemathesis-venv`, ...).
+/// `tritonclient-venv`, `schemathesis-venv`, ...).
 pub fn venv_python(venv: &str) -> PathBuf {
     let cache = std::env::var("ACTOR_INFER_CACHE").map_or_else(
         |_| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/actor-infer"),
@@ -464,4 +527,128 @@ pub fn venv_python(venv: &str) -> PathBuf {
         p.display()
     );
     p
+}
+
+/// Runs `cmd` until it exits, `stdin` written to it, `limit` at most (killed and reaped past
+/// it, or if the test fails), asserts it succeeded and returns its standard output as JSON:
+/// the whole of it, or else its last line (a script that prints progress first).
+pub fn run_json(cmd: &mut Command, stdin: &[u8], limit: Duration) -> serde_json::Value {
+    struct Reaped(Child);
+    impl Drop for Reaped {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let what = format!("{cmd:?}");
+    let mut child = Reaped(
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run {what}: {e}")),
+    );
+    let mut input = child.0.stdin.take().unwrap();
+    std::io::Write::write_all(&mut input, stdin).unwrap();
+    drop(input);
+    let read = |mut r: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = r.read_to_string(&mut s);
+            s
+        })
+    };
+    let out = read(Box::new(child.0.stdout.take().unwrap()));
+    let err = read(Box::new(child.0.stderr.take().unwrap()));
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(s) = child.0.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "{what} ran past {limit:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let (out, err) = (out.join().unwrap(), err.join().unwrap());
+    assert!(status.success(), "{what} failed ({status}):\n{out}\n{err}");
+    serde_json::from_str(&out)
+        .or_else(|_| serde_json::from_str(out.lines().last().unwrap_or("")))
+        .unwrap_or_else(|e| panic!("{what} did not print JSON ({e}):\n{out}\n{err}"))
+}
+
+/// A response body as JSON, or as a JSON string when it is not JSON (so an assertion shows it).
+fn json_or_text(text: String) -> serde_json::Value {
+    serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text))
+}
+
+/// POSTs `body` as JSON to `path` (from a sync test): the status and the answer.
+pub fn post_json(server: &Server, path: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
+    let (status, text, _) = http_request_with(
+        &server.http_addr,
+        "POST",
+        path,
+        &[("content-type", "application/json")],
+        body.to_string().as_bytes(),
+    )
+    .unwrap();
+    (status, json_or_text(text))
+}
+
+/// POSTs `body` as JSON to `path` (from an async test): the status, the headers and the answer.
+pub async fn post_full(
+    server: &Server,
+    path: &str,
+    body: serde_json::Value,
+) -> (u16, reqwest::header::HeaderMap, serde_json::Value) {
+    let res = reqwest::Client::new()
+        .post(format!("{}{path}", server.http))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let (status, headers) = (res.status().as_u16(), res.headers().clone());
+    (status, headers, json_or_text(res.text().await.unwrap()))
+}
+
+/// POSTs `body` as JSON to `path` (from an async test): the status and the answer.
+pub async fn post(
+    server: &Server,
+    path: &str,
+    body: serde_json::Value,
+) -> (u16, serde_json::Value) {
+    let (status, _, body) = post_full(server, path, body).await;
+    (status, body)
+}
+
+/// [`post`], also returning the version that answered (`X-Model-Version`, `name@version`).
+pub async fn post_versioned(
+    server: &Server,
+    path: &str,
+    body: serde_json::Value,
+) -> (u16, serde_json::Value, Option<String>) {
+    let (status, headers, body) = post_full(server, path, body).await;
+    let version = headers
+        .get("x-model-version")
+        .map(|v| v.to_str().unwrap().to_string());
+    (status, body, version)
+}
+
+/// GETs `path` (from an async test): the answer as JSON.
+pub async fn get(server: &Server, path: &str) -> serde_json::Value {
+    let res = reqwest::get(format!("{}{path}", server.http))
+        .await
+        .unwrap();
+    json_or_text(res.text().await.unwrap())
+}
+
+/// A client of `actor_infer.v1` on the server's gRPC port.
+pub async fn grpc(
+    server: &Server,
+) -> actor_infer::api::grpc::pb::inference_service_client::InferenceServiceClient<
+    tonic::transport::Channel,
+> {
+    actor_infer::api::grpc::pb::inference_service_client::InferenceServiceClient::connect(
+        server.grpc.clone(),
+    )
+    .await
+    .unwrap()
 }
