@@ -63,7 +63,7 @@ fn a_refused_scenario_reports_why_in_its_json() {
     let http = server.http_addr.rsplit(':').next().unwrap().to_string();
     let grpc = server.grpc.rsplit(':').next().unwrap().to_string();
     for (transport, kind) in [("http", "http 413"), ("grpc", "grpc InvalidArgument")] {
-        let out = Command::new(env!("CARGO_BIN_EXE_actor-infer"))
+        let out = common::binary()
             .args(["bench", "--http-port", &http, "--grpc-port", &grpc])
             .args([
                 "--transport",
