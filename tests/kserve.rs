@@ -123,7 +123,11 @@ fn tritonclient_reads_health_readiness_and_metadata() {
                 "versions": ["1"],
                 "platform": "actor-infer_embedding",
                 "inputs": [{"name": "text", "datatype": "BYTES", "shape": [-1]}],
-                "outputs": [{"name": "embedding", "datatype": "FP32", "shape": [-1, 384]}],
+                // The binary quantized outputs are always offered (int8/uint8 only with
+                // calibration ranges, which this model has not: tests/quantize.rs).
+                "outputs": [{"name": "embedding", "datatype": "FP32", "shape": [-1, 384]},
+                            {"name": "embedding_binary", "datatype": "INT8", "shape": [-1, 48]},
+                            {"name": "embedding_ubinary", "datatype": "UINT8", "shape": [-1, 48]}],
             }),
             "{t}"
         );
