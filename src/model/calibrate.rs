@@ -58,6 +58,8 @@ pub struct Calibration {
     normalized: bool,
     /// The texts' pooled embeddings before any normalisation (empty for a ranges file).
     raw: Vec<Vec<f32>>,
+    /// Ranges of other outputs (width, normalised), computed from `raw` once each.
+    derived: Mutex<std::collections::HashMap<(usize, bool), Arc<Ranges>>>,
 }
 
 impl std::fmt::Debug for Calibration {
@@ -106,6 +108,14 @@ impl Calibration {
         dims: usize,
         normalize: bool,
     ) -> Result<Cow<'_, Ranges>, QuantizeError> {
+        if let Some(r) = self
+            .derived
+            .lock()
+            .expect("never poisoned")
+            .get(&(dims, normalize))
+        {
+            return Ok(Cow::Owned(Ranges::clone(r)));
+        }
         let full = self.ranges.dim();
         if dims == full && normalize == self.normalized {
             return Ok(Cow::Borrowed(&self.ranges));
@@ -141,7 +151,12 @@ impl Calibration {
                 r
             })
             .collect();
-        Ranges::of(&rows).map(Cow::Owned)
+        let ranges = Ranges::of(&rows)?;
+        self.derived
+            .lock()
+            .expect("never poisoned")
+            .insert((dims, normalize), Arc::new(ranges.clone()));
+        Ok(Cow::Owned(ranges))
     }
 }
 
@@ -185,6 +200,7 @@ impl Calibrator {
                 ranges,
                 normalized: normalize,
                 raw: Vec::new(),
+                derived: Mutex::default(),
             };
             return Ok(Calibrator {
                 source: Source::File,
@@ -292,6 +308,7 @@ impl Calibrator {
             ranges,
             normalized: spec.normalize,
             raw,
+            derived: Mutex::default(),
         };
         tracing::info!(
             model = %spec.name,
