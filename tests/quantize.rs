@@ -545,20 +545,6 @@ fn recall_of_quantized_embeddings() {
     );
 }
 
-/// POSTs `body` to `path`: the status and the JSON answer.
-fn post(server: &Server, path: &str, body: &serde_json::Value) -> (u16, serde_json::Value) {
-    let (status, text) = common::http_request(
-        &server.http_addr,
-        "POST",
-        path,
-        Some("application/json"),
-        body.to_string().as_bytes(),
-    )
-    .unwrap();
-    let v = serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text));
-    (status, v)
-}
-
 fn ints(v: &serde_json::Value) -> Vec<i16> {
     v.as_array()
         .unwrap_or_else(|| panic!("not an array: {v}"))
@@ -612,7 +598,8 @@ async fn every_protocol_returns_the_quantized_bytes_of_what_it_serves() {
     let floats_of = |body: serde_json::Value| -> Vec<Vec<f32>> {
         body.as_array().unwrap().iter().map(floats).collect()
     };
-    let (status, body) = post(&server, "/embed", &serde_json::json!({ "inputs": texts }));
+    let (status, body) =
+        common::post_json(&server, "/embed", serde_json::json!({ "inputs": texts }));
     assert_eq!(status, 200, "{body}");
     let rows = floats_of(body);
     let full = Ranges::of(&served).unwrap();
@@ -624,10 +611,10 @@ async fn every_protocol_returns_the_quantized_bytes_of_what_it_serves() {
         Precision::Ubinary,
     ] {
         let want = expected(&rows, p, Some(&full));
-        let (status, body) = post(
+        let (status, body) = common::post_json(
             &server,
             "/embed",
-            &serde_json::json!({ "inputs": texts, "output_dtype": p.as_str() }),
+            serde_json::json!({ "inputs": texts, "output_dtype": p.as_str() }),
         );
         assert_eq!(status, 200, "{p:?}: {body}");
         let step = i16::from(p.needs_ranges());
@@ -636,10 +623,10 @@ async fn every_protocol_returns_the_quantized_bytes_of_what_it_serves() {
             steps += differing(&ints(got), want, step, &format!("/embed {p:?} text {i}"));
         }
         // OpenAI, as the `openai` client sends it through extra_body.
-        let (status, body) = post(
+        let (status, body) = common::post_json(
             &server,
             "/v1/embeddings",
-            &serde_json::json!({ "input": texts, "model": "m", "output_dtype": p.as_str(),
+            serde_json::json!({ "input": texts, "model": "m", "output_dtype": p.as_str(),
                                  "encoding_format": "float" }),
         );
         assert_eq!(status, 200, "{p:?}: {body}");
@@ -652,10 +639,10 @@ async fn every_protocol_returns_the_quantized_bytes_of_what_it_serves() {
             );
         }
         // base64: the bytes themselves.
-        let (status, body) = post(
+        let (status, body) = common::post_json(
             &server,
             "/embed",
-            &serde_json::json!({ "inputs": texts, "output_dtype": p.as_str(),
+            serde_json::json!({ "inputs": texts, "output_dtype": p.as_str(),
                                  "encoding_format": "base64" }),
         );
         assert_eq!(status, 200, "{p:?}: {body}");
@@ -686,18 +673,18 @@ async fn every_protocol_returns_the_quantized_bytes_of_what_it_serves() {
             r
         })
         .collect();
-    let (status, body) = post(
+    let (status, body) = common::post_json(
         &server,
         "/embed",
-        &serde_json::json!({ "inputs": texts, "dimensions": 128 }),
+        serde_json::json!({ "inputs": texts, "dimensions": 128 }),
     );
     assert_eq!(status, 200, "{body}");
     let rows128 = floats_of(body);
     let want = expected(&rows128, Precision::Int8, Some(&Ranges::of(&cut).unwrap()));
-    let (status, body) = post(
+    let (status, body) = common::post_json(
         &server,
         "/embed",
-        &serde_json::json!({ "inputs": texts, "dimensions": 128, "output_dtype": "int8" }),
+        serde_json::json!({ "inputs": texts, "dimensions": 128, "output_dtype": "int8" }),
     );
     assert_eq!(status, 200, "{body}");
     for (i, got) in body.as_array().unwrap().iter().enumerate() {
@@ -798,10 +785,10 @@ async fn every_protocol_returns_the_quantized_bytes_of_what_it_serves() {
             "outputs": names.iter().map(|n| serde_json::json!({"name": n})).collect::<Vec<_>>(),
         })
     };
-    let (status, body) = post(
+    let (status, body) = common::post_json(
         &server,
         "/v2/models/all-MiniLM-L6-v2/infer",
-        &request(&["embedding_int8", "embedding_binary"]),
+        request(&["embedding_int8", "embedding_binary"]),
     );
     assert_eq!(status, 200, "{body}");
     let outs = body["outputs"].as_array().unwrap();
@@ -821,10 +808,10 @@ async fn every_protocol_returns_the_quantized_bytes_of_what_it_serves() {
         );
     }
     // Without `outputs`: the float32 embedding only.
-    let (status, body) = post(
+    let (status, body) = common::post_json(
         &server,
         "/v2/models/all-MiniLM-L6-v2/infer",
-        &serde_json::json!({"inputs": request(&[])["inputs"]}),
+        serde_json::json!({"inputs": request(&[])["inputs"]}),
     );
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["outputs"].as_array().unwrap().len(), 1, "{body}");
@@ -850,7 +837,7 @@ async fn every_protocol_returns_the_quantized_bytes_of_what_it_serves() {
                                "outputs": [{"name": "embedding_int8"}]}),
         ),
     ] {
-        let (status, answer) = post(&server, path, &body);
+        let (status, answer) = common::post_json(&server, path, body);
         assert_eq!(status, 400, "{path}: {answer}");
         let message = answer["error"].as_str().unwrap();
         assert!(
@@ -860,10 +847,10 @@ async fn every_protocol_returns_the_quantized_bytes_of_what_it_serves() {
             "{path}: {message}"
         );
     }
-    let (status, body) = post(
+    let (status, body) = common::post_json(
         &server,
         "/embed",
-        &serde_json::json!({"inputs": texts, "output_dtype": "binary"}),
+        serde_json::json!({"inputs": texts, "output_dtype": "binary"}),
     );
     assert_eq!(status, 200, "{body}");
     let want = expected(&rows, Precision::Binary, None);
