@@ -351,45 +351,39 @@ fn a_panic_in_the_supervisor_stops_the_server_with_exit_1() {
     a_panic_stops_the_server_with_exit_1(fault::Fault::SupervisorPanic, "the supervisor panicked");
 }
 
-/// actor-infer processes on this machine (the original count_processes.sh).
-fn count_processes() -> usize {
+/// Processes on this machine whose environment carries `marker` (`name=value`): the servers
+/// this test started, and anything they could have left behind, even reparented to init, and
+/// none of another test's or another user's.
+fn count_marked(marker: &str) -> usize {
     std::fs::read_dir("/proc")
         .unwrap()
-        .filter_map(|e| std::fs::read_to_string(e.ok()?.path().join("comm")).ok())
-        .filter(|c| c.trim() == "actor-infer")
+        .filter_map(|e| std::fs::read(e.ok()?.path().join("environ")).ok())
+        .filter(|env| env.split(|&b| b == 0).any(|kv| kv == marker.as_bytes()))
         .count()
-}
-
-/// Listening TCP sockets on this machine.
-fn count_listening() -> usize {
-    ["/proc/net/tcp", "/proc/net/tcp6"]
-        .iter()
-        .filter_map(|f| std::fs::read_to_string(f).ok())
-        .map(|t| {
-            t.lines()
-                .skip(1)
-                .filter(|l| l.split_whitespace().nth(3) == Some("0A"))
-                .count()
-        })
-        .sum()
 }
 
 #[test]
 fn twenty_runs_in_a_row_leave_nothing_behind() {
-    // This test runs alone (.config/nextest.toml), so machine-wide counts are its own.
-    let (processes, sockets) = (count_processes(), count_listening());
+    // Every server of this test carries a marker of its own in its environment, so the count
+    // is this test's alone, whatever else runs on the machine.
+    let marker = format!("ACTOR_INFER_TEST_RUN={}-{}", std::process::id(), line!());
+    let (key, value) = marker.split_once('=').unwrap();
+    assert_eq!(
+        count_marked(&marker),
+        0,
+        "no marked process before the first run"
+    );
     for run in 0..20 {
-        let server = Server::start(experiment(&format!("experiment:\n  name: run-{run}\n")));
+        let server = Server::start_with(
+            experiment(&format!("experiment:\n  name: run-{run}\n")),
+            &[(key, value)],
+        );
         let (http, grpc, pid) = (
             server.http_addr.clone(),
             server.grpc.trim_start_matches("http://").to_string(),
             server.pid,
         );
-        assert_eq!(
-            count_processes(),
-            processes + 1,
-            "run {run}: one server process"
-        );
+        assert_eq!(count_marked(&marker), 1, "run {run}: one server process");
         assert_eq!(embed(&http, "one request per run").unwrap().0, 200);
         server.stop_clean();
         assert!(
@@ -400,15 +394,10 @@ fn twenty_runs_in_a_row_leave_nothing_behind() {
             !std::path::Path::new(&format!("/proc/{pid}")).exists(),
             "run {run}: process {pid} still exists"
         );
+        assert_eq!(
+            count_marked(&marker),
+            0,
+            "run {run}: a process of this run outlived the stop"
+        );
     }
-    assert_eq!(
-        count_processes(),
-        processes,
-        "actor-infer processes before and after"
-    );
-    assert_eq!(
-        count_listening(),
-        sockets,
-        "listening sockets before and after"
-    );
 }
