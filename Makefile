@@ -46,7 +46,7 @@ endif
 
 ## test-docker: both images built from the repository as the README says, and checked on a
 ## Docker engine (started here if none runs; base images made locally), then compose with a
-## real Prometheus: scripts/test-docker.sh. Not part of `make test` (README "Deploy" says why,
+## real Prometheus: scripts/test-docker.sh. Not part of `make test` (docs/deploy.md says why,
 ## with the figures): about 18 minutes with nothing cached, 2 after a source change.
 test-docker:
 	@bash scripts/test-docker.sh

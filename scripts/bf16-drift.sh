@@ -4,9 +4,10 @@
 # texts embedded by both over HTTP (`POST /embed`, normalised), compared text by text (cosine,
 # largest difference of a component) and as a search index would use them (each text's nearest
 # other text, and every pair's similarity).
-# Texts: the 14 of tests/fixtures/minilm-reference.json, every sentence of README.md (prose of
-# many lengths and topics, code and tables included), and 40 long generated texts (60 to 240
-# words) built from README's words.
+# Texts: the 14 of tests/fixtures/minilm-reference.json, every sentence of README.md and docs/*.md
+# (prose of many lengths and topics, code and tables included), and 40 long generated texts (60
+# to 240 words) built from their words. (The figures in docs/performance.md were taken when all
+# of that text was in README.md, at commit a19794b: nearly the same sentences, in another order.)
 # Knobs: EXPERIMENT (default configs/default.yaml). Prints one table; no Python package needed.
 set -euo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/_bin.sh"
@@ -35,7 +36,8 @@ python3 - "$root" "${HTTP[f32]}" "${HTTP[bf16]}" <<'PY'
 import json, math, re, sys, urllib.request
 root, p32, p16 = sys.argv[1], sys.argv[2], sys.argv[3]
 fixtures = [c["text"] for c in json.load(open(f"{root}/tests/fixtures/minilm-reference.json"))["cases"]]
-readme = open(f"{root}/README.md").read()
+import glob
+readme = "\n\n".join(open(f).read() for f in [f"{root}/README.md"] + sorted(glob.glob(f"{root}/docs/*.md")))
 sentences, seen = [], set()
 for s in re.split(r"(?<=[.!?])\s+|\n\n", readme):
     s = " ".join(s.split())

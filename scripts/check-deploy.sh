@@ -164,7 +164,7 @@ for df, config in (("docker/Dockerfile", "configs/container.yaml"),
     check(Path(config).is_file(), f"{config} is missing")
 
 # The CUDA image's builder is the CPU image's, line for line, so the two share its layers (the
-# Rust build, README "Deploy"); cuda-libs starts as the builder does, up to the set-up.
+# Rust build, docs/deploy.md); cuda-libs starts as the builder does, up to the set-up.
 builders = {df: [c.original for c in dict(dockerfile_stages(df))["builder"]]
             for df in ("docker/Dockerfile", "docker/Dockerfile.cuda")}
 check(builders["docker/Dockerfile"] == builders["docker/Dockerfile.cuda"],

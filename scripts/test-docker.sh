@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# `make test-docker`: the images and compose for real, on a Docker engine (README "Deploy").
+# `make test-docker`: the images and compose for real, on a Docker engine (docs/deploy.md).
 #   1. A Docker engine: Debian's docker.io, docker-compose and mmdebstrap when missing; dockerd
 #      started here when none answers, and stopped again at the end (scripts/_docker.sh).
 #   2. The base images, made locally when the engine lacks them (scripts/docker-bases.sh):

@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 LABEL = "org.actor-infer.test"
 TOLERANCE = 1e-4  # per component, as tests/serve.rs
 BUDGET_S = 10.0  # shutdown.timeout_seconds of configs/container.yaml and configs/cuda.yaml
-STOP_TIMEOUT_S = 20  # docker stop -t / compose stop_grace_period (README "Deploy")
+STOP_TIMEOUT_S = 20  # docker stop -t / compose stop_grace_period (docs/deploy.md)
 CLIENTS = 16
 
 
@@ -508,7 +508,7 @@ def check_compose(prometheus_image):
     files = [effective_compose(env)]
     try:
         t0 = time.monotonic()
-        # Grafana is not started: its image cannot be had here (README "Deploy").
+        # Grafana is not started: its image cannot be had here (docs/deploy.md).
         compose("up", "-d", "--no-build", "actor-infer", "prometheus", env=env, files=files)
         ids = {name: compose("ps", "-q", name, env=env, files=files).strip()
                for name in ("actor-infer", "prometheus")}

@@ -1,4 +1,4 @@
-//! The access log (README "Access log"): every request, served or refused, over HTTP and gRPC,
+//! The access log (docs/operating.md "Access log"): every request, served or refused, over HTTP and gRPC,
 //! leaves exactly one INFO line naming its request id and trace id, route, model and version,
 //! status or code and error kind, texts, tokens, times and client address; JSON fields with
 //! `logging.format: json`; nothing with `logging.access_log: false`.

@@ -1,4 +1,4 @@
-//! A model named by its Hugging Face id (README "A model by its Hugging Face id"), against a Hub
+//! A model named by its Hugging Face id (docs/models.md "A model by its Hugging Face id"), against a Hub
 //! stand-in on 127.0.0.1 (`tests/hub_server.py`: the Hub's URL layout, routes and headers) that
 //! `HF_ENDPOINT` points at. The real Hub is never contacted.
 //!

@@ -614,7 +614,7 @@ fn a_kind_the_model_cannot_be_is_refused_at_start_naming_why() {
 }
 
 /// bf16 weights on the CPU: the drift against f32 sentence-transformers on the 14 MiniLM
-/// reference texts, printed (README "Models") and bounded.
+/// reference texts, printed (docs/models.md) and bounded.
 #[tokio::test]
 async fn bf16_on_cpu_drifts_little_from_f32() {
     let server = Server::start(experiment(&format!(
@@ -643,7 +643,7 @@ async fn bf16_on_cpu_drifts_little_from_f32() {
     server.stop_clean();
 }
 
-/// bf16 tolerance (README "Models"): per component, and cosine to the f32 embedding.
+/// bf16 tolerance (docs/models.md): per component, and cosine to the f32 embedding.
 const BF16_MAX_ABS: f32 = 1e-2;
 const BF16_MIN_COSINE: f32 = 0.9995;
 
@@ -713,7 +713,7 @@ async fn rerank_and_predict_obey_the_api_key_and_request_limits() {
     server.stop_clean();
 }
 
-/// Every form of the f32 linear layers (README "Performance"): the AVX-512 panel kernel where
+/// Every form of the f32 linear layers (docs/performance.md): the AVX-512 panel kernel where
 /// the CPU has it, and the portable paths every other CPU takes, forced here with
 /// `ACTOR_INFER_LINEAR` so that they run on this CPU too. Each matches sentence-transformers
 /// within the f32 tolerance on the default model's 14 reference texts, one per request and all

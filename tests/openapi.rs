@@ -7,7 +7,7 @@
 //!
 //! Each configuration runs a pass with a fixed seed and a fixed number of examples per route,
 //! so a failure reproduces, and the default model also a pass with a random seed (printed), so
-//! new inputs keep being tried. Run by hand against any server: README "APIs".
+//! new inputs keep being tried. Run by hand against any server: docs/apis.md.
 
 mod common;
 

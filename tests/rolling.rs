@@ -271,7 +271,7 @@ fn nginx_binary() -> PathBuf {
     panic!("nginx is not installed: run `make test-deps` (scripts/test-deps.sh)");
 }
 
-/// The balancer: `deploy/nginx/actor-infer.conf` as shipped (README, "Deploy"), with this test's
+/// The balancer: `deploy/nginx/actor-infer.conf` as shipped (docs/deploy.md), with this test's
 /// listen ports and replica addresses, inside a main config that keeps nginx in `dir`.
 fn nginx_conf(dir: &Path, replicas: &[Replica], http_port: u16, grpc_port: u16) -> String {
     let shipped = common::root().join("deploy/nginx/actor-infer.conf");

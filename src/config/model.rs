@@ -68,7 +68,7 @@ pub struct Model {
 }
 
 /// `model.quantization`: where an embedding model's `int8` / `uint8` calibration ranges come
-/// from, one of the two (README "Quantized embeddings"). Relative paths are resolved against the
+/// from, one of the two (docs/apis.md "Quantized embeddings"). Relative paths are resolved against the
 /// YAML file's folder.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
