@@ -173,6 +173,33 @@ fn token_rows_hold_each_real_tokens_state_and_pool_to_the_embedding() {
 }
 
 #[test]
+fn a_truncated_or_garbled_weights_file_is_refused_with_the_file_named() {
+    // The weights are read tensor by tensor (bert/weights.rs): a file cut short, or whose header
+    // is not safetensors', fails the load with a message naming the file, never a panic or a
+    // model with garbage weights.
+    let dir = tempfile::tempdir().unwrap();
+    tiny_model(dir.path(), "", None);
+    let file = dir.path().join("model.safetensors");
+    let whole = std::fs::read(&file).unwrap();
+    std::fs::write(&file, &whole[..whole.len() - 100]).unwrap();
+    let err = Bert::load(&spec(dir.path()))
+        .err()
+        .expect("a cut file must fail");
+    assert!(err.to_string().contains("model.safetensors"), "{err}");
+    std::fs::write(&file, b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all}").unwrap();
+    let err = Bert::load(&spec(dir.path()))
+        .err()
+        .expect("garbage must fail");
+    assert!(
+        err.to_string().contains("not a safetensors header"),
+        "{err}"
+    );
+    // And the intact file still loads.
+    std::fs::write(&file, &whole).unwrap();
+    Bert::load(&spec(dir.path())).unwrap();
+}
+
+#[test]
 fn a_missing_tensor_is_named() {
     let dir = tempfile::tempdir().unwrap();
     tiny_model(dir.path(), "", Some("encoder.layer.1.output.dense.bias"));
