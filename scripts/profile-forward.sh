@@ -38,3 +38,23 @@ if [ ! -f "$onnx_dir/model.onnx" ]; then
 fi
 LD_LIBRARY_PATH=$(ls -d "$cuda"/nvidia/*/lib | tr '\n' ':') LD_PRELOAD=$venv/libmklvendor.so \
   "$venv/bin/python" "$root/scripts/profile_forward.py" "$model" "$onnx_dir/model.onnx" 2> >(grep -v -e gpuGetDeviceCount -e 'Profiler clears events' -e '_warn_once' >&2)
+
+# Ours: the actor-infer binary's own batch-1 forward (with its AVX-512 kernel where the CPU has
+# AVX-512, the form ACTOR_INFER_LINEAR names otherwise), by op kind: perf's CPU samples of
+# `actor-infer bench --raw --batch-sizes 1` (one generated text of ~12 tokens, 1 intra-op
+# thread per THREADS entry), sorted into the same kinds by symbol, times the run's CPU time per
+# forward. Start-up (loading, packing the weights, warm-up) is left out: perf starts PERF_DELAY_MS
+# (default 4000) after the process, and what remains of it is recognised by symbol. OURS=0 skips;
+# PARTS=none skips the Python side's parts (whole kinds products).
+if [ "${OURS:-1}" = 1 ] && command -v perf >/dev/null; then
+  . "$root/scripts/_bin.sh"
+  for t in ${THREADS:-1 2}; do
+    data=$(mktemp -t actor-infer-perf.XXXXXX)
+    ACTOR_INFER__MODEL__INTRA_OP_THREADS=$t perf record -q -e cpu-clock -F 2999 --delay "${PERF_DELAY_MS:-4000}" -o "$data" -- \
+      "$BIN" bench --experiment "$EXPERIMENT" --raw --batch-sizes 1 --tokens 12 \
+      --requests "${REQUESTS:-400}" --json >"$data.json" 2>/dev/null
+    perf report -i "$data" --no-children --sort dso,sym --stdio 2>/dev/null |
+      python3 "$root/scripts/profile_ours.py" "$data.json" "$t"
+    rm -f "$data" "$data.json" "$data.old"
+  done
+fi

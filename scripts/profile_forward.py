@@ -1,7 +1,7 @@
 """Where a batch-1 f32 forward of all-MiniLM-L6-v2 goes, in libtorch and in ONNX Runtime, in one
 process on one text (run by scripts/profile-forward.sh, which sets up the venv).
 
-1. Per op kind: the model's forward written op for op as src/model/bert.rs runs it through
+1. Per op kind: the model's forward written op for op as src/model/bert/mod.rs runs it through
    libtorch (PyTorch 2.11's eager ops are the same libtorch calls; Python adds a few µs per op,
    which lands in "the rest"), timed by torch.profiler, against ONNX Runtime 1.22's own per-node
    profile of the ONNX graph TEI serves (the peer's build_bert_onnx.py), same text, same threads.
@@ -60,7 +60,7 @@ def lin_t(x, wt, b):
     return torch.addmm(b, x.reshape(-1, x.shape[-1]), wt).view(*x.shape[:-1], wt.shape[1])
 
 def forward(ls, linf):
-    """src/model/bert.rs's forward, op for op, for a batch without padding."""
+    """src/model/bert/mod.rs's forward, op for op, for a batch without padding."""
     b, l = ids.shape
     x = F.embedding(ids, word) + pt0[:l]
     x = F.layer_norm(x, [H], eln_w, eln_b, EPS)
@@ -81,6 +81,9 @@ def session(threads, profile=False):
         so.enable_profiling = True
         so.profile_file_prefix = os.path.join(os.environ.get("TMPDIR", "/tmp"), "actor-infer-ort-profile")
     return ort.InferenceSession(ONNX, so, providers=["CPUExecutionProvider"])
+
+KINDS = ["linear layers (GEMM + bias)", "attention", "LayerNorm", "GELU", "residual and embedding adds",
+         "embedding gather", "the rest (copies, views, allocation, pooling)"]
 
 def kind_torch(name):
     n = name.removeprefix("aten::")
@@ -103,37 +106,47 @@ def kind_ort(op, name):
     if op == "Gather" and "embeddings" in name: return "embedding gather"
     return "the rest (copies, views, allocation, pooling)"
 
-def per_kind(threads, n=200):
+def per_kind(threads, n=100):
+    """torch.profiler self times per op kind against ONNX Runtime's per-node kernel times, the
+    three interleaved over ROUNDS rounds of n forwards each (so a slow spell of a shared machine
+    falls on all of them); per kind the median over the rounds."""
     from torch.profiler import ProfilerActivity, profile
     torch.set_num_threads(threads)
-    cols = {}
-    for label, ls, lf in (("linear", layers, lin), ("addmm W^T", layers_t, lin_t)):
-        with torch.inference_mode():
-            for _ in range(30): forward(ls, lf)
-            with profile(activities=[ProfilerActivity.CPU]) as prof:
-                for _ in range(n): forward(ls, lf)
-        k = collections.defaultdict(float)
-        for e in prof.key_averages():
-            k[kind_torch(e.key)] += e.self_cpu_time_total / n / 1e3
-        cols[label] = k
+    rounds = collections.defaultdict(lambda: collections.defaultdict(list))
     s = session(threads, profile=True)
     for _ in range(30): s.run(None, feed)
-    for _ in range(n): s.run(None, feed)
+    ort_runs = 30
+    with torch.inference_mode():
+        for ls, lf in ((layers, lin), (layers_t, lin_t)):
+            for _ in range(30): forward(ls, lf)
+        for _ in range(ROUNDS):
+            for label, ls, lf in (("linear", layers, lin), ("addmm W^T", layers_t, lin_t)):
+                with profile(activities=[ProfilerActivity.CPU]) as prof:
+                    for _ in range(n): forward(ls, lf)
+                k = collections.defaultdict(float)
+                for e in prof.key_averages():
+                    k[kind_torch(e.key)] += e.self_cpu_time_total / n / 1e3
+                for kd in KINDS: rounds[label][kd].append(k.get(kd, 0.0))
+            t0 = ort_runs
+            for _ in range(n): s.run(None, feed)
+            ort_runs += n
+            rounds["ONNX Runtime"]["_range"].append((t0, ort_runs))
     ev = json.load(open(s.end_profiling()))
     nodes = [x for x in ev if x.get("cat") == "Node" and x["name"].endswith("_kernel_time")]
-    per = len(nodes) // (n + 30)
-    k = collections.defaultdict(float)
-    for x in nodes[-per * n:]:
-        k[kind_ort(x["args"].get("op_name"), x["name"])] += x["dur"] / n / 1e3
-    cols["ONNX Runtime"] = k
-    kinds = sorted(set().union(*cols.values()), key=lambda x: -cols["linear"].get(x, 0))
-    print(f"\n### per op kind, {threads} thread(s), one text of {ids.shape[1]} tokens (ms per forward: "
-          f"libtorch self time per op, ONNX Runtime kernel time per node, {per} nodes)")
+    per = len(nodes) // ort_runs
+    for a, b in rounds["ONNX Runtime"].pop("_range"):
+        k = collections.defaultdict(float)
+        for x in nodes[a * per:b * per]:
+            k[kind_ort(x["args"].get("op_name"), x["name"])] += x["dur"] / n / 1e3
+        for kd in KINDS: rounds["ONNX Runtime"][kd].append(k.get(kd, 0.0))
+    cols = {c: {kd: statistics.median(v) for kd, v in r.items()} for c, r in rounds.items()}
+    print(f"\n### per op kind, {threads} thread(s), one text of {ids.shape[1]} tokens (ms per forward, median of "
+          f"{ROUNDS} interleaved rounds of {n}: libtorch self time per op, ONNX Runtime kernel time per node, {per} nodes)")
     print("| op kind | libtorch `linear` | libtorch `addmm` on W^T | ONNX Runtime |")
     print("|---|---|---|---|")
-    for kd in kinds:
-        print(f"| {kd} | " + " | ".join(f"{cols[c].get(kd, 0):.3f}" for c in cols) + " |")
-    print("| **sum** | " + " | ".join(f"**{sum(cols[c].values()):.3f}**" for c in cols) + " |")
+    for kd in KINDS:
+        print(f"| {kd} | " + " | ".join(f"{cols[c].get(kd, 0):.3f}" for c in ("linear", "addmm W^T", "ONNX Runtime")) + " |")
+    print("| **sum** | " + " | ".join(f"**{sum(cols[c].values()):.3f}**" for c in ("linear", "addmm W^T", "ONNX Runtime")) + " |")
 
 def products(threads, m):
     """The 24 products in sequence, every form, interleaved."""
@@ -212,8 +225,10 @@ def whole(threads):
         print(f"| {name} | {statistics.median(t[name]):.3f} |")
 
 print(f"torch {torch.__version__}, onnxruntime {ort.__version__}; text {TEXT!r} ({ids.shape[1]} tokens)")
+PARTS = os.environ.get("PARTS", "whole kinds products").split()
 for threads in [int(x) for x in os.environ.get("THREADS", "1 2").split()]:
-    whole(threads)
-    per_kind(threads)
-    for m in (ids.shape[1], 384):
-        products(threads, m)
+    if "whole" in PARTS: whole(threads)
+    if "kinds" in PARTS: per_kind(threads)
+    if "products" in PARTS:
+        for m in (ids.shape[1], 384):
+            products(threads, m)

@@ -9,6 +9,8 @@ use actor_infer::tools::{
 use clap::{CommandFactory, Parser};
 
 fn main() {
+    // Before any thread starts: glibc's arenas per thread (src/model/memory.rs).
+    actor_infer::model::memory::limit_malloc_arenas();
     let cli = Cli::parse();
     let code = match &cli.command {
         Some(Command::Doctor { check }) => doctor::main(&cli, check.as_ref()),

@@ -8,6 +8,7 @@ pub mod cpu;
 pub mod device;
 pub mod gemm;
 pub mod heads;
+pub mod memory;
 pub mod mkl;
 pub mod quantize;
 mod tokenize;
