@@ -19,7 +19,7 @@ use actix::Addr;
 
 use super::{metrics::Recorder, router::Router};
 use crate::{
-    config::Config,
+    config::ModelSettings,
     model::{ModelSpec, Task},
 };
 
@@ -29,8 +29,8 @@ pub struct Served {
     pub name: String,
     /// 1 for the version loaded at start; each reload that replaces the model adds one.
     pub version: u64,
-    /// The configuration as this model's pipeline sees it ([`Config::for_model`]).
-    pub config: Arc<Config>,
+    /// Its settings as its pipeline runs them ([`crate::config::Config::settings`]).
+    pub settings: Arc<ModelSettings>,
     /// The model's facts.
     pub spec: Arc<ModelSpec>,
     /// Its Router.
@@ -44,7 +44,7 @@ impl Served {
     /// A running version with no lease out.
     pub fn new(
         version: u64,
-        config: Arc<Config>,
+        settings: Arc<ModelSettings>,
         spec: Arc<ModelSpec>,
         router: Addr<Router>,
         recorder: Recorder,
@@ -52,7 +52,7 @@ impl Served {
         Served {
             name: spec.name.clone(),
             version,
-            config,
+            settings,
             spec,
             router,
             recorder,
@@ -196,7 +196,7 @@ mod tests {
     };
 
     use super::*;
-    use crate::config::Overrides;
+    use crate::config::{Config, Overrides};
 
     /// Two models from the committed fixtures: an embedder and a reranker.
     struct Models {
@@ -239,7 +239,7 @@ mod tests {
             let (tx, _rx) = actix::dev::channel::channel::<Router>(1);
             Arc::new(Served::new(
                 version,
-                Arc::new(self.config.for_model(i)),
+                Arc::new(self.config.settings(i)),
                 self.specs[i].clone(),
                 Addr::new(tx),
                 self.recorder.for_model(self.name(i)),

@@ -99,7 +99,8 @@ impl Shared {
     /// Model `m`'s facts for `/info` and `ModelInfo`.
     pub fn info(&self, m: &Served) -> ModelInfo {
         let s = &m.spec;
-        let c = &m.config;
+        let c = &m.settings;
+        let server = &self.config.server;
         let classes = || {
             serde_json::json!({
                 "id2label": s.labels.iter().enumerate()
@@ -110,7 +111,7 @@ impl Shared {
                     .collect::<serde_json::Map<_, _>>(),
             })
         };
-        let hub = c.model().hub.clone();
+        let hub = c.model.hub.clone();
         ModelInfo {
             model_id: hub
                 .as_ref()
@@ -133,18 +134,17 @@ impl Shared {
                 Task::Classifier => serde_json::json!({"classifier": classes()}),
                 Task::Reranker => serde_json::json!({"reranker": classes()}),
             },
-            max_concurrent_requests: c.server.max_concurrent_requests,
+            max_concurrent_requests: server.max_concurrent_requests,
             max_input_length: s.max_seq_length,
             max_batch_tokens: c.batching.max_batch_tokens,
             max_batch_requests: Some(c.batching.max_batch_size),
-            max_client_batch_size: c.server.max_client_batch_size,
+            max_client_batch_size: server.max_client_batch_size,
             auto_truncate: true,
             tokenization_workers: c.tokenizer.workers,
             sha: None,
             docker_label: None,
             model: s.name.clone(),
-            path: c
-                .server
+            path: server
                 .expose_model_path
                 .then(|| s.path.display().to_string()),
             prompts: s.prompts.clone(),
@@ -163,7 +163,7 @@ impl Shared {
             dtype: s.dtype.as_str(),
             pooling: s.pooling.as_str(),
             normalize: s.normalize,
-            workers: c.model().instances,
+            workers: c.model.instances,
             tokenizer_workers: c.tokenizer.workers,
             model_version: m.version,
             experiment: self.config.experiment.name.clone(),

@@ -219,7 +219,7 @@ pub async fn dashboard_json(shared: &Shared) -> Result<serde_json::Value, ApiErr
                 .models
                 .iter()
                 .find(|m| entry["name"] == m.name.as_str())
-                .and_then(|m| m.config.model().hub.clone());
+                .and_then(|m| m.settings.model.hub.clone());
             if let Some(hub) = source {
                 entry["hub"] = serde_json::json!(hub);
             }

@@ -649,7 +649,7 @@ fn raw(args: &BenchArgs, plan: &Plan, config: &Config) -> i32 {
             return 1;
         }
     };
-    let threads = config.intra_op_threads();
+    let threads = config.settings(0).intra_op_threads;
     tch::set_num_threads(threads as i32);
     let model = match Model::load(&spec) {
         Ok(m) => m,

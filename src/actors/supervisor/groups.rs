@@ -20,7 +20,7 @@ use crate::{
         router::Router,
         tokenizer::TokenizerActor,
     },
-    config::Config,
+    config::{Config, ModelSettings},
     model::{ModelSpec, TextTokenizer},
 };
 
@@ -39,7 +39,7 @@ pub(super) struct Group {
 pub(super) struct Loading {
     pub(super) index: usize,
     pub(super) version: u64,
-    pub(super) config: Arc<Config>,
+    pub(super) settings: Arc<ModelSettings>,
     pub(super) spec: Arc<ModelSpec>,
     pub(super) tokenizer: TextTokenizer,
     pub(super) fingerprint: String,
@@ -61,18 +61,18 @@ impl Supervisor {
         device: tch::Device,
         ctx: &mut Context<Self>,
     ) -> Result<Loading, String> {
-        let view = Arc::new(config.for_model(index));
-        let m = view.model();
+        let settings = Arc::new(config.settings(index));
+        let m = &settings.model;
         let spec = Arc::new(ModelSpec::load(m, device).map_err(|e| e.to_string())?);
         let tokenizer =
             TextTokenizer::load(&spec.path, spec.max_seq_length).map_err(|e| e.to_string())?;
-        let fingerprint = fingerprint(&view);
+        let fingerprint = fingerprint(&settings);
         let version = {
             let v = self.versions.entry(spec.name.clone()).or_insert(0);
             *v += 1;
             *v
         };
-        let threads = view.intra_op_threads();
+        let threads = settings.intra_op_threads;
         let instances = m.instances;
         tracing::info!(
             model = %spec.name,
@@ -112,7 +112,7 @@ impl Supervisor {
         Ok(Loading {
             index,
             version,
-            config: view,
+            settings,
             spec,
             tokenizer,
             fingerprint,
@@ -155,7 +155,7 @@ impl Supervisor {
             return Err("the server is stopping".into());
         }
         let me = ctx.address().recipient::<ChildPanicked>();
-        let threads = loading.config.tokenizer.workers;
+        let threads = loading.settings.tokenizer.workers;
         let first = self.next_ids.1;
         self.next_ids.1 += threads;
         let tokenizers = TokenizerActor::start_pool(
@@ -172,7 +172,7 @@ impl Supervisor {
             router_index,
             tokenizers.clone(),
             loading.workers.clone(),
-            loading.config.batching.clone(),
+            loading.settings.batching.clone(),
             loading.spec.clone(),
             self.lifecycle.clone(),
             self.admission.clone(),
@@ -191,7 +191,7 @@ impl Supervisor {
         Ok(Group {
             served: Arc::new(Served::new(
                 loading.version,
-                loading.config,
+                loading.settings,
                 loading.spec,
                 router,
                 recorder,
@@ -242,8 +242,8 @@ pub(super) fn load_all(loading: &[Loading]) -> impl Future<Output = Vec<LoadResu
 
 /// What decides whether a reload replaces a model: its settings as its pipeline sees them,
 /// and the name, size and modification time of every file in its folder.
-pub(super) fn fingerprint(view: &Config) -> String {
-    let m = view.model();
+pub(super) fn fingerprint(view: &ModelSettings) -> String {
+    let m = &view.model;
     let mut files = Vec::new();
     let mut stack = vec![(m.path.clone(), 0)];
     while let Some((dir, depth)) = stack.pop() {
@@ -274,7 +274,7 @@ pub(super) fn fingerprint(view: &Config) -> String {
         "model": m,
         "tokenizer": view.tokenizer,
         "batching": view.batching,
-        "intra_op_threads": view.intra_op_threads(),
+        "intra_op_threads": view.intra_op_threads,
         "files": files,
     })
     .to_string()

@@ -122,7 +122,7 @@ impl Supervisor {
         let mut loading = Vec::new();
         for (i, m) in config.models.iter().enumerate() {
             let name = m.served_name();
-            let view = config.for_model(i);
+            let view = config.settings(i);
             let unchanged = self
                 .groups
                 .iter()
