@@ -183,7 +183,7 @@ async fn embed_all(
     Ok(Reply {
         body: resp,
         texts: 1,
-        timings: timings,
+        timings,
     })
 }
 
