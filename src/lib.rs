@@ -21,6 +21,7 @@ pub mod config;
 pub mod fault;
 pub mod hub;
 pub mod model;
+pub mod telemetry;
 pub mod tools;
 
 use std::{
@@ -198,7 +199,7 @@ pub fn serve(
     }
     // Logs, and OpenTelemetry's exporter when `telemetry.otlp_endpoint` is set; the exporter
     // is shut down (its last spans flushed, bounded) after the server has stopped.
-    let telemetry = match api::telemetry::init(&config) {
+    let telemetry = match telemetry::init(&config) {
         Ok(t) => t,
         Err(e) => {
             tracing::error!("configuration error: {e}");
@@ -283,7 +284,7 @@ pub fn serve(
 /// stopped, both ports are closed and the model's memory is freed. OpenTelemetry's exporter,
 /// when there is one, sends its last spans first (bounded by its flush timeout), on a thread of
 /// its own since it owns a runtime; then [`exit`].
-fn end_process(code: i32, telemetry: Option<api::telemetry::Exporter>) -> ! {
+fn end_process(code: i32, telemetry: Option<telemetry::Exporter>) -> ! {
     if let Some(exporter) = telemetry {
         let _ = std::thread::spawn(move || exporter.shutdown()).join();
     }

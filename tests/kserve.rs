@@ -139,7 +139,7 @@ fn tritonclient_reads_health_readiness_and_metadata() {
 fn the_grpc_proto_is_tritons() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("inference.bin");
-    std::fs::write(&path, actor_infer::api::v2_grpc::FILE_DESCRIPTOR_SET).unwrap();
+    std::fs::write(&path, actor_infer::api::kserve::grpc::FILE_DESCRIPTOR_SET).unwrap();
     let report = client(&["descriptor", path.to_str().unwrap()], None);
     assert_eq!(report["package"], "inference");
     assert_eq!(report["service"], "GRPCInferenceService");

@@ -1,7 +1,8 @@
 //! The layering of `src/`, checked by a tool rather than by eye: every `crate::` and `super::`
 //! path in the non-test code of each module must name a module of its own layer or one below.
 //!
-//! Layers, bottom up: `config`, `hub` and `fault`; `model`; `actors`; `api` (the front ends);
+//! Layers, bottom up: `config`, `hub`, `fault` and `telemetry` (the process's logging and
+//! OTLP set-up, which reads only the configuration); `model`; `actors`; `api` (the front ends);
 //! `tools` (bench, doctor, the command line); the crate root (`lib.rs`, which wires them) and
 //! `main.rs`. So the configuration knows nothing above it, the actors never know the front ends,
 //! and the server library never knows its client tools.
@@ -10,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 fn layer_of(top: &str) -> Option<usize> {
     Some(match top {
-        "config" | "fault" | "hub" => 0,
+        "config" | "fault" | "hub" | "telemetry" => 0,
         "model" => 1,
         "actors" => 2,
         "api" => 3,

@@ -10,6 +10,7 @@
 
 pub mod batcher;
 mod error;
+pub mod job;
 pub mod metrics;
 pub mod model_worker;
 pub mod models;

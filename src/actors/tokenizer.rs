@@ -17,10 +17,10 @@ use std::{
 
 use actix::prelude::*;
 
-use super::{ActorId, ActorState, ActorTable, InferError, supervisor::ChildPanicked};
+use super::{ActorId, ActorState, ActorTable, InferError, job::Texts, supervisor::ChildPanicked};
 use crate::{
     fault::Fault,
-    model::{Direction, Encoded, TextInput, TextTokenizer, TokenInfo, TokenizeError},
+    model::{Encoded, TextInput, TextTokenizer, TokenInfo, TokenizeError},
 };
 
 /// Every token of some texts, with its text, speciality and offsets (`/tokenize`).
@@ -47,15 +47,8 @@ pub struct Decode {
 #[derive(Message)]
 #[rtype(result = "Result<Tokenized, InferError>")]
 pub struct Tokenize {
-    /// The request's inputs (texts or token ids), in order.
-    pub inputs: Vec<TextInput>,
-    /// Second segments, one per input, for a cross-encoder's (text, pair) inputs; `None` for
-    /// single texts.
-    pub pairs: Option<Vec<String>>,
-    /// When false, a text over the maximum length fails the request.
-    pub truncate: bool,
-    /// Which end truncation cuts.
-    pub direction: Direction,
+    /// The request's texts (its [`Job`](super::job::Job)'s), moved here.
+    pub texts: Texts,
     /// The request's span, so this thread's log lines belong to it.
     pub span: tracing::Span,
 }
@@ -132,9 +125,9 @@ impl Handler<Tokenize> for TokenizerActor {
         let _enter = msg.span.enter();
         // Not entered, so this thread's log lines stay the request's: it only times the work.
         let _tokenize =
-            tracing::debug_span!(parent: &msg.span, "tokenize", texts = msg.inputs.len());
+            tracing::debug_span!(parent: &msg.span, "tokenize", texts = msg.texts.inputs.len());
         let start = Instant::now();
-        let fault = msg.inputs.iter().find_map(|t| match t {
+        let fault = msg.texts.inputs.iter().find_map(|t| match t {
             TextInput::Text(t) => crate::fault::detect(t),
             TextInput::Ids(_) => None,
         });
@@ -142,12 +135,13 @@ impl Handler<Tokenize> for TokenizerActor {
             if fault == Some(Fault::TokenizerPanic) {
                 panic!("injected tokenizer fault");
             }
-            msg.inputs
+            msg.texts
+                .inputs
                 .iter()
                 .enumerate()
                 .map(|(i, input)| {
-                    let pair = msg.pairs.as_ref().map(|p| p[i].as_str());
-                    tokenizer.encode_input(i, input, pair, msg.truncate, msg.direction)
+                    let pair = msg.texts.pairs.as_ref().map(|p| p[i].as_str());
+                    tokenizer.encode_input(i, input, pair, msg.texts.truncate, msg.texts.direction)
                 })
                 .collect::<Result<Vec<_>, TokenizeError>>()
         })?;

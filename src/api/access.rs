@@ -77,7 +77,7 @@ pub fn trace_id(traceparent: Option<&str>, span: &tracing::Span) -> Option<Strin
     {
         return Some(id.to_ascii_lowercase());
     }
-    if super::telemetry::enabled() {
+    if crate::telemetry::enabled() {
         use opentelemetry::trace::TraceContextExt as _;
         use tracing_opentelemetry::OpenTelemetrySpanExt as _;
         let id = span.context().span().span_context().trace_id();

@@ -1,9 +1,14 @@
 //! Errors a client can see, and the one table that maps them to HTTP status and gRPC code.
 //! Every error a client receives, over either transport, is built from this table: the
 //! actors' own errors ([`InferError`]) map into it once ([`ErrorKind::of`]), and gRPC statuses
-//! are only made from an [`ApiError`].
+//! are only made from an [`ApiError`]. Both renderings live here: HTTP's (`ResponseError`, the
+//! body [`ErrorBody`]) and gRPC's (`tonic::Status`).
 
 use std::fmt;
+
+use actix_web::{HttpResponse, ResponseError, http::StatusCode};
+use serde::Serialize;
+use utoipa::ToSchema;
 
 use crate::actors::InferError;
 
@@ -212,6 +217,54 @@ impl From<InferError> for ApiError {
     fn from(e: InferError) -> Self {
         ApiError::new(ErrorKind::of(&e), e.to_string())
     }
+}
+
+/// Every error's body.
+#[derive(Serialize, ToSchema)]
+pub struct ErrorBody {
+    /// What is wrong, naming the field, limit or state at fault.
+    pub error: String,
+    /// The kind (`validation`, `overloaded`, ...; the README's table).
+    pub error_type: &'static str,
+}
+
+// HTTP's rendering of the table: the status, `Retry-After` on the kinds worth retrying,
+// `WWW-Authenticate` for a missing key, and the body `{"error", "error_type"}` (gRPC's is
+// `From<ApiError> for tonic::Status` above).
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        StatusCode::from_u16(self.kind.http_status()).expect("the error table holds valid statuses")
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let mut res = HttpResponse::build(self.status_code());
+        if matches!(
+            self.kind,
+            ErrorKind::NotReady | ErrorKind::ShuttingDown | ErrorKind::Overloaded
+        ) {
+            res.insert_header(("Retry-After", "1"));
+        }
+        if self.kind == ErrorKind::Unauthenticated {
+            res.insert_header(("WWW-Authenticate", "Bearer"));
+        }
+        let mut res = res.json(ErrorBody {
+            error: self.message.clone(),
+            error_type: self.kind.as_str(),
+        });
+        // For the access line.
+        res.extensions_mut().insert(Refused {
+            kind: self.kind.as_str(),
+            message: self.message.clone(),
+        });
+        res
+    }
+}
+
+/// Why a response refused its request (the access line's `error`).
+#[derive(Debug, Clone)]
+pub(crate) struct Refused {
+    pub(crate) kind: &'static str,
+    pub(crate) message: String,
 }
 
 #[cfg(test)]

@@ -15,7 +15,8 @@ use utoipa::ToSchema;
 use super::{
     Job, Shared,
     error::ApiError,
-    http::{Object, Served, inference, typed},
+    http::{Object, Typed, inference},
+    pipeline::Reply,
 };
 use crate::{
     actors::models::{Pick, Served as Version},
@@ -271,9 +272,9 @@ pub enum PredictResponse {
 pub async fn predict(
     shared: web::Data<Shared>,
     req: HttpRequest,
-    body: web::Json<serde_json::Value>,
+    body: Typed<PredictRequest>,
 ) -> Result<HttpResponse, ApiError> {
-    predict_route(&shared, &req, "/predict", body.into_inner()).await
+    predict_route(&shared, &req, "/predict", body.0).await
 }
 
 /// `/predict` (and `/`, `/invocations` on a classifier).
@@ -281,12 +282,12 @@ pub async fn predict_route(
     shared: &Shared,
     req: &HttpRequest,
     route: &'static str,
-    body: serde_json::Value,
+    body: Result<PredictRequest, ApiError>,
 ) -> Result<HttpResponse, ApiError> {
     inference(shared, req, route, |call| async {
         let m = call.model(shared, Pick::Default(Task::Classifier))?;
         super::require(&m, &[Task::Classifier, Task::Reranker], "/predict")?;
-        let body: PredictRequest = typed(body)?;
+        let body = body?;
         let has_parameters = body.parameters.is_some();
         let input = predict_input(body.inputs)?;
         let (one, seqs) = match input {
@@ -315,9 +316,9 @@ pub async fn predict_route(
         }
         let mut job = Job::of(texts);
         job.priority = super::priority(body.priority.as_deref(), "priority")?;
-        job.pairs = any_pair.then_some(pairs);
-        job.truncate = body.truncate.unwrap_or(true);
-        job.direction = super::direction(body.truncation_direction.as_deref())?;
+        job.texts.pairs = any_pair.then_some(pairs);
+        job.texts.truncate = body.truncate.unwrap_or(true);
+        job.texts.direction = super::direction(body.truncation_direction.as_deref())?;
         let out = shared.infer(&m, job, call).await?;
         let spec = &m.spec;
         let hf = body.parameters.unwrap_or_default().0;
@@ -348,7 +349,7 @@ pub async fn predict_route(
         } else {
             PredictResponse::Many(per_input)
         };
-        Ok(Served {
+        Ok(Reply {
             body,
             texts,
             timings: out.timings,
@@ -371,9 +372,9 @@ pub async fn rerank_pairs(
     super::require(m, &[Task::Reranker], "/rerank, gRPC Rerank")?;
     let n = texts.len();
     let mut job = Job::of(vec![TextInput::Text(query); n]);
-    job.pairs = Some(texts);
-    job.truncate = truncate;
-    job.direction = super::direction(direction)?;
+    job.texts.pairs = Some(texts);
+    job.texts.truncate = truncate;
+    job.texts.direction = super::direction(direction)?;
     shared.infer(m, job, call).await
 }
 
@@ -384,9 +385,9 @@ pub async fn rerank_pairs(
 pub async fn rerank(
     shared: web::Data<Shared>,
     req: HttpRequest,
-    body: web::Json<serde_json::Value>,
+    body: Typed<RerankRequest>,
 ) -> Result<HttpResponse, ApiError> {
-    rerank_route(&shared, &req, "/rerank", body.into_inner()).await
+    rerank_route(&shared, &req, "/rerank", body.0).await
 }
 
 /// `/rerank` (and `/`, `/invocations` on a reranker).
@@ -394,10 +395,10 @@ pub async fn rerank_route(
     shared: &Shared,
     req: &HttpRequest,
     route: &'static str,
-    body: serde_json::Value,
+    body: Result<RerankRequest, ApiError>,
 ) -> Result<HttpResponse, ApiError> {
     inference(shared, req, route, |call| async {
-        let body: RerankRequest = typed(body)?;
+        let body = body?;
         let n = body.texts.len();
         let keep = body.return_text.then(|| body.texts.clone());
         let truncate = body.truncate.unwrap_or(true);
@@ -407,7 +408,7 @@ pub async fn rerank_route(
             shared, &m, body.query, body.texts, truncate, direction, call,
         )
         .await?;
-        Ok(Served {
+        Ok(Reply {
             body: rerank_results(&out.embeddings, body.raw_scores, keep),
             texts: n,
             timings: out.timings,

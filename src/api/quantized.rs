@@ -60,16 +60,51 @@ pub enum Row {
 impl Row {
     /// As JSON: an array of numbers (signed for `int8` and `binary`), or with `base64` the
     /// bytes (little-endian f32 for `float32`) in standard base64.
-    pub fn json(self, base64: bool) -> serde_json::Value {
+    pub fn json(self, base64: bool) -> Json {
         let bytes = match (self, base64) {
-            (Row::Float(v), false) => return v.into(),
-            (Row::Quantized(b, p), false) => return quantize::values(&b, p).into(),
+            (Row::Float(v), false) => return Json::Floats(v),
+            (Row::Quantized(b, p), false) => return Json::Ints(quantize::values(&b, p)),
             (Row::Float(v), true) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
             (Row::Quantized(b, _), true) => b,
         };
-        base64::engine::general_purpose::STANDARD
-            .encode(bytes)
-            .into()
+        Json::Base64(base64::engine::general_purpose::STANDARD.encode(bytes))
+    }
+}
+
+/// A served row as it goes into a JSON body, serialised straight from its numbers (no
+/// `serde_json::Value` per number).
+#[derive(Debug)]
+pub enum Json {
+    /// Floats: each written as the f64 it widens to (the digits clients always got).
+    Floats(Vec<f32>),
+    /// A quantized row's values.
+    Ints(Vec<i16>),
+    /// Bytes in base64.
+    Base64(String),
+}
+
+impl serde::Serialize for Json {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Json::Floats(v) => Floats(v).serialize(s),
+            Json::Ints(v) => v.serialize(s),
+            Json::Base64(b) => s.serialize_str(b),
+        }
+    }
+}
+
+/// A slice of f32 as a JSON array, each number widened to f64 as `serde_json::Value` would
+/// (so the text is what it always was), without building one.
+pub struct Floats<'a>(pub &'a [f32]);
+
+impl serde::Serialize for Floats<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq;
+        let mut seq = s.serialize_seq(Some(self.0.len()))?;
+        for x in self.0 {
+            seq.serialize_element(&f64::from(*x))?;
+        }
+        seq.end()
     }
 }
 
@@ -133,5 +168,20 @@ fn precision_error(m: &Version, p: Precision) -> ApiError {
     match precision(m, Some(p.as_str())) {
         Err(e) => e,
         Ok(_) => ApiError::new(ErrorKind::Internal, "calibration vanished"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_serialise_as_their_values_did() {
+        let v = vec![0.1f32, -2.5, 1e-7, 3.0];
+        let direct = serde_json::to_string(&Row::Float(v.clone()).json(false)).unwrap();
+        let via_value = serde_json::to_string(&serde_json::Value::from(v.clone())).unwrap();
+        assert_eq!(direct, via_value);
+        let b = serde_json::to_string(&Row::Float(v).json(true)).unwrap();
+        assert!(b.starts_with('"') && b.len() > 2, "{b}");
     }
 }

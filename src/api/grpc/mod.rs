@@ -5,22 +5,20 @@
 //! Runs on its own arbiter (thread); it reaches the Router through `Addr`, which works across
 //! threads. It stops when the Supervisor fires its stop channel, finishing in-flight calls.
 
+pub mod unavailable;
+
 use std::{net::TcpListener, sync::Arc, time::Duration};
 
 use tokio::sync::oneshot;
 use tonic::{Request, Response, Status, transport::server::TcpIncoming};
 use tonic_health::ServingStatus;
 
-use super::{
+use crate::api::{
     Call, Shared,
     error::{ApiError, ErrorKind},
-    predict,
-    telemetry::TraceContext,
+    pipeline::{self, Reply},
 };
-use crate::{
-    actors::{models::Pick, router::Timings},
-    model::Task,
-};
+use crate::telemetry::TraceContext;
 
 /// Code generated from `proto/actor_infer/v1/inference.proto`.
 pub mod pb {
@@ -38,7 +36,9 @@ pub mod tei {
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/actor_infer_descriptor.bin"));
 
-use pb::inference_service_server::{InferenceService, InferenceServiceServer};
+use pb::inference_service_server::InferenceServiceServer;
+
+use crate::api::native::GrpcApi;
 
 /// Sets what `grpc.health.v1.Health` answers, for the whole server (`""`) and for
 /// `actor_infer.v1.InferenceService`.
@@ -72,353 +72,100 @@ pub fn health() -> (
     (Health(reporter), service)
 }
 
-/// The `InferenceService` implementation.
-#[derive(Clone)]
-pub struct GrpcApi {
-    shared: Arc<Shared>,
-}
-
-/// Records a call dropped before its answer (the client cancelled it) as `client_gone`.
-struct ClientGoneGuard<'a>(Option<(&'a Shared, super::Chosen)>);
-
-impl Drop for ClientGoneGuard<'_> {
-    fn drop(&mut self) {
-        if let Some((shared, chosen)) = &self.0 {
-            chosen
-                .recorder(shared)
-                .request("grpc", Err(ErrorKind::ClientGone.as_str()));
-        }
-    }
-}
-
-fn timings(t: &Timings) -> pb::StageTimings {
-    let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
-    pb::StageTimings {
-        tokenize_ms: ms(t.tokenize),
-        queue_ms: ms(t.queue),
-        inference_ms: ms(t.inference),
-        total_ms: ms(t.total),
-    }
-}
-
-#[tonic::async_trait]
-impl InferenceService for GrpcApi {
-    async fn infer(
-        &self,
-        request: Request<pb::InferRequest>,
-    ) -> Result<Response<pb::InferResponse>, Status> {
-        let shared = &self.shared;
-        self.inference(request, "Infer", |req: pb::InferRequest, call| async move {
-            let m = call.model(shared, pick(&req.model, Task::Embedding))?;
-            let classifier = m.spec.task != Task::Embedding;
-            let pairs = if req.text_pairs.is_empty() {
-                None
-            } else if !classifier {
-                return Err(ApiError::validation(
-                    "text_pairs is for classifiers; this is an embedding model",
-                ));
-            } else {
-                Some(req.text_pairs)
-            };
-            let precision = match req.output_dtype.as_deref() {
-                Some(_) if classifier => {
-                    return Err(ApiError::validation(
-                        "output_dtype is for embedding models; this is a classifier",
-                    ));
-                }
-                name => super::quantized::precision(&m, name)?,
-            };
-            let mut job = super::Job::of(req.texts.into_iter().map(Into::into).collect());
-            job.priority = super::priority(req.priority.as_deref(), "priority")?;
-            job.pairs = pairs;
-            job.normalize = req.normalize;
-            job.truncate = req.truncate.unwrap_or(true);
-            let mut out = shared.infer(&m, job, call).await?;
-            let raw = req.raw_scores.unwrap_or(false);
-            let output = |token_count| pb::Output {
-                embedding: Vec::new(),
-                token_count,
-                predictions: Vec::new(),
-                quantized: Vec::new(),
-            };
-            let outputs: Vec<pb::Output> = if classifier {
-                out.embeddings
-                    .iter()
-                    .zip(&out.token_counts)
-                    .map(|(row, &token_count)| pb::Output {
-                        predictions: predict::predictions(row, &m.spec, raw)
-                            .into_iter()
-                            .map(|p| pb::Prediction {
-                                label: p.label,
-                                score: p.score,
-                            })
-                            .collect(),
-                        ..output(token_count)
-                    })
-                    .collect()
-            } else {
-                let normalized = req.normalize.unwrap_or(m.spec.normalize);
-                let rows = std::mem::take(&mut out.embeddings);
-                super::quantized::rows(&m, rows, precision, normalized)?
-                    .into_iter()
-                    .zip(&out.token_counts)
-                    .map(|(row, &token_count)| match row {
-                        super::quantized::Row::Float(embedding) => pb::Output {
-                            embedding,
-                            ..output(token_count)
-                        },
-                        super::quantized::Row::Quantized(quantized, _) => pb::Output {
-                            quantized,
-                            ..output(token_count)
-                        },
-                    })
-                    .collect()
-            };
-            let texts = outputs.len();
-            Ok((
-                pb::InferResponse {
-                    outputs,
-                    timings: Some(timings(&out.timings)),
-                    model: m.name.clone(),
-                    request_id: String::new(),
-                },
-                texts,
-                out.timings,
-            ))
-        })
-        .await
-        .map(|(mut r, id)| {
-            r.get_mut().request_id = id;
-            r
-        })
-    }
-
-    async fn model_info(
-        &self,
-        request: Request<pb::ModelInfoRequest>,
-    ) -> Result<Response<pb::ModelInfoResponse>, Status> {
-        let name = request.into_inner().model;
-        let pick = if name.is_empty() {
-            Pick::First
-        } else {
-            Pick::Named(&name)
-        };
-        let m = self.shared.model(pick).map_err(Status::from)?;
-        Ok(Response::new(model_info(self.shared.info(&m))))
-    }
-
-    async fn list_models(
-        &self,
-        _request: Request<pb::ListModelsRequest>,
-    ) -> Result<Response<pb::ListModelsResponse>, Status> {
-        let catalog = self.shared.catalog();
-        Ok(Response::new(pb::ListModelsResponse {
-            models: catalog
-                .models
-                .iter()
-                .map(|m| model_info(self.shared.info(m)))
-                .collect(),
-        }))
-    }
-
-    async fn rerank(
-        &self,
-        request: Request<pb::RerankRequest>,
-    ) -> Result<Response<pb::RerankResponse>, Status> {
-        let shared = &self.shared;
-        self.inference(
-            request,
-            "Rerank",
-            |req: pb::RerankRequest, call| async move {
-                let n = req.texts.len();
-                let keep = req.return_text.then(|| req.texts.clone());
-                let truncate = req.truncate.unwrap_or(true);
-                let m = call.model(shared, pick(&req.model, Task::Reranker))?;
-                let out =
-                    predict::rerank_pairs(shared, &m, req.query, req.texts, truncate, None, call)
-                        .await?;
-                Ok((
-                    pb::RerankResponse {
-                        results: predict::rerank_results(&out.embeddings, req.raw_scores, keep)
-                            .into_iter()
-                            .map(|r| pb::RankedText {
-                                index: r.index as u32,
-                                score: r.score,
-                                text: r.text,
-                            })
-                            .collect(),
-                        timings: Some(timings(&out.timings)),
-                        model: m.name.clone(),
-                        request_id: String::new(),
-                    },
-                    n,
-                    out.timings,
-                ))
-            },
-        )
-        .await
-        .map(|(mut r, id)| {
-            r.get_mut().request_id = id;
-            r
-        })
-    }
-}
-
-/// The model a request's `model` field names, or the default for `task` when it is empty.
-fn pick(model: &str, task: Task) -> Pick<'_> {
-    if model.is_empty() {
-        Pick::Default(task)
-    } else {
-        Pick::Named(model)
-    }
-}
-
-/// `ModelInfo`'s answer for one model.
-fn model_info(i: super::ModelInfo) -> pb::ModelInfoResponse {
-    let hub = i.hub.unwrap_or_default();
-    pb::ModelInfoResponse {
-        hub_id: hub.id,
-        hub_revision: hub.revision,
-        hub_commit: hub.commit,
-        name: i.model,
-        path: i.path.unwrap_or_default(),
-        embedding_dim: i.embedding_dim as u32,
-        max_sequence_length: i.max_sequence_length as u32,
-        device: i.device,
-        dtype: i.dtype.into(),
-        pooling: i.pooling.into(),
-        normalize: i.normalize,
-        workers: i.workers as u32,
-        tokenizer_workers: i.tokenizer_workers as u32,
-        kind: i.kind.into(),
-        family: i.family.into(),
-        routes: i.routes.iter().map(|r| r.to_string()).collect(),
-        labels: i.labels,
-        activation: i.activation.into(),
-        version: i.model_version,
-    }
-}
-
 /// A gRPC request that names its own request id (`request_id`; empty: the server makes one).
 pub trait WithRequestId {
     /// Takes the client's id out of the request.
     fn take_request_id(&mut self) -> String;
 }
 
-impl WithRequestId for pb::InferRequest {
-    fn take_request_id(&mut self) -> String {
-        std::mem::take(&mut self.request_id)
-    }
+/// A unary inference call over gRPC: its deadline (the client's `grpc-timeout`), the request
+/// id (the client's where the message carries one, else a new one) and the caller's trace
+/// context, then [`served`]. Returns the response and the request id it must carry.
+pub(crate) async fn unary<Req, Resp, Fut>(
+    shared: &Shared,
+    request: Request<Req>,
+    route: &'static str,
+    work: impl FnOnce(Req, Call) -> Fut,
+) -> Result<(Response<Resp>, String), Status>
+where
+    Req: WithRequestId,
+    Fut: std::future::Future<Output = Result<Reply<Resp>, ApiError>>,
+{
+    let deadline = client_deadline(shared, &request);
+    let trace = TraceContext::from_grpc(request.metadata());
+    let peer = request.remote_addr();
+    let mut req = request.into_inner();
+    let id = match req.take_request_id() {
+        id if id.is_empty() => crate::api::new_request_id(),
+        id => id,
+    };
+    let resp = served(shared, route, &id, deadline, trace, peer, |call| {
+        work(req, call)
+    })
+    .await?;
+    Ok((Response::new(resp), id))
 }
 
-impl WithRequestId for pb::RerankRequest {
-    fn take_request_id(&mut self) -> String {
-        std::mem::take(&mut self.request_id)
-    }
-}
-
-impl GrpcApi {
-    /// The `InferenceService` over `shared`.
-    pub fn new(shared: Arc<Shared>) -> GrpcApi {
-        GrpcApi { shared }
-    }
-
-    /// The opening every gRPC inference method shares: the deadline (the client's
-    /// `grpc-timeout`), the request id (the client's, or a new one) and the caller's trace
-    /// context (W3C `traceparent` metadata); then [`served`]. Returns the response and the
-    /// request id it must carry.
-    pub(super) async fn inference<Req, Resp, Fut>(
-        &self,
-        request: Request<Req>,
-        route: &'static str,
-        work: impl FnOnce(Req, Call) -> Fut,
-    ) -> Result<(Response<Resp>, String), Status>
-    where
-        Req: WithRequestId,
-        Fut: std::future::Future<Output = Result<(Resp, usize, Timings), ApiError>>,
-    {
-        let deadline = client_deadline(&self.shared, &request);
-        let trace = TraceContext::from_grpc(request.metadata());
-        let peer = request.remote_addr();
-        let mut req = request.into_inner();
-        let id = match req.take_request_id() {
-            id if id.is_empty() => super::new_request_id(),
-            id => id,
-        };
-        let resp = served(&self.shared, route, &id, deadline, trace, peer, |call| {
-            work(req, call)
-        })
-        .await?;
-        Ok((Response::new(resp), id))
-    }
-}
-
-/// What every gRPC inference call (or each message of a stream) shares: its span with the
-/// request id, the outcome in the metrics, including a call the client cancels (hyper then
-/// drops this future mid-way; the guard records `client_gone`), and the error as a status
-/// from the table.
-pub(super) async fn served<Resp, Fut>(
+/// Every gRPC inference call (or each message of a stream): [`pipeline::call`] (nothing tells
+/// a gRPC handler that its client left: hyper drops the future, which the pipeline records),
+/// then the access line and the error as a status from the table.
+pub(crate) async fn served<Resp, Fut>(
     shared: &Shared,
     route: &'static str,
     id: &str,
-    deadline: super::Deadline,
+    deadline: crate::api::Deadline,
     trace: Option<TraceContext>,
     peer: Option<std::net::SocketAddr>,
     work: impl FnOnce(Call) -> Fut,
 ) -> Result<Resp, Status>
 where
-    Fut: std::future::Future<Output = Result<(Resp, usize, Timings), ApiError>>,
+    Fut: std::future::Future<Output = Result<Reply<Resp>, ApiError>>,
 {
     let arrived = std::time::Instant::now();
-    let mut call = Call::new(
-        tracing::info_span!("request", transport = "grpc", route, request_id = %id, traceparent = tracing::field::Empty),
-        deadline,
-    );
-    call.priority = shared.route_priority(route);
-    let chosen = call.chosen.clone();
-    let detail = call.detail.clone();
     let traceparent = trace.as_ref().map(|t| t.traceparent().to_string());
-    super::telemetry::continue_trace(&call.span, trace);
-    detail.trace(super::access::trace_id(traceparent.as_deref(), &call.span));
-    let mut gone = ClientGoneGuard(Some((shared, chosen.clone())));
-    let result = work(call).await;
-    gone.0 = None;
-    super::record(chosen.recorder(shared), "grpc", &result);
-    if let Ok((_, texts, timings)) = &result {
-        detail.served(*texts, timings);
-    }
+    let opening = pipeline::Opening {
+        transport: "grpc",
+        route,
+        request_id: id,
+        deadline,
+        trace,
+        traceparent: traceparent.as_deref(),
+        priority: Ok(None),
+    };
+    let closed = pipeline::call(shared, opening, std::future::pending(), work).await;
     if shared.config.logging.access_log {
-        let code = match &result {
+        let result = &closed.result;
+        let code = match result {
             Ok(_) => tonic::Code::Ok,
             Err(e) => Status::from(e.clone()).code(),
         };
         let error = result.as_ref().err();
-        super::access::Line {
+        crate::api::access::Line {
             transport: "grpc",
             method: "POST",
             route,
             request_id: id,
             traceparent: None,
-            model: chosen
+            model: closed
+                .chosen
                 .get()
                 .map(|m| (m.name.clone(), m.version.to_string())),
             status: format!("{code:?}"),
             server_error: error.is_some_and(|e| e.kind.http_status() >= 500),
             error: error.map(|e| (e.kind.as_str(), e.message.as_str())),
-            detail: Some(&detail),
+            detail: Some(&closed.detail),
             elapsed: arrived.elapsed(),
             client: peer.map(|a| a.to_string()),
             quiet: false,
         }
         .write();
     }
-    let (resp, _, _) = result.map_err(Status::from)?;
-    Ok(resp)
+    Ok(closed.result.map_err(Status::from)?.body)
 }
 
 /// A call's deadline: the client's `grpc-timeout` (answered a little early) or
 /// `server.request_timeout_seconds`, whichever is sooner.
-pub(super) fn client_deadline<T>(shared: &Shared, request: &Request<T>) -> super::Deadline {
+pub(super) fn client_deadline<T>(shared: &Shared, request: &Request<T>) -> crate::api::Deadline {
     let client_timeout = request
         .metadata()
         .get("grpc-timeout")
@@ -469,21 +216,21 @@ impl tonic::service::Interceptor for ApiKeyCheck {
             .metadata()
             .get("authorization")
             .map(|v| v.as_bytes());
-        match super::check_api_key(&self.shared.config.server, header) {
+        match crate::api::check_api_key(&self.shared.config.server, header) {
             Ok(()) => Ok(request),
             Err(e) => {
-                super::record::<()>(&self.shared.recorder, "grpc", &Err(e.clone()));
+                crate::api::record::<()>(&self.shared.recorder, "grpc", &Err(e.clone()));
                 if self.shared.config.logging.access_log {
                     let route = request
                         .extensions()
                         .get::<tonic::GrpcMethod>()
                         .map(|m| format!("{}/{}", m.service(), m.method()))
                         .unwrap_or_default();
-                    super::access::Line {
+                    crate::api::access::Line {
                         transport: "grpc",
                         method: "POST",
                         route: &route,
-                        request_id: &super::new_request_id(),
+                        request_id: &crate::api::new_request_id(),
                         traceparent: request
                             .metadata()
                             .get("traceparent")
@@ -546,7 +293,7 @@ pub async fn serve(
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(super::v2_grpc::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(crate::api::kserve::grpc::FILE_DESCRIPTOR_SET)
     };
     let reflection_v1 = reflection().build_v1()?;
     let reflection_v1alpha = reflection().build_v1alpha()?;
@@ -555,10 +302,12 @@ pub async fn serve(
     let limit = shared.config.server.max_request_bytes;
     let service =
         InferenceServiceServer::new(GrpcApi::new(shared.clone())).max_decoding_message_size(limit);
-    let tei = super::tei_grpc::TeiApi::new(shared.clone());
+    let tei = crate::api::tei::grpc::TeiApi::new(shared.clone());
     // The Open Inference Protocol checks the API key itself (its health and metadata calls
     // are open, like the HTTP probes).
-    let v2 = super::unavailable::UnavailableAs503(super::v2_grpc::service(shared.clone()));
+    let v2 = crate::api::grpc::unavailable::UnavailableAs503(crate::api::kserve::grpc::service(
+        shared.clone(),
+    ));
     tonic::transport::Server::builder()
         .layer(tower::util::MapResponseLayer::new(client_fault_codes))
         .add_service(health)
@@ -597,15 +346,17 @@ pub async fn serve(
 fn guarded<S>(
     service: S,
     shared: &Arc<Shared>,
-) -> super::unavailable::UnavailableAs503<
+) -> crate::api::grpc::unavailable::UnavailableAs503<
     tonic::service::interceptor::InterceptedService<S, ApiKeyCheck>,
 > {
-    super::unavailable::UnavailableAs503(tonic::service::interceptor::InterceptedService::new(
-        service,
-        ApiKeyCheck {
-            shared: shared.clone(),
-        },
-    ))
+    crate::api::grpc::unavailable::UnavailableAs503(
+        tonic::service::interceptor::InterceptedService::new(
+            service,
+            ApiKeyCheck {
+                shared: shared.clone(),
+            },
+        ),
+    )
 }
 
 /// Why the gRPC server could not start or stopped with an error.

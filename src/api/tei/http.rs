@@ -4,23 +4,25 @@
 //! `POST /` and `/invocations` (what the loaded model's kind answers), `/embed`, `/embed_all`,
 //! `/embed_sparse` (refused: no SPLADE model here), `/embeddings` and `/v1/embeddings`,
 //! `/similarity`, `/tokenize` and `/decode`. Classifiers and rerankers are in
-//! [`super::predict`].
+//! [`crate::api::predict`].
 
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::{
-    Job, Shared,
+use crate::api::pipeline::{
+    decode_ids, embed_quantized, embedding_job, inspect, token_states, tokenize_texts,
+};
+use crate::api::{
+    Shared,
     error::ApiError,
-    http::{Object, Served, inference, typed},
+    http::{Object, Typed, inference, typed},
+    pipeline::Reply,
     quantized,
 };
 use crate::{
-    actors::models::{Pick, Served as Version},
-    actors::router::{TokenizerWork, Tokens},
-    actors::tokenizer::{Decode, Inspect},
-    model::{Task, TextInput, normalize_l2},
+    actors::models::Pick,
+    model::{Task, TextInput},
 };
 
 /// TEI's `inputs` (and OpenAI's `input`): a text, token ids, or a list of either.
@@ -31,7 +33,7 @@ pub struct Inputs(pub Vec<TextInput>);
 #[derive(Serialize, ToSchema)]
 #[serde(untagged)]
 #[allow(dead_code)]
-enum InputsDoc {
+pub(crate) enum InputsDoc {
     /// One text.
     Text(String),
     /// One input given as token ids.
@@ -44,7 +46,7 @@ enum InputsDoc {
 #[derive(Serialize, ToSchema)]
 #[serde(untagged)]
 #[allow(dead_code)]
-enum InputDoc {
+pub(crate) enum InputDoc {
     /// A text.
     Text(String),
     /// Token ids.
@@ -152,7 +154,7 @@ pub struct EmbedRequest {
     #[serde(default)]
     pub prompt_name: Option<String>,
     /// Matryoshka: keep the first N dimensions, then normalise (if normalising).
-    #[serde(default, deserialize_with = "super::http::whole_number")]
+    #[serde(default, deserialize_with = "crate::api::http::whole_number")]
     pub dimensions: Option<usize>,
     /// `float` (default) or `base64` (each embedding as its little-endian f32 bytes in base64;
     /// `huggingface_hub`'s `feature_extraction` may ask for it).
@@ -187,71 +189,6 @@ pub struct EmbedAllRequest {
     /// A prompt to prepend.
     #[serde(default)]
     pub prompt_name: Option<String>,
-}
-
-/// OpenAI's `POST /v1/embeddings`.
-#[derive(Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct OpenAiRequest {
-    /// The texts (or token ids).
-    #[schema(value_type = InputsDoc)]
-    pub input: Inputs,
-    /// The model's name (any name is accepted while one model is served).
-    #[serde(default)]
-    pub model: Option<String>,
-    /// `float` (default) or `base64` (little-endian f32, what the `openai` client asks for).
-    #[serde(default)]
-    pub encoding_format: Option<String>,
-    /// Keep the first N dimensions, then normalise (if the model normalises).
-    #[serde(default, deserialize_with = "super::http::whole_number")]
-    pub dimensions: Option<usize>,
-    /// Not OpenAI's (send it with `extra_body`): `float32` (default), `int8`, `uint8`,
-    /// `binary` or `ubinary`, as sentence-transformers' `quantize_embeddings`.
-    #[serde(default)]
-    pub output_dtype: Option<String>,
-    /// The end user (not used).
-    #[serde(default)]
-    #[allow(dead_code)]
-    pub user: Option<String>,
-    /// How urgent this request is: `interactive` (or `high`) or `batch` (or `low`); unset: the
-    /// `X-Priority` header, else the route's default, else by size. An actor-infer addition.
-    #[serde(default)]
-    #[schema(example = "batch")]
-    pub priority: Option<String>,
-}
-
-/// One embedding as OpenAI answers it.
-#[derive(Serialize, ToSchema)]
-pub struct OpenAiEmbedding {
-    /// Always `embedding`.
-    pub object: &'static str,
-    /// Its input's position.
-    pub index: usize,
-    /// The vector, or its little-endian f32 bytes in base64.
-    #[schema(value_type = Object)]
-    pub embedding: serde_json::Value,
-}
-
-/// Token counts.
-#[derive(Serialize, ToSchema)]
-pub struct OpenAiUsage {
-    /// Tokens in the inputs.
-    pub prompt_tokens: u64,
-    /// The same.
-    pub total_tokens: u64,
-}
-
-/// OpenAI's embeddings response.
-#[derive(Serialize, ToSchema)]
-pub struct OpenAiResponse {
-    /// Always `list`.
-    pub object: &'static str,
-    /// One embedding per input.
-    pub data: Vec<OpenAiEmbedding>,
-    /// The model's name.
-    pub model: String,
-    /// Token counts.
-    pub usage: OpenAiUsage,
 }
 
 /// `POST /similarity`'s sentences.
@@ -349,113 +286,17 @@ fn yes() -> bool {
     true
 }
 
-/// Keeps the first `dims` components of each row (Matryoshka), then L2-normalises them when
-/// `normalize`. `dims` must be between 1 and the width.
-pub fn shorten(
-    rows: &mut [Vec<f32>],
-    dims: Option<usize>,
-    normalize: bool,
-    width: usize,
-) -> Result<(), ApiError> {
-    if let Some(d) = dims
-        && !(1..=width).contains(&d)
-    {
-        return Err(ApiError::validation(format!(
-            "dimensions {d} is not available: this model's embeddings have {width} dimensions \
-             (give 1 to {width})"
-        )));
-    }
-    for row in rows.iter_mut() {
-        if let Some(d) = dims {
-            row.truncate(d);
-        }
-        if normalize {
-            normalize_l2(row);
-        }
-    }
-    Ok(())
-}
-
-/// Embeds for `/embed`, `/v1/embeddings` and gRPC `Embed`: the prompt prepended, then the
-/// rows normalised after any Matryoshka cut (so the Router is asked not to normalise).
-pub async fn embed_rows(
-    shared: &Shared,
-    m: &Version,
-    inputs: Vec<TextInput>,
-    options: EmbedOptions,
-    call: super::Call,
-) -> Result<crate::actors::router::EmbedOutput, ApiError> {
-    super::require(m, &[Task::Embedding], "/embed, /v1/embeddings, gRPC Embed")?;
-    let mut job = Job::of(shared.prompted(m, inputs, options.prompt_name.as_deref())?);
-    job.priority = options.priority;
-    job.normalize = Some(false);
-    job.truncate = options.truncate.unwrap_or(true);
-    job.direction = super::direction(options.truncation_direction.as_deref())?;
-    // Checked before any work is queued.
-    shorten(&mut [], options.dimensions, false, m.spec.dim())?;
-    let mut out = shared.embed(m, job, call).await?;
-    let normalize = options.normalize.unwrap_or(m.spec.normalize);
-    shorten(
-        &mut out.embeddings,
-        options.dimensions,
-        normalize,
-        m.spec.dim(),
-    )?;
-    Ok(out)
-}
-
-/// [`embed_rows`], and the rows in the request's `output_dtype` (checked before any work is
-/// queued; `None`: float32), quantized after the cut and the normalisation.
-pub async fn embed_quantized(
-    shared: &Shared,
-    m: &Version,
-    inputs: Vec<TextInput>,
-    options: EmbedOptions,
-    output_dtype: Option<&str>,
-    call: super::Call,
-) -> Result<(crate::actors::router::EmbedOutput, Vec<quantized::Row>), ApiError> {
-    super::require(m, &[Task::Embedding], "/embed, /v1/embeddings, gRPC Embed")?;
-    let precision = quantized::precision(m, output_dtype)?;
-    let normalized = options.normalize.unwrap_or(m.spec.normalize);
-    let mut out = embed_rows(shared, m, inputs, options, call).await?;
-    let rows = quantized::rows(
-        m,
-        std::mem::take(&mut out.embeddings),
-        precision,
-        normalized,
-    )?;
-    Ok((out, rows))
-}
-
-/// The options `/embed`, `/v1/embeddings` and gRPC `Embed` share.
-#[derive(Debug, Default, Clone)]
-pub struct EmbedOptions {
-    /// L2-normalise (default: the model's).
-    pub normalize: Option<bool>,
-    /// Truncate (default true).
-    pub truncate: Option<bool>,
-    /// `right` or `left`.
-    pub truncation_direction: Option<String>,
-    /// A prompt to prepend.
-    pub prompt_name: Option<String>,
-    /// Matryoshka width.
-    pub dimensions: Option<usize>,
-    /// The body's `priority` field.
-    pub priority: Option<crate::config::Priority>,
-}
-
 /// Get embeddings (TEI).
-#[utoipa::path(post, path = "/embed", params(super::http::XPriority), request_body = EmbedRequest,
+#[utoipa::path(post, path = "/embed", tag = "tei", params(crate::api::http::XPriority), request_body = EmbedRequest,
     responses((status = 200, description = "One embedding per input", body = Vec<Vec<f32>>),
-              (status = 400, description = "Invalid request", body = super::http::ErrorBody)))]
+              (status = 400, description = "Invalid request", body = crate::api::http::ErrorBody)))]
 pub async fn embed(
     shared: web::Data<Shared>,
     req: HttpRequest,
-    body: web::Json<serde_json::Value>,
+    body: Typed<EmbedRequest>,
 ) -> Result<HttpResponse, ApiError> {
     inference(&shared, &req, "/embed", |call| async {
-        let body: EmbedRequest = typed(body.into_inner())?;
-        embed_body(&shared, body, call).await
+        embed_body(&shared, body.0?, call).await
     })
     .await
 }
@@ -463,56 +304,41 @@ pub async fn embed(
 async fn embed_body(
     shared: &Shared,
     body: EmbedRequest,
-    call: super::Call,
-) -> Result<Served<Vec<serde_json::Value>>, ApiError> {
+    call: crate::api::Call,
+) -> Result<Reply<Vec<quantized::Json>>, ApiError> {
     let base64 = base64_format(body.encoding_format.as_deref())?;
-    let options = EmbedOptions {
-        normalize: body.normalize,
-        truncate: body.truncate,
-        truncation_direction: body.truncation_direction,
-        prompt_name: body.prompt_name,
-        dimensions: body.dimensions,
-        priority: super::priority(body.priority.as_deref(), "priority")?,
-    };
+    let priority = crate::api::priority(body.priority.as_deref(), "priority")?;
     let m = call.model(shared, Pick::Default(Task::Embedding))?;
-    let (out, rows) = embed_quantized(
+    let mut job = embedding_job(
         shared,
         &m,
         body.inputs.0,
-        options,
-        body.output_dtype.as_deref(),
-        call,
-    )
-    .await?;
-    Ok(Served {
+        body.prompt_name.as_deref(),
+        body.dimensions,
+    )?;
+    job.priority = priority;
+    job.rows.normalize = body.normalize;
+    job.texts.truncate = body.truncate.unwrap_or(true);
+    job.texts.direction = crate::api::direction(body.truncation_direction.as_deref())?;
+    let (out, rows) = embed_quantized(shared, &m, job, body.output_dtype.as_deref(), call).await?;
+    Ok(Reply {
         texts: rows.len(),
         timings: out.timings,
         body: rows.into_iter().map(|r| r.json(base64)).collect(),
     })
 }
 
-/// `encoding_format`: `float` (default) or `base64`.
-fn base64_format(format: Option<&str>) -> Result<bool, ApiError> {
-    match format {
-        None | Some("float") => Ok(false),
-        Some("base64") => Ok(true),
-        Some(other) => Err(ApiError::validation(format!(
-            "encoding_format `{other}` is not supported; use `float` or `base64`"
-        ))),
-    }
-}
-
 /// Get every token's embedding, without pooling (TEI).
-#[utoipa::path(post, path = "/embed_all", params(super::http::XPriority), request_body = EmbedAllRequest,
+#[utoipa::path(post, path = "/embed_all", tag = "tei", params(crate::api::http::XPriority), request_body = EmbedAllRequest,
     responses((status = 200, description = "Per input, one vector per token", body = Vec<Vec<Vec<f32>>>),
-              (status = 400, description = "Invalid request", body = super::http::ErrorBody)))]
+              (status = 400, description = "Invalid request", body = crate::api::http::ErrorBody)))]
 pub async fn embed_all(
     shared: web::Data<Shared>,
     req: HttpRequest,
-    body: web::Json<serde_json::Value>,
+    body: Typed<EmbedAllRequest>,
 ) -> Result<HttpResponse, ApiError> {
     inference(&shared, &req, "/embed_all", |call| async {
-        let body: EmbedAllRequest = typed(body.into_inner())?;
+        let body = body.0?;
         let m = call.model(&shared, Pick::Default(Task::Embedding))?;
         let out = token_states(
             &shared,
@@ -524,7 +350,7 @@ pub async fn embed_all(
             call,
         )
         .await?;
-        Ok(Served {
+        Ok(Reply {
             texts: out.0.len(),
             timings: out.1,
             body: out.0,
@@ -533,34 +359,9 @@ pub async fn embed_all(
     .await
 }
 
-/// Every real token's state per input, `[tokens][width]` (`/embed_all`, gRPC `EmbedAll`).
-pub async fn token_states(
-    shared: &Shared,
-    m: &Version,
-    inputs: Vec<TextInput>,
-    truncate: Option<bool>,
-    direction: Option<&str>,
-    prompt_name: Option<&str>,
-    call: super::Call,
-) -> Result<(Vec<Vec<Vec<f32>>>, crate::actors::router::Timings), ApiError> {
-    super::require(m, &[Task::Embedding], "/embed_all, gRPC EmbedAll")?;
-    let mut job = Job::of(shared.prompted(m, inputs, prompt_name)?);
-    job.truncate = truncate.unwrap_or(true);
-    job.direction = super::direction(direction)?;
-    job.all_tokens = true;
-    let out = shared.infer(m, job, call).await?;
-    let width = m.spec.dim().max(1);
-    let states = out
-        .embeddings
-        .into_iter()
-        .map(|row| row.chunks(width).map(<[f32]>::to_vec).collect())
-        .collect();
-    Ok((states, out.timings))
-}
-
 /// Sparse embeddings: for SPLADE models only, which this server does not run.
-#[utoipa::path(post, path = "/embed_sparse", request_body = EmbedAllRequest,
-    responses((status = 400, description = "Not a SPLADE model", body = super::http::ErrorBody)))]
+#[utoipa::path(post, path = "/embed_sparse", tag = "tei", request_body = EmbedAllRequest,
+    responses((status = 400, description = "Not a SPLADE model", body = crate::api::http::ErrorBody)))]
 pub async fn embed_sparse(shared: web::Data<Shared>) -> Result<HttpResponse, ApiError> {
     let m = shared.model(Pick::Default(Task::Embedding))?;
     Err(ApiError::wrong_model_kind(
@@ -570,64 +371,15 @@ pub async fn embed_sparse(shared: web::Data<Shared>) -> Result<HttpResponse, Api
     ))
 }
 
-/// OpenAI's embeddings route (also at `/embeddings`, as TEI serves it).
-#[utoipa::path(post, path = "/v1/embeddings", params(super::http::XPriority), request_body = OpenAiRequest,
-    responses((status = 200, description = "Embeddings", body = OpenAiResponse),
-              (status = 400, description = "Invalid request", body = super::http::ErrorBody)))]
-pub async fn openai_embeddings(
-    shared: web::Data<Shared>,
-    req: HttpRequest,
-    body: web::Json<serde_json::Value>,
-) -> Result<HttpResponse, ApiError> {
-    inference(&shared, &req, "/v1/embeddings", |call| async {
-        let body: OpenAiRequest = typed(body.into_inner())?;
-        let base64 = base64_format(body.encoding_format.as_deref())?;
-        let options = EmbedOptions {
-            dimensions: body.dimensions,
-            priority: super::priority(body.priority.as_deref(), "priority")?,
-            ..Default::default()
-        };
-        // Any name is taken while one model is served, as TEI does: OpenAI clients send a
-        // model name of their own.
-        let m = match body.model.as_deref() {
-            Some(name) => call.model(&shared, Pick::NamedOrOnly(name))?,
-            None => call.model(&shared, Pick::Default(Task::Embedding))?,
-        };
-        let (out, rows) = embed_quantized(
-            &shared,
-            &m,
-            body.input.0,
-            options,
-            body.output_dtype.as_deref(),
-            call,
-        )
-        .await?;
-        let tokens: u64 = out.token_counts.iter().map(|&n| u64::from(n)).sum();
-        let texts = rows.len();
-        let data = rows
-            .into_iter()
-            .enumerate()
-            .map(|(index, r)| OpenAiEmbedding {
-                object: "embedding",
-                index,
-                embedding: r.json(base64),
-            })
-            .collect();
-        Ok(Served {
-            body: OpenAiResponse {
-                object: "list",
-                data,
-                model: m.name.clone(),
-                usage: OpenAiUsage {
-                    prompt_tokens: tokens,
-                    total_tokens: tokens,
-                },
-            },
-            texts,
-            timings: out.timings,
-        })
-    })
-    .await
+/// `encoding_format`: `float` (default) or `base64`.
+pub(crate) fn base64_format(format: Option<&str>) -> Result<bool, ApiError> {
+    match format {
+        None | Some("float") => Ok(false),
+        Some("base64") => Ok(true),
+        Some(other) => Err(ApiError::validation(format!(
+            "encoding_format `{other}` is not supported; use `float` or `base64`"
+        ))),
+    }
 }
 
 /// Cosine similarity of `source` with each of `others`.
@@ -643,17 +395,16 @@ fn cosines(rows: &[Vec<f32>]) -> Vec<f32> {
 
 /// Sentence similarity (TEI; Hugging Face's task): the cosine of the source sentence with each
 /// of the others.
-#[utoipa::path(post, path = "/similarity", params(super::http::XPriority), request_body = SimilarityRequest,
+#[utoipa::path(post, path = "/similarity", tag = "tei", params(crate::api::http::XPriority), request_body = SimilarityRequest,
     responses((status = 200, description = "One cosine similarity per sentence", body = Vec<f32>),
-              (status = 400, description = "Invalid request", body = super::http::ErrorBody)))]
+              (status = 400, description = "Invalid request", body = crate::api::http::ErrorBody)))]
 pub async fn similarity(
     shared: web::Data<Shared>,
     req: HttpRequest,
-    body: web::Json<serde_json::Value>,
+    body: Typed<SimilarityRequest>,
 ) -> Result<HttpResponse, ApiError> {
     inference(&shared, &req, "/similarity", |call| async {
-        let body: SimilarityRequest = typed(body.into_inner())?;
-        similarity_body(&shared, body, call).await
+        similarity_body(&shared, body.0?, call).await
     })
     .await
 }
@@ -661,8 +412,8 @@ pub async fn similarity(
 async fn similarity_body(
     shared: &Shared,
     body: SimilarityRequest,
-    call: super::Call,
-) -> Result<Served<Vec<f32>>, ApiError> {
+    call: crate::api::Call,
+) -> Result<Reply<Vec<f32>>, ApiError> {
     let p = body.parameters.unwrap_or_default().0;
     let inputs = body.inputs.0;
     if inputs.sentences.is_empty() {
@@ -672,15 +423,12 @@ async fn similarity_body(
     }
     let mut texts = vec![TextInput::Text(inputs.source_sentence)];
     texts.extend(inputs.sentences.into_iter().map(TextInput::Text));
-    let options = EmbedOptions {
-        truncate: p.truncate,
-        truncation_direction: p.truncation_direction,
-        prompt_name: p.prompt_name,
-        ..Default::default()
-    };
     let m = call.model(shared, Pick::Default(Task::Embedding))?;
-    let out = embed_rows(shared, &m, texts, options, call).await?;
-    Ok(Served {
+    let mut job = embedding_job(shared, &m, texts, p.prompt_name.as_deref(), None)?;
+    job.texts.truncate = p.truncate.unwrap_or(true);
+    job.texts.direction = crate::api::direction(p.truncation_direction.as_deref())?;
+    let out = shared.embed(&m, job, call).await?;
+    Ok(Reply {
         body: cosines(&out.embeddings),
         texts: out.embeddings.len(),
         timings: out.timings,
@@ -688,104 +436,29 @@ async fn similarity_body(
 }
 
 /// Tokenize texts (TEI): every token with its id, text, speciality and character offsets.
-#[utoipa::path(post, path = "/tokenize", request_body = TokenizeRequest,
+#[utoipa::path(post, path = "/tokenize", tag = "tei", request_body = TokenizeRequest,
     responses((status = 200, description = "Per text, its tokens", body = Vec<Vec<SimpleToken>>),
-              (status = 400, description = "Invalid request", body = super::http::ErrorBody)))]
+              (status = 400, description = "Invalid request", body = crate::api::http::ErrorBody)))]
 pub async fn tokenize(
     shared: web::Data<Shared>,
-    body: web::Json<serde_json::Value>,
+    body: Typed<TokenizeRequest>,
 ) -> Result<HttpResponse, ApiError> {
-    let body: TokenizeRequest = typed(body.into_inner())?;
+    let body = body.0?;
     let m = shared.model(Pick::Default(Task::Embedding))?;
     let texts = tokenize_texts(&shared, &m, body.inputs.0, body.prompt_name.as_deref())?;
     let tokens = inspect(&shared, &m, texts, body.add_special_tokens).await?;
     Ok(HttpResponse::Ok().json(tokens))
 }
 
-/// The texts `/tokenize` (and gRPC `Tokenize`) takes: texts only, prompted, within limits.
-pub fn tokenize_texts(
-    shared: &Shared,
-    m: &Version,
-    inputs: Vec<TextInput>,
-    prompt_name: Option<&str>,
-) -> Result<Vec<String>, ApiError> {
-    shared
-        .prompted(m, inputs, prompt_name)?
-        .into_iter()
-        .enumerate()
-        .map(|(i, input)| match input {
-            TextInput::Text(t) => Ok(t),
-            TextInput::Ids(_) => Err(ApiError::validation(format!(
-                "inputs[{i}] is token ids; /tokenize takes texts"
-            ))),
-        })
-        .collect()
-}
-
-/// Every token of each text, through the tokenizer pool.
-pub async fn inspect(
-    shared: &Shared,
-    m: &Version,
-    texts: Vec<String>,
-    add_special_tokens: bool,
-) -> Result<Vec<Vec<SimpleToken>>, ApiError> {
-    shared.check_lengths(texts.iter().map(|t| (t.len(), || t.chars().count())))?;
-    let n = texts.len();
-    let work = TokenizerWork::Inspect(Inspect {
-        texts,
-        add_special_tokens,
-    });
-    match shared.tokenizer(m, work, n).await? {
-        Tokens::Inspected(per_text) => Ok(per_text
-            .into_iter()
-            .map(|tokens| {
-                tokens
-                    .into_iter()
-                    .map(|t| SimpleToken {
-                        id: t.id,
-                        text: t.text,
-                        special: t.special,
-                        start: t.span.map(|s| s.0),
-                        stop: t.span.map(|s| s.1),
-                    })
-                    .collect()
-            })
-            .collect()),
-        Tokens::Decoded(_) => Err(ApiError::internal(
-            "the tokenizer answered another question",
-        )),
-    }
-}
-
-/// The texts of token ids, through the tokenizer pool.
-pub async fn decode_ids(
-    shared: &Shared,
-    m: &Version,
-    ids: Vec<Vec<u32>>,
-    skip_special_tokens: bool,
-) -> Result<Vec<String>, ApiError> {
-    let n = ids.len();
-    let work = TokenizerWork::Decode(Decode {
-        ids,
-        skip_special_tokens,
-    });
-    match shared.tokenizer(m, work, n).await? {
-        Tokens::Decoded(texts) => Ok(texts),
-        Tokens::Inspected(_) => Err(ApiError::internal(
-            "the tokenizer answered another question",
-        )),
-    }
-}
-
 /// Decode token ids (TEI).
-#[utoipa::path(post, path = "/decode", request_body = DecodeRequest,
+#[utoipa::path(post, path = "/decode", tag = "tei", request_body = DecodeRequest,
     responses((status = 200, description = "Per list of ids, its text", body = Vec<String>),
-              (status = 400, description = "Invalid request", body = super::http::ErrorBody)))]
+              (status = 400, description = "Invalid request", body = crate::api::http::ErrorBody)))]
 pub async fn decode(
     shared: web::Data<Shared>,
-    body: web::Json<serde_json::Value>,
+    body: Typed<DecodeRequest>,
 ) -> Result<HttpResponse, ApiError> {
-    let body: DecodeRequest = typed(body.into_inner())?;
+    let body = body.0?;
     let ids = match body.ids {
         InputIds::Single(ids) => vec![ids],
         InputIds::Batch(ids) => ids,
@@ -798,9 +471,9 @@ pub async fn decode(
 /// (or `/similarity` when the body is a sentence-similarity request, which TEI only does when
 /// started with `TASK=sentence-similarity`), `/predict` for a classifier, `/rerank` for a
 /// reranker (or `/predict` when the body has `inputs`). Also at `/invocations` (SageMaker).
-#[utoipa::path(post, path = "/", params(super::http::XPriority), request_body = serde_json::Value,
+#[utoipa::path(post, path = "/", tag = "tei", params(crate::api::http::XPriority), request_body = serde_json::Value,
     responses((status = 200, description = "What /embed, /similarity, /predict or /rerank answers"),
-              (status = 400, description = "Invalid request", body = super::http::ErrorBody)))]
+              (status = 400, description = "Invalid request", body = crate::api::http::ErrorBody)))]
 pub async fn default_route(
     shared: web::Data<Shared>,
     req: HttpRequest,
@@ -827,18 +500,18 @@ pub async fn default_route(
             .await
         }
         Task::Reranker if body.get("query").is_some() => {
-            super::predict::rerank_route(&shared, &req, route, body).await
+            crate::api::predict::rerank_route(&shared, &req, route, typed(body)).await
         }
         Task::Classifier | Task::Reranker => {
-            super::predict::predict_route(&shared, &req, route, body).await
+            crate::api::predict::predict_route(&shared, &req, route, typed(body)).await
         }
     }
 }
 
 /// SageMaker's name for [`default_route`].
-#[utoipa::path(post, path = "/invocations", params(super::http::XPriority), request_body = serde_json::Value,
+#[utoipa::path(post, path = "/invocations", tag = "tei", params(crate::api::http::XPriority), request_body = serde_json::Value,
     responses((status = 200, description = "As POST /"),
-              (status = 400, description = "Invalid request", body = super::http::ErrorBody)))]
+              (status = 400, description = "Invalid request", body = crate::api::http::ErrorBody)))]
 pub async fn invocations(
     shared: web::Data<Shared>,
     req: HttpRequest,
@@ -848,15 +521,15 @@ pub async fn invocations(
 }
 
 /// OpenAI's embeddings route without its `/v1` (as TEI serves it too).
-#[utoipa::path(post, path = "/embeddings", params(super::http::XPriority), request_body = OpenAiRequest,
-    responses((status = 200, description = "Embeddings", body = OpenAiResponse),
-              (status = 400, description = "Invalid request", body = super::http::ErrorBody)))]
+#[utoipa::path(post, path = "/embeddings", tag = "tei", params(crate::api::http::XPriority), request_body = crate::api::openai::OpenAiRequest,
+    responses((status = 200, description = "Embeddings", body = crate::api::openai::OpenAiResponse),
+              (status = 400, description = "Invalid request", body = crate::api::http::ErrorBody)))]
 pub async fn embeddings(
     shared: web::Data<Shared>,
     req: HttpRequest,
-    body: web::Json<serde_json::Value>,
+    body: Typed<crate::api::openai::OpenAiRequest>,
 ) -> Result<HttpResponse, ApiError> {
-    openai_embeddings(shared, req, body).await
+    crate::api::openai::openai_embeddings(shared, req, body).await
 }
 
 #[cfg(test)]
@@ -887,20 +560,6 @@ mod tests {
         assert!(inputs(json!([1.5])).unwrap_err().contains("not a token id"));
         assert!(inputs(json!(["a", {}])).unwrap_err().contains("item 1"));
         assert!(inputs(json!(3)).is_err());
-    }
-
-    #[test]
-    fn matryoshka_keeps_the_first_dimensions_then_normalises() {
-        let mut rows = vec![vec![3.0, 4.0, 12.0]];
-        shorten(&mut rows, Some(2), true, 3).unwrap();
-        assert_eq!(rows, [vec![0.6, 0.8]]);
-        let e = shorten(&mut rows, Some(4), true, 3).unwrap_err();
-        assert!(
-            e.message.contains("dimensions 4 is not available"),
-            "{}",
-            e.message
-        );
-        assert!(shorten(&mut [], Some(0), false, 3).is_err());
     }
 
     #[test]

@@ -43,17 +43,18 @@ use tokio::sync::oneshot;
 
 use super::{
     ActorId, ActorState, ActorTable, Admission, InferError, Lifecycle, Permit,
-    batcher::{Answered, Batch, Budget, Cost, Dropped, Priority, Queue, Shape},
+    batcher::{Budget, Cost, Priority, Queue},
+    job::{Job, Rows},
     metrics::{Recorder, Stage},
-    model_worker::{Forward, ForwardOutput, MeasuredCost, ModelWorker},
-    supervisor::{InjectFault, Shutdown, StopReason, Supervisor},
+    model_worker::{Forward, MeasuredCost, ModelWorker},
+    supervisor::{InjectFault, Shutdown, StopReason},
     tokenizer::{Decode, Inspect, Tokenize, Tokenized, TokenizerActor},
 };
-use crate::{
-    config::{Batching, LatencyBudget},
-    fault::Fault,
-    model::{Direction, ModelSpec, Task, TextInput, bert::Padded, normalize_l2},
-};
+use crate::{config::Batching, fault::Fault, model::ModelSpec};
+
+mod schedule;
+#[cfg(test)]
+mod tests;
 
 /// What the Router answers: the rows, or why not.
 pub type Answer = Result<EmbedOutput, InferError>;
@@ -63,20 +64,9 @@ pub type Answer = Result<EmbedOutput, InferError>;
 #[derive(Message)]
 #[rtype(result = "Result<oneshot::Receiver<Answer>, InferError>")]
 pub struct Embed {
-    /// The inputs (texts or token ids), in order; never empty (the front ends check).
-    pub inputs: Vec<TextInput>,
-    /// Second segments of (text, pair) inputs, as many as `inputs` (cross-encoders); `None`
-    /// for single texts.
-    pub pairs: Option<Vec<String>>,
-    /// L2-normalise; `None` for the model's default (a classifier's rows, and token states,
-    /// never are).
-    pub normalize: Option<bool>,
-    /// Truncate over-long texts (else they fail the request).
-    pub truncate: bool,
-    /// Which end truncation cuts.
-    pub direction: Direction,
-    /// Every token's state instead of the pooled row (`/embed_all`).
-    pub all_tokens: bool,
+    /// What the request asks, as the front end built it: its texts go to a tokenizer, its
+    /// [`Rows`] shape the answer.
+    pub job: Job,
     /// The request's span.
     pub span: tracing::Span,
     /// When the front end sent this message (for the hand-off time).
@@ -86,8 +76,8 @@ pub struct Embed {
     pub deadline: Instant,
     /// The request's admission; released with its work.
     pub permit: Permit,
-    /// How urgent it is; `None`: interactive up to `batching.interactive_max_texts` texts,
-    /// batch beyond.
+    /// The call's priority (a header, the route's default), used when the job names none;
+    /// neither: interactive up to `batching.interactive_max_texts` texts, batch beyond.
     pub priority: Option<Priority>,
 }
 
@@ -147,8 +137,8 @@ pub struct Stop;
 struct Pending {
     reply: oneshot::Sender<Answer>,
     token_counts: Vec<u32>,
-    normalize: bool,
-    all_tokens: bool,
+    /// How its rows are shaped (the job's).
+    rows: Rows,
     accepted: Instant,
     tokenize: Duration,
     /// Front end → Router.
@@ -188,8 +178,7 @@ struct Accepted {
     priority: Priority,
     reply: oneshot::Sender<Answer>,
     handoff: Duration,
-    normalize: bool,
-    all_tokens: bool,
+    rows: Rows,
     at: Instant,
     span: tracing::Span,
     deadline: Instant,
@@ -198,7 +187,10 @@ struct Accepted {
 
 /// A model worker and whether it has a batch.
 struct Slot {
-    addr: Addr<ModelWorker>,
+    /// Where its batches go.
+    forward: Recipient<Forward>,
+    /// Asked once what a forward costs.
+    cost: Recipient<MeasuredCost>,
     busy: bool,
     /// Its batch is expected to take longer than the latency budget (a tail forward, or a full
     /// one while no interactive request was about).
@@ -207,11 +199,70 @@ struct Slot {
     reserved: bool,
 }
 
+/// The tokenizer pool, as the Router sends to it (recipients, so a test can stand in for it).
+pub struct Tokenizers {
+    /// A request's texts.
+    pub tokenize: Recipient<Tokenize>,
+    /// `/tokenize`.
+    pub inspect: Recipient<Inspect>,
+    /// `/decode`.
+    pub decode: Recipient<Decode>,
+}
+
+impl From<Addr<TokenizerActor>> for Tokenizers {
+    fn from(a: Addr<TokenizerActor>) -> Tokenizers {
+        Tokenizers {
+            tokenize: a.clone().recipient(),
+            inspect: a.clone().recipient(),
+            decode: a.recipient(),
+        }
+    }
+}
+
+/// A model worker, as the Router sends to it.
+pub struct Worker {
+    /// Its batches.
+    pub forward: Recipient<Forward>,
+    /// What a forward costs.
+    pub cost: Recipient<MeasuredCost>,
+}
+
+impl From<Addr<ModelWorker>> for Worker {
+    fn from(a: Addr<ModelWorker>) -> Worker {
+        Worker {
+            forward: a.clone().recipient(),
+            cost: a.recipient(),
+        }
+    }
+}
+
+/// Who the Router tells of a panic (stop the server) and of a fault a test injects: the
+/// Supervisor.
+pub struct Bosses {
+    /// Stop the server.
+    pub shutdown: Recipient<Shutdown>,
+    /// A test's fault for the Supervisor or Metrics.
+    pub fault: Recipient<InjectFault>,
+}
+
+impl<A> From<Addr<A>> for Bosses
+where
+    A: Actor + Handler<Shutdown> + Handler<InjectFault>,
+    A::Context: actix::dev::ToEnvelope<A, Shutdown> + actix::dev::ToEnvelope<A, InjectFault>,
+{
+    fn from(a: Addr<A>) -> Bosses {
+        Bosses {
+            shutdown: a.clone().recipient(),
+            fault: a.recipient(),
+        }
+    }
+}
+
 /// The Router actor.
 pub struct Router {
     /// `router` for the first model's, `router-N` for later ones.
     id: ActorId,
-    tokenizers: Addr<TokenizerActor>,
+    tokenizers: Tokenizers,
     workers: Vec<Slot>,
     queue: Queue<Pending>,
     batching: Batching,
@@ -220,7 +271,7 @@ pub struct Router {
     admission: Arc<Admission>,
     metrics: Recorder,
     table: Arc<ActorTable>,
-    supervisor: Addr<Supervisor>,
+    supervisor: Bosses,
     max_wait: Duration,
     /// The pending `max_wait_ms` timer, if a batch is being held.
     wait_timer: Option<SpawnHandle>,
@@ -239,15 +290,15 @@ impl Router {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         index: usize,
-        tokenizers: Addr<TokenizerActor>,
-        workers: Vec<Addr<ModelWorker>>,
+        tokenizers: impl Into<Tokenizers>,
+        workers: Vec<impl Into<Worker>>,
         batching: Batching,
         spec: Arc<ModelSpec>,
         lifecycle: Arc<Lifecycle>,
         admission: Arc<Admission>,
         metrics: Recorder,
         table: Arc<ActorTable>,
-        supervisor: Addr<Supervisor>,
+        supervisor: impl Into<Bosses>,
     ) -> Router {
         // At least one worker takes batch work (the configuration checks it too).
         let reserved = batching
@@ -255,12 +306,14 @@ impl Router {
             .min(workers.len().saturating_sub(1));
         Router {
             id: ActorId::Router(index),
-            tokenizers,
+            tokenizers: tokenizers.into(),
             workers: workers
                 .into_iter()
+                .map(Into::into)
                 .enumerate()
-                .map(|(i, addr)| Slot {
-                    addr,
+                .map(|(i, Worker { forward, cost })| Slot {
+                    forward,
+                    cost,
                     busy: false,
                     long: false,
                     reserved: i < reserved,
@@ -285,7 +338,7 @@ impl Router {
             admission,
             metrics,
             table,
-            supervisor,
+            supervisor: supervisor.into(),
         }
     }
 
@@ -303,9 +356,11 @@ impl Router {
                 let _ = p.reply.send(Err(error.clone()));
             }
             self.metrics.restart(super::ActorKind::Router);
-            self.supervisor.do_send(Shutdown(StopReason::Fatal(format!(
-                "the router panicked ({message}); its requests were failed"
-            ))));
+            self.supervisor
+                .shutdown
+                .do_send(Shutdown(StopReason::Fatal(format!(
+                    "the router panicked ({message}); its requests were failed"
+                ))));
         }
     }
 
@@ -315,8 +370,7 @@ impl Router {
             priority,
             reply,
             handoff,
-            normalize,
-            all_tokens,
+            rows,
             at,
             span,
             deadline,
@@ -354,8 +408,7 @@ impl Router {
             inference_span: std::cell::OnceCell::new(),
             reply,
             token_counts: tokenized.encodings.iter().map(|e| e.len() as u32).collect(),
-            normalize,
-            all_tokens,
+            rows,
             accepted: at,
             tokenize: tokenized.elapsed,
             handoff,
@@ -375,322 +428,10 @@ impl Router {
         match fault {
             Some(Fault::RouterPanic) => panic!("injected router fault"),
             Some(f @ (Fault::SupervisorPanic | Fault::MetricsPanic)) => {
-                self.supervisor.do_send(InjectFault(f));
+                self.supervisor.fault.do_send(InjectFault(f));
             }
             _ => {}
         }
-    }
-
-    /// Gives every idle worker a batch while texts are queued, holding a batch that is not
-    /// full for up to `batching.max_wait_ms` so more texts can join it.
-    fn dispatch(&mut self, ctx: &mut Context<Self>) {
-        self.sweep();
-        if self.max_wait > Duration::ZERO
-            && self.queue.waiting() < self.batching.max_batch_size
-            && let Some(oldest) = self.queue.oldest()
-        {
-            let waited = oldest.elapsed();
-            if waited < self.max_wait && self.workers.iter().any(|s| !s.busy) {
-                if self.wait_timer.is_none() {
-                    self.wait_timer = Some(ctx.run_later(self.max_wait - waited, |act, ctx| {
-                        act.wait_timer = None;
-                        act.guarded("dispatching", |act| act.dispatch_now(ctx));
-                    }));
-                }
-                self.metrics.queue_depth(self.queue.waiting());
-                return;
-            }
-        }
-        self.dispatch_now(ctx);
-    }
-
-    /// Drops, before any inference, requests whose deadline has passed (answered "deadline
-    /// exceeded") and those nobody waits for any more, counting their texts.
-    fn sweep(&mut self) {
-        for (p, why) in self.queue.sweep(Instant::now(), |p| p.reply.is_closed()) {
-            let texts = p.token_counts.len();
-            match why {
-                Dropped::Expired => {
-                    self.metrics.skipped("deadline", texts);
-                    let _ = p.reply.send(Err(InferError::Expired));
-                }
-                Dropped::Gone => self.metrics.skipped("client_gone", texts),
-            }
-        }
-    }
-
-    /// The latency budget, when there is one: `batching.latency_budget_ms`, or with `auto`
-    /// [`AUTO_BUDGET_FORWARDS`] × the expected forward of a short text (none until a worker has
-    /// told what a forward costs).
-    fn latency_budget(&self) -> Option<Duration> {
-        match self.batching.latency_budget_ms {
-            LatencyBudget::Millis(ms) if ms > 0.0 => Some(Duration::from_secs_f64(ms / 1000.0)),
-            LatencyBudget::Millis(_) => None,
-            LatencyBudget::Auto => self
-                .cost
-                .map(|c| c.estimate(AUTO_BUDGET_TOKENS) * AUTO_BUDGET_FORWARDS),
-        }
-    }
-
-    /// The tail budget: `batching.tail_budget_ms`, or with `auto` [`AUTO_TAIL_FORWARDS`] × the
-    /// expected forward of a short text; none without a latency budget.
-    fn tail_budget(&self) -> Option<Duration> {
-        self.latency_budget()?;
-        match self.batching.tail_budget_ms {
-            LatencyBudget::Millis(ms) if ms > 0.0 => Some(Duration::from_secs_f64(ms / 1000.0)),
-            LatencyBudget::Millis(_) => None,
-            LatencyBudget::Auto => self
-                .cost
-                .map(|c| c.estimate(AUTO_BUDGET_TOKENS) * AUTO_TAIL_FORWARDS),
-        }
-    }
-
-    /// Whether the next forward of batch work may run up to the tail budget (see the module's
-    /// documentation): no interactive text waits or is being tokenized, and fewer than
-    /// `batching.tail_share` of the interactive requests lately found a long forward running.
-    fn tail_allowed(&self) -> bool {
-        self.queue.waiting_interactive() == 0
-            && self.interactive.tokenizing == 0
-            && self.interactive.delayed < self.batching.tail_share
-            && self.tail_budget().is_some()
-    }
-
-    /// What shapes the next batch for worker `w` at `now`.
-    fn shape(&self, now: Instant, w: usize) -> Shape {
-        let reserved = self.workers[w].reserved;
-        let window = Duration::from_secs_f64(self.batching.interactive_window_ms / 1000.0);
-        let i = &self.interactive;
-        let latency = if !reserved
-            && self.workers.iter().any(|s| s.reserved)
-            && self.queue.waiting_interactive() == 0
-        {
-            // Queries have a worker of their own: the others run batch work at full size.
-            None
-        } else if self.tail_allowed() {
-            self.tail_budget()
-        } else {
-            self.latency_budget()
-        };
-        Shape {
-            latency: latency.zip(self.cost),
-            interactive_recent: i.tokenizing > 0
-                || i.seen
-                    .is_some_and(|t| now.saturating_duration_since(t) < window),
-            interactive_only: reserved,
-        }
-    }
-
-    /// Until when the last idle worker should wait for an interactive request rather than take
-    /// batch work (see the module's documentation); `None`: no hold.
-    fn hold_until(&self, now: Instant) -> Option<Instant> {
-        if self.queue.waiting_interactive() > 0
-            || self.workers.iter().any(|s| s.reserved)
-            || self.tail_allowed()
-        {
-            return None;
-        }
-        let hold = self.latency_budget()? / HOLD_FRACTION;
-        let i = &self.interactive;
-        let until = if i.tokenizing > 0 {
-            i.accepted? + hold
-        } else if i.gap.is_none_or(|g| g < hold.as_secs_f64()) {
-            i.answered? + hold
-        } else {
-            return None;
-        };
-        (now < until).then_some(until)
-    }
-
-    /// Gives every idle worker a batch while texts are queued, without waiting (but for a hold
-    /// for the next query).
-    fn dispatch_now(&mut self, ctx: &mut Context<Self>) {
-        let now = Instant::now();
-        let hold = self.hold_until(now);
-        loop {
-            let idle: Vec<usize> = (0..self.workers.len())
-                .filter(|&w| !self.workers[w].busy)
-                .collect();
-            // A held worker: the last idle one stays free for the query on its way.
-            if hold.is_some() && idle.len() <= 1 {
-                break;
-            }
-            // Reserved workers first (they take interactive texts only), then the others.
-            let mut order = idle;
-            order.sort_by_key(|&w| !self.workers[w].reserved);
-            let mut next = None;
-            for w in order {
-                let shape = self.shape(now, w);
-                if let Some(batch) = self.queue.next_batch(now, shape) {
-                    next = Some((w, batch));
-                    break;
-                }
-            }
-            let Some((w, batch)) = next else {
-                break;
-            };
-            // The batch is padded here, so the worker only turns it into tensors and runs it.
-            let padded = Padded::new(&batch.texts, self.spec.encoder.pad_token_id);
-            let tokens: usize = batch.texts.iter().map(|t| t.len()).sum();
-            self.metrics
-                .batch(padded.rows, padded.padded_tokens(), tokens);
-            // The batch is a child of its leading request's `inference` span and links to the
-            // other requests it serves (so one request's trace holds its batches).
-            let mut fault = None;
-            let mut parent = None;
-            let mut others = Vec::new();
-            for (id, _) in &batch.owners {
-                if let Some(p) = self.queue.get(*id) {
-                    drop(p.queue_span.take());
-                    let inference = p
-                        .inference_span
-                        .get_or_init(|| tracing::debug_span!(parent: &p.span, "inference"));
-                    match parent {
-                        None => parent = inference.id(),
-                        Some(_) => others.push(p.span.clone()),
-                    }
-                    fault = fault.or(p.fault);
-                }
-            }
-            let span = tracing::debug_span!(
-                parent: parent,
-                "batch",
-                worker = w,
-                texts = padded.rows,
-                padded_tokens = padded.padded_tokens()
-            );
-            for other in &others {
-                span.follows_from(other);
-            }
-            let tokens: Vec<bool> = batch
-                .owners
-                .iter()
-                .map(|(id, _)| self.queue.get(*id).is_some_and(|p| p.all_tokens))
-                .collect();
-            let tokens = if tokens.contains(&true) {
-                tokens
-            } else {
-                Vec::new()
-            };
-            self.workers[w].busy = true;
-            let padded_tokens = padded.padded_tokens();
-            // A query arriving while this runs (and no worker is free) counts as delayed.
-            self.workers[w].long = self
-                .cost
-                .zip(self.latency_budget())
-                .is_some_and(|(c, budget)| c.estimate(padded_tokens) > budget);
-            let send = self.workers[w].addr.send(Forward {
-                batch: padded,
-                span,
-                tokens,
-                fault,
-                sent: Instant::now(),
-            });
-            ctx.spawn(
-                actix::fut::wrap_future(send).map(move |result, act: &mut Router, ctx| {
-                    act.workers[w].busy = false;
-                    act.workers[w].long = false;
-                    let result =
-                        result.unwrap_or(Err(InferError::Gone(super::ActorKind::ModelWorker)));
-                    act.guarded("completing a batch", |act| {
-                        act.complete(batch, padded_tokens, result);
-                        act.dispatch(ctx);
-                    });
-                }),
-            );
-        }
-        if let Some(until) = hold
-            && self.queue.waiting() > 0
-            && self.hold_timer.is_none()
-        {
-            // When the hold is over (what it waited for did not come in time), dispatch again;
-            // a later answer may start a new hold.
-            self.hold_timer = Some(ctx.run_later(until - now, |act, ctx| {
-                act.hold_timer = None;
-                act.guarded("dispatching", |act| act.dispatch(ctx));
-            }));
-        }
-        self.metrics.queue_depth(self.queue.waiting());
-    }
-
-    /// Hands a finished batch's rows to their requests and answers each request whose last
-    /// row this was; a failed batch fails its requests. A forward that ran rescales the cost.
-    fn complete(
-        &mut self,
-        batch: Batch,
-        padded_tokens: usize,
-        result: Result<ForwardOutput, InferError>,
-    ) {
-        let out = match result {
-            Ok(out) => out,
-            Err(e) => {
-                for p in self.queue.fail(batch) {
-                    let _ = p.reply.send(Err(e.clone()));
-                }
-                return;
-            }
-        };
-        self.metrics.stage(Stage::Inference, out.elapsed);
-        if let Some(c) = &mut self.cost {
-            c.observe(padded_tokens, out.elapsed);
-        }
-        let (done, failed) = self.queue.complete(
-            batch,
-            out.embeddings,
-            out.started,
-            out.started + out.elapsed,
-            out.handoff,
-        );
-        for p in failed {
-            let _ = p.reply.send(Err(InferError::Panicked {
-                actor: self.id,
-                message: "a batch came back with the wrong number of rows".into(),
-            }));
-        }
-        for a in done {
-            if a.priority == Priority::Interactive {
-                let now = Instant::now();
-                self.interactive.answered = Some(now);
-                self.interactive.seen = Some(now);
-            }
-            self.answer(a);
-        }
-    }
-
-    fn answer(&self, a: Answered<Pending>) {
-        let Answered {
-            data: p,
-            mut rows,
-            priority,
-            enqueued,
-            first_start,
-            last_end,
-            handoff,
-        } = a;
-        if p.normalize {
-            rows.iter_mut().for_each(|r| normalize_l2(r));
-        }
-        let timings = Timings {
-            tokenize: p.tokenize,
-            queue: first_start.saturating_duration_since(enqueued),
-            inference: last_end.saturating_duration_since(first_start),
-            total: p.accepted.elapsed(),
-            handoff: p.handoff + handoff,
-        };
-        self.metrics.stage(Stage::Queue, timings.queue);
-        self.metrics.stage(Stage::Handoff, timings.handoff);
-        self.metrics.stage(Stage::Total, timings.total);
-        self.metrics.priority(priority, rows.len(), &timings);
-        tracing::debug!(
-            parent: &p.span,
-            texts = rows.len(),
-            total_us = timings.total.as_micros() as u64,
-            "answered"
-        );
-        let _ = p.reply.send(Ok(EmbedOutput {
-            embeddings: rows,
-            token_counts: p.token_counts,
-            timings,
-        }));
     }
 
     /// Accepts a request: checks readiness and the queue limit, then has it tokenized.
@@ -722,13 +463,22 @@ impl Router {
         }
         let (reply, rx) = oneshot::channel();
         let now = Instant::now();
-        let priority = msg
-            .priority
-            .unwrap_or(if adding <= self.batching.interactive_max_texts {
-                Priority::Interactive
-            } else {
-                Priority::Batch
-            });
+        let Embed {
+            job,
+            span,
+            sent,
+            deadline,
+            permit,
+            priority,
+        } = msg;
+        let priority =
+            job.priority
+                .or(priority)
+                .unwrap_or(if adding <= self.batching.interactive_max_texts {
+                    Priority::Interactive
+                } else {
+                    Priority::Batch
+                });
         if priority == Priority::Interactive {
             // It waits behind a long forward when every worker is busy and one runs long.
             let delayed =
@@ -747,24 +497,16 @@ impl Router {
         let accepted = Accepted {
             priority,
             reply,
-            handoff: now.saturating_duration_since(msg.sent),
-            // A classifier's rows are logits, and token states are raw: never normalised,
-            // whatever the request says.
-            normalize: self.spec.task == Task::Embedding
-                && !msg.all_tokens
-                && msg.normalize.unwrap_or(self.spec.normalize),
-            all_tokens: msg.all_tokens,
+            handoff: now.saturating_duration_since(sent),
+            rows: job.rows,
             at: now,
-            span: msg.span.clone(),
-            deadline: msg.deadline,
-            permit: msg.permit,
+            span: span.clone(),
+            deadline,
+            permit,
         };
-        let tokenize = self.tokenizers.send(Tokenize {
-            inputs: msg.inputs,
-            pairs: msg.pairs,
-            truncate: msg.truncate,
-            direction: msg.direction,
-            span: msg.span,
+        let tokenize = self.tokenizers.tokenize.send(Tokenize {
+            texts: job.texts,
+            span,
         });
         ctx.spawn(
             actix::fut::wrap_future(tokenize).map(move |res, act: &mut Router, ctx| {
@@ -786,7 +528,7 @@ impl Actor for Router {
         self.table.set(self.id, ActorState::Idle);
         // What a forward costs, as the first worker timed it after its warm-up.
         if let Some(worker) = self.workers.first() {
-            let ask = worker.addr.send(MeasuredCost);
+            let ask = worker.cost.send(MeasuredCost);
             ctx.spawn(
                 actix::fut::wrap_future(ask).map(|cost, act: &mut Router, _| {
                     if act.cost.is_none() {
@@ -855,14 +597,19 @@ impl Handler<TokenizerWork> for Router {
         if self.lifecycle.is_stopping() || self.failed {
             return Box::pin(async { Err(InferError::ShuttingDown) });
         }
-        let pool = self.tokenizers.clone();
+        let (inspect, decode) = (
+            self.tokenizers.inspect.clone(),
+            self.tokenizers.decode.clone(),
+        );
         let gone = |_| InferError::Gone(super::ActorKind::Tokenizer);
         Box::pin(async move {
             match work {
                 TokenizerWork::Inspect(m) => {
-                    Ok(Tokens::Inspected(pool.send(m).await.map_err(gone)??))
+                    Ok(Tokens::Inspected(inspect.send(m).await.map_err(gone)??))
                 }
-                TokenizerWork::Decode(m) => Ok(Tokens::Decoded(pool.send(m).await.map_err(gone)??)),
+                TokenizerWork::Decode(m) => {
+                    Ok(Tokens::Decoded(decode.send(m).await.map_err(gone)??))
+                }
             }
         })
     }

@@ -13,7 +13,7 @@
 //! `binary_data_size` parameter are read from the bytes after it, in order. Outputs are binary
 //! when the request's `binary_data_output` parameter or the output's own `binary_data` parameter
 //! says so (the output's wins), and the response then carries the header likewise. The model's
-//! tensors are in [`super::oip`]. Errors are `{"error": "...", "error_type": "..."}`, the
+//! tensors are in [`crate::api::kserve`]. Errors are `{"error": "...", "error_type": "..."}`, the
 //! protocol's `{"error": ...}` with this server's error type beside it.
 
 use actix_web::{HttpRequest, HttpResponse, http::Method, web};
@@ -23,11 +23,12 @@ use serde_json::{Map, Value};
 
 use crate::actors::models::Lease;
 
-use super::{
+use crate::api::{
     Shared,
     error::{ApiError, ErrorKind},
-    http::{Served, inference_with, resource, typed},
-    oip::{self, Data, InferRequest, InputTensor, Parameters},
+    http::{inference_with, resource, typed},
+    kserve::{self as oip, Data, InferRequest, InputTensor, Parameters},
+    pipeline::Reply,
 };
 
 /// The header of the binary tensor extension: the JSON part's length in bytes.
@@ -475,7 +476,7 @@ async fn infer(
             let (request, id, binary) = decode(&req, &body)?;
             drop(body);
             let out = oip::infer(&shared, &m, request, call).await?;
-            Ok(Served {
+            Ok(Reply {
                 body: encode(&m, id, out.outputs, &binary)?,
                 texts: out.texts,
                 timings: out.timings,

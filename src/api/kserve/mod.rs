@@ -1,7 +1,7 @@
 //! The Open Inference Protocol (KServe v2, spoken by Triton, KServe and Seldon MLServer),
 //! transport-neutral: which model a request names, the model's tensors, decoding BYTES input
-//! tensors into texts, and running the model into output tensors. The HTTP (`super::v2`) and
-//! gRPC (`super::v2_grpc`) front ends only translate their wire formats to and from these types.
+//! tensors into texts, and running the model into output tensors. The HTTP (`crate::api::kserve::http`) and
+//! gRPC (`crate::api::kserve::grpc`) front ends only translate their wire formats to and from these types.
 //!
 //! Tensors, by the loaded model's kind (also in the model metadata):
 //!
@@ -12,11 +12,14 @@
 //! | reranker | `text` (queries, or one query for every pair), `text_pair` (documents) | `score` FP32 `[n]` |
 //!
 //! The quantized outputs are sentence-transformers' `quantize_embeddings` of the FP32 one
-//! ([`super::quantized`]), returned only when a request names them.
+//! ([`crate::api::quantized`]), returned only when a request names them.
 //!
 //! Request parameters: `normalize` (bool, embedding models), `truncate` (bool, default true),
 //! `raw_scores` (bool: logits instead of softmax/sigmoid scores). Others are ignored, as the
 //! protocol allows.
+
+pub mod grpc;
+pub mod http;
 
 use crate::{
     actors::{
@@ -26,7 +29,7 @@ use crate::{
     model::{Task, TextInput},
 };
 
-use super::{
+use crate::api::{
     Call, Shared,
     error::{ApiError, ErrorKind},
     predict,
@@ -112,10 +115,14 @@ pub fn metadata(m: &Version) -> ModelMetadata {
         Task::Embedding => (
             vec![t(bytes("text"), vec![-1])],
             std::iter::once(t(("embedding", "FP32"), vec![-1, spec.dim() as i64]))
-                .chain(super::quantized::offered(m).into_iter().filter_map(|p| {
-                    let (name, datatype, width) = quantized_output(p, spec.dim())?;
-                    Some(t((name, datatype), vec![-1, width as i64]))
-                }))
+                .chain(
+                    crate::api::quantized::offered(m)
+                        .into_iter()
+                        .filter_map(|p| {
+                            let (name, datatype, width) = quantized_output(p, spec.dim())?;
+                            Some(t((name, datatype), vec![-1, width as i64]))
+                        }),
+                )
                 .collect(),
         ),
         Task::Classifier => (
@@ -316,7 +323,7 @@ pub async fn infer(
                     // `embedding_int8` without calibration ranges says what it needs.
                     if let Some(p) = a.strip_prefix("embedding_")
                         && spec.task == Task::Embedding
-                        && let Err(e) = super::quantized::precision(m, Some(p))
+                        && let Err(e) = crate::api::quantized::precision(m, Some(p))
                         && quantized_output(p, 1).is_some()
                     {
                         return e;
@@ -361,9 +368,10 @@ pub async fn infer(
             let out = shared
                 .embed(
                     m,
-                    super::Job {
-                        normalize: p.normalize,
-                        ..job(text, None, truncate)
+                    {
+                        let mut job = job(text, None, truncate);
+                        job.rows.normalize = p.normalize;
+                        job
                     },
                     call,
                 )
@@ -377,13 +385,13 @@ pub async fn infer(
                 };
                 let (_, datatype, width) =
                     quantized_output(precision, dim).expect("a quantized output");
-                let precision = super::quantized::precision(m, Some(precision))?;
+                let precision = crate::api::quantized::precision(m, Some(precision))?;
                 let bytes: Vec<u8> =
-                    super::quantized::rows(m, out.embeddings.clone(), precision, normalized)?
+                    crate::api::quantized::rows(m, out.embeddings.clone(), precision, normalized)?
                         .into_iter()
                         .flat_map(|r| match r {
-                            super::quantized::Row::Quantized(b, _) => b,
-                            super::quantized::Row::Float(_) => {
+                            crate::api::quantized::Row::Quantized(b, _) => b,
+                            crate::api::quantized::Row::Float(_) => {
                                 unreachable!("a quantized precision")
                             }
                         })
@@ -474,12 +482,11 @@ pub async fn infer(
 }
 
 /// The pipeline's job for the texts of a `BYTES` tensor (and their second segments).
-fn job(texts: Vec<String>, pairs: Option<Vec<String>>, truncate: bool) -> super::Job {
-    super::Job {
-        pairs,
-        truncate,
-        ..super::Job::of(texts.into_iter().map(TextInput::Text).collect())
-    }
+fn job(texts: Vec<String>, pairs: Option<Vec<String>>, truncate: bool) -> crate::api::Job {
+    let mut job = crate::api::Job::of(texts.into_iter().map(TextInput::Text).collect());
+    job.texts.pairs = pairs;
+    job.texts.truncate = truncate;
+    job
 }
 
 #[cfg(test)]

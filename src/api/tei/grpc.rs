@@ -1,7 +1,7 @@
 //! TEI's gRPC API (`tei.v1`: `Info`, `Embed`, `Predict`, `Rerank`, `Tokenize`, with their
 //! streaming variants) on the same port as `actor_infer.v1`, so TEI's gRPC clients work
 //! unchanged (TEI itself serves gRPC or HTTP, not both from one binary). Each method goes
-//! through the same path as the HTTP routes (`super::tei`, `super::predict`): admission,
+//! through the same path as the HTTP routes (`crate::api::tei`, `crate::api::predict`): admission,
 //! limits, deadlines, the API key (the service is wrapped like `actor_infer.v1`) and the one
 //! error table. A stream's messages are answered in order, up to [`STREAM_CONCURRENCY`] in
 //! flight at once.
@@ -11,13 +11,14 @@ use std::{pin::Pin, sync::Arc, time::Duration};
 use futures::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
-use super::{
+use crate::api::{
     Call, Job, Shared,
     error::ApiError,
-    grpc::{client_deadline, served, tei as pb},
-    predict, tei,
-    telemetry::TraceContext,
+    grpc::{self, WithRequestId, client_deadline, served, tei as pb},
+    pipeline::Reply,
+    predict,
 };
+use crate::telemetry::TraceContext;
 use crate::{
     actors::models::Pick,
     actors::router::Timings,
@@ -40,7 +41,7 @@ impl TeiApi {
     }
 }
 
-type Answer<T> = Result<(T, usize, Timings), ApiError>;
+type Answer<T> = Result<Reply<T>, ApiError>;
 type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
 fn ns(d: Duration) -> u64 {
@@ -66,7 +67,7 @@ fn direction(d: i32) -> Option<String> {
 }
 
 impl TeiApi {
-    /// One unary call: its deadline from the client's metadata, a new request id.
+    /// One unary call: [`grpc::unary`] (TEI's messages carry no request id: a new one).
     async fn unary<Req, Resp, Fut>(
         &self,
         request: Request<Req>,
@@ -74,19 +75,15 @@ impl TeiApi {
         work: impl FnOnce(Arc<Shared>, Req, Call) -> Fut,
     ) -> Result<Response<Resp>, Status>
     where
+        Req: WithRequestId,
         Fut: std::future::Future<Output = Answer<Resp>>,
     {
-        let deadline = client_deadline(&self.shared, &request);
-        let trace = TraceContext::from_grpc(request.metadata());
-        let peer = request.remote_addr();
-        let req = request.into_inner();
-        let id = super::new_request_id();
         let shared = self.shared.clone();
-        let resp = served(&self.shared, route, &id, deadline, trace, peer, |call| {
+        let (resp, _) = grpc::unary(&self.shared, request, route, |req, call| {
             work(shared, req, call)
         })
         .await?;
-        Ok(Response::new(resp))
+        Ok(resp)
     }
 
     /// A stream of calls: each message answered as its own call (its own deadline and request
@@ -114,7 +111,7 @@ impl TeiApi {
                 async move {
                     let req = message?;
                     let deadline = shared.deadline(None);
-                    let id = super::new_request_id();
+                    let id = crate::api::new_request_id();
                     let worker = shared.clone();
                     served(&shared, route, &id, deadline, trace, peer, |call| {
                         work(worker, req, call)
@@ -133,29 +130,29 @@ async fn embed(
     call: Call,
 ) -> Answer<pb::EmbedResponse> {
     let chars = req.inputs.chars().count();
-    let options = tei::EmbedOptions {
-        normalize: Some(req.normalize),
-        truncate: Some(true),
-        truncation_direction: direction(req.truncation_direction),
-        prompt_name: req.prompt_name,
-        dimensions: None,
-        priority: super::priority(req.priority.as_deref(), "priority")?,
-    };
+    let priority = crate::api::priority(req.priority.as_deref(), "priority")?;
     let m = call.model(&shared, Pick::Default(Task::Embedding))?;
-    let out = tei::embed_rows(
+    let mut job = crate::api::pipeline::embedding_job(
         &shared,
         &m,
         vec![TextInput::Text(req.inputs)],
-        options,
-        call,
-    )
-    .await?;
+        req.prompt_name.as_deref(),
+        None,
+    )?;
+    job.priority = priority;
+    job.rows.normalize = Some(req.normalize);
+    job.texts.direction = crate::api::direction(direction(req.truncation_direction).as_deref())?;
+    let out = shared.embed(&m, job, call).await?;
     let tokens = out.token_counts.iter().sum();
     let resp = pb::EmbedResponse {
         metadata: Some(metadata(chars, tokens, &out.timings)),
         embeddings: out.embeddings.into_iter().next().unwrap_or_default(),
     };
-    Ok((resp, 1, out.timings))
+    Ok(Reply {
+        body: resp,
+        texts: 1,
+        timings: out.timings,
+    })
 }
 
 async fn embed_all(
@@ -165,7 +162,7 @@ async fn embed_all(
 ) -> Answer<pb::EmbedAllResponse> {
     let chars = req.inputs.chars().count();
     let m = call.model(&shared, Pick::Default(Task::Embedding))?;
-    let (states, timings) = tei::token_states(
+    let (states, timings) = crate::api::pipeline::token_states(
         &shared,
         &m,
         vec![TextInput::Text(req.inputs)],
@@ -183,7 +180,11 @@ async fn embed_all(
             .map(|embeddings| pb::TokenEmbedding { embeddings })
             .collect(),
     };
-    Ok((resp, 1, timings))
+    Ok(Reply {
+        body: resp,
+        texts: 1,
+        timings,
+    })
 }
 
 async fn embed_sparse(
@@ -209,15 +210,15 @@ async fn classify(
     call: Call,
 ) -> Answer<pb::PredictResponse> {
     let m = call.model(shared, Pick::Default(Task::Classifier))?;
-    super::require(
+    crate::api::require(
         &m,
         &[Task::Classifier, Task::Reranker],
         "Predict, PredictPair",
     )?;
     let chars = text.chars().count() + pair.as_ref().map_or(0, |p| p.chars().count());
     let mut job = Job::of(vec![TextInput::Text(text)]);
-    job.pairs = pair.map(|p| vec![p]);
-    job.direction = super::direction(direction(truncation_direction).as_deref())?;
+    job.texts.pairs = pair.map(|p| vec![p]);
+    job.texts.direction = crate::api::direction(direction(truncation_direction).as_deref())?;
     let out = shared.infer(&m, job, call).await?;
     let tokens = out.token_counts.iter().sum();
     let row = out.embeddings.into_iter().next().unwrap_or_default();
@@ -231,7 +232,11 @@ async fn classify(
             .collect(),
         metadata: Some(metadata(chars, tokens, &out.timings)),
     };
-    Ok((resp, 1, out.timings))
+    Ok(Reply {
+        body: resp,
+        texts: 1,
+        timings: out.timings,
+    })
 }
 
 async fn predict_one(
@@ -301,7 +306,11 @@ async fn rank(
             .collect(),
         metadata: Some(metadata(chars, tokens, &out.timings)),
     };
-    Ok((resp, n, out.timings))
+    Ok(Reply {
+        body: resp,
+        texts: n,
+        timings: out.timings,
+    })
 }
 
 async fn encode(
@@ -310,13 +319,13 @@ async fn encode(
     _call: Call,
 ) -> Answer<pb::EncodeResponse> {
     let m = shared.model(Pick::Default(Task::Embedding))?;
-    let texts = tei::tokenize_texts(
+    let texts = crate::api::pipeline::tokenize_texts(
         &shared,
         &m,
         vec![TextInput::Text(req.inputs)],
         req.prompt_name.as_deref(),
     )?;
-    let tokens = tei::inspect(&shared, &m, texts, req.add_special_tokens)
+    let tokens = crate::api::pipeline::inspect(&shared, &m, texts, req.add_special_tokens)
         .await?
         .into_iter()
         .next()
@@ -333,7 +342,11 @@ async fn encode(
             })
             .collect(),
     };
-    Ok((resp, 1, Timings::default()))
+    Ok(Reply {
+        body: resp,
+        texts: 1,
+        timings: Timings::default(),
+    })
 }
 
 async fn decode(
@@ -342,13 +355,39 @@ async fn decode(
     _call: Call,
 ) -> Answer<pb::DecodeResponse> {
     let m = shared.model(Pick::Default(Task::Embedding))?;
-    let text = tei::decode_ids(&shared, &m, vec![req.ids], req.skip_special_tokens)
-        .await?
-        .into_iter()
-        .next()
-        .unwrap_or_default();
-    Ok((pb::DecodeResponse { text }, 1, Timings::default()))
+    let text =
+        crate::api::pipeline::decode_ids(&shared, &m, vec![req.ids], req.skip_special_tokens)
+            .await?
+            .into_iter()
+            .next()
+            .unwrap_or_default();
+    Ok(Reply {
+        body: pb::DecodeResponse { text },
+        texts: 1,
+        timings: Timings::default(),
+    })
 }
+
+/// TEI's messages carry no request id: every call gets a new one.
+macro_rules! new_request_id {
+    ($($t:ty),*) => {$(
+        impl WithRequestId for $t {
+            fn take_request_id(&mut self) -> String {
+                String::new()
+            }
+        }
+    )*};
+}
+new_request_id!(
+    pb::EmbedRequest,
+    pb::EmbedSparseRequest,
+    pb::EmbedAllRequest,
+    pb::PredictRequest,
+    pb::PredictPairRequest,
+    pb::RerankRequest,
+    pb::EncodeRequest,
+    pb::DecodeRequest
+);
 
 #[tonic::async_trait]
 impl pb::info_server::Info for TeiApi {
@@ -539,7 +578,7 @@ impl pb::rerank_server::Rerank for TeiApi {
         let Some(first) = first else {
             return Err(ApiError::validation("RerankStream received no message").into());
         };
-        let id = super::new_request_id();
+        let id = crate::api::new_request_id();
         let shared = self.shared.clone();
         let resp = served(
             &self.shared,

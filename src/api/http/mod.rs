@@ -1,7 +1,7 @@
-//! HTTP front end (actix-web): TEI's and OpenAI's routes ([`super::tei`], [`super::predict`]),
+//! HTTP front end (actix-web): TEI's and OpenAI's routes ([`crate::api::tei`], [`crate::api::predict`]),
 //! `GET /health`, `/ping`, `/ready`, `/info`, `/metrics`, the live page at `GET /`, and the
 //! OpenAPI document at `/api-doc/openapi.json`, generated from the handlers' types
-//! ([`super::openapi`]). [`ROUTES`] lists every route served; the OpenAPI document must list the
+//! ([`crate::api::http::openapi`]). [`ROUTES`] lists every route served; the OpenAPI document must list the
 //! same ones (a test checks it).
 //!
 //! Every response carries `X-Request-Id` (the client's, if printable and at most 128
@@ -10,60 +10,28 @@
 //! answers `{"error": "...", "error_type": "..."}`. actix-web's signal handling is off: the
 //! Supervisor owns signals and stops this server through its handle.
 
+pub mod openapi;
+pub mod ops;
+
 use std::{net::TcpListener, sync::Arc, time::Duration};
 
 use actix_web::{
-    App, HttpMessage, HttpRequest, HttpResponse, HttpServer, ResponseError, dev::Server,
-    http::StatusCode, web,
+    App, HttpMessage, HttpRequest, HttpResponse, HttpServer, ResponseError, dev::Server, web,
 };
 use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
 
-use super::{
+use crate::actors::router::Timings;
+use crate::api::{
     Call, Shared,
     error::{ApiError, ErrorKind},
-    predict, tei,
-    telemetry::TraceContext,
+    pipeline::{self, Reply},
+    predict,
+    tei::http as tei,
 };
-use crate::actors::{metrics::Render, models::Pick, router::Timings};
+use crate::telemetry::TraceContext;
 
-/// Every error's body.
-#[derive(Serialize, ToSchema)]
-pub struct ErrorBody {
-    /// What is wrong, naming the field, limit or state at fault.
-    pub error: String,
-    /// The kind (`validation`, `overloaded`, ...; the README's table).
-    pub error_type: &'static str,
-}
-
-impl ResponseError for ApiError {
-    fn status_code(&self) -> StatusCode {
-        StatusCode::from_u16(self.kind.http_status()).expect("the error table holds valid statuses")
-    }
-
-    fn error_response(&self) -> HttpResponse {
-        let mut res = HttpResponse::build(self.status_code());
-        if matches!(
-            self.kind,
-            ErrorKind::NotReady | ErrorKind::ShuttingDown | ErrorKind::Overloaded
-        ) {
-            res.insert_header(("Retry-After", "1"));
-        }
-        if self.kind == ErrorKind::Unauthenticated {
-            res.insert_header(("WWW-Authenticate", "Bearer"));
-        }
-        let mut res = res.json(ErrorBody {
-            error: self.message.clone(),
-            error_type: self.kind.as_str(),
-        });
-        // For the access line.
-        res.extensions_mut().insert(Refused {
-            kind: self.kind.as_str(),
-            message: self.message.clone(),
-        });
-        res
-    }
-}
+pub use crate::api::error::ErrorBody;
+use crate::api::error::Refused;
 
 /// The `X-Priority` header every inference route takes, as the OpenAPI document lists it.
 #[derive(utoipa::IntoParams)]
@@ -79,20 +47,98 @@ pub struct XPriority {
     x_priority: Option<String>,
 }
 
-/// Parses a JSON body into `T`, naming the field at fault (`inputs[2]: invalid type ...`).
-/// The body must be a JSON object ([`Object`]).
-pub(super) fn typed<T: for<'de> Deserialize<'de>>(body: serde_json::Value) -> Result<T, ApiError> {
+/// Parses a JSON value into `T`, naming the field at fault (`inputs[2]: invalid type ...`):
+/// for the routes that must look into a body before they know its type (TEI's `/`, a
+/// predict request's `inputs`, KServe's JSON header). The body must be a JSON object
+/// ([`Object`]).
+pub(crate) fn typed<T: for<'de> Deserialize<'de>>(body: serde_json::Value) -> Result<T, ApiError> {
     serde_path_to_error::deserialize(body)
         .map(|Object(t)| t)
         .map_err(|e| {
             let path = e.path().to_string();
-            let inner = e.into_inner();
-            if path == "." {
-                ApiError::validation(format!("invalid request body: {inner}"))
-            } else {
-                ApiError::validation(format!("invalid request body at `{path}`: {inner}"))
+            refused_at(&path, &e.into_inner().to_string())
+        })
+}
+
+/// A request's body not of the shape its route takes: `invalid request body at `path`: ...`.
+fn refused_at(path: &str, message: &str) -> ApiError {
+    if path == "." {
+        ApiError::validation(format!("invalid request body: {message}"))
+    } else {
+        ApiError::validation(format!("invalid request body at `{path}`: {message}"))
+    }
+}
+
+/// A JSON body parsed once, from its bytes straight into the route's request type `T` (no
+/// `serde_json::Value` in between). What is not JSON at all (the content type, the size, the
+/// syntax) refuses the request before the handler runs, as actix-web's `Json` would
+/// ([`json_error`]'s messages); a body of the wrong shape is handed to the handler as its
+/// error (`invalid request body at `path`: ...`, naming the field), so that it is answered
+/// and counted as the route's own validation error.
+pub struct Typed<T>(pub Result<T, ApiError>);
+
+impl<T: serde::de::DeserializeOwned + 'static> actix_web::FromRequest for Typed<T> {
+    type Error = actix_web::Error;
+    type Future = futures::future::LocalBoxFuture<'static, Result<Typed<T>, actix_web::Error>>;
+
+    fn from_request(req: &HttpRequest, payload: &mut actix_web::dev::Payload) -> Self::Future {
+        use actix_web::error::JsonPayloadError as E;
+        use futures::StreamExt as _;
+        let req = req.clone();
+        let mut payload = payload.take();
+        Box::pin(async move {
+            let refuse = |e: E| Err(json_error(e, &req));
+            let json =
+                req.mime_type().ok().flatten().is_some_and(|m| {
+                    m.subtype() == "json" || m.suffix().is_some_and(|s| s == "json")
+                });
+            if !json {
+                return refuse(E::ContentType);
+            }
+            let limit = req
+                .app_data::<web::Data<Shared>>()
+                .map_or(usize::MAX, |s| s.config.server.max_request_bytes);
+            let length = req
+                .headers()
+                .get(actix_web::http::header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<usize>().ok());
+            if let Some(length) = length.filter(|&l| l > limit) {
+                return refuse(E::OverflowKnownLength { length, limit });
+            }
+            let mut body = web::BytesMut::with_capacity(length.unwrap_or(0).min(limit));
+            while let Some(chunk) = payload.next().await {
+                let chunk = chunk.map_err(|e| json_error(E::Payload(e), &req))?;
+                if body.len() + chunk.len() > limit {
+                    return refuse(E::Overflow { limit });
+                }
+                body.extend_from_slice(&chunk);
+            }
+            let mut de = serde_json::Deserializer::from_slice(&body);
+            let parsed = serde_path_to_error::deserialize(&mut de).map(|Object(t): Object<T>| t);
+            match parsed {
+                Ok(t) => match de.end() {
+                    Ok(()) => Ok(Typed(Ok(t))),
+                    Err(e) => refuse(E::Deserialize(e)),
+                },
+                Err(e) if e.inner().is_data() => {
+                    let path = e.path().to_string();
+                    Ok(Typed(Err(refused_at(&path, &without_position(e.inner())))))
+                }
+                Err(e) => refuse(E::Deserialize(e.into_inner())),
             }
         })
+    }
+}
+
+/// A serde_json error's message without the `at line L column C` a parse from bytes adds.
+fn without_position(e: &serde_json::Error) -> String {
+    let message = e.to_string();
+    let suffix = format!(" at line {} column {}", e.line(), e.column());
+    match message.strip_suffix(&suffix) {
+        Some(m) if e.line() > 0 => m.to_string(),
+        _ => message,
+    }
 }
 
 /// A JSON object read into `T`. serde's derived structs also take a JSON array of their
@@ -188,36 +234,6 @@ async fn client_gone(req: &HttpRequest) {
     }
 }
 
-/// Runs `work` unless the client disconnects first; then `work` is dropped (so the Router
-/// skips the request's queued texts and counts them) and the outcome is `client_gone`.
-async fn unless_client_gone<T>(
-    req: &HttpRequest,
-    work: impl std::future::Future<Output = Result<T, ApiError>>,
-) -> Result<T, ApiError> {
-    tokio::select! {
-        out = work => out,
-        () = client_gone(req) => Err(ApiError::new(ErrorKind::ClientGone, "the client closed the connection")),
-    }
-}
-
-/// What an inference route's work answers: the JSON body, the texts it served, and where the
-/// time went.
-pub(super) struct Served<T> {
-    /// The response body.
-    pub body: T,
-    /// Texts answered (for the dashboard's throughput).
-    pub texts: usize,
-    /// Where the request's time went (the timing headers).
-    pub timings: Timings,
-}
-
-/// Why a response refused its request (the access line's `error`).
-#[derive(Debug, Clone)]
-struct Refused {
-    kind: &'static str,
-    message: String,
-}
-
 /// A request's id (`X-Request-Id`), set by [`request_id`] for every request.
 #[derive(Debug, Clone)]
 pub struct RequestId(pub String);
@@ -235,18 +251,21 @@ fn id_of(header: Option<&[u8]>) -> String {
         {
             String::from_utf8_lossy(v).into_owned()
         }
-        _ => super::new_request_id(),
+        _ => crate::api::new_request_id(),
     }
 }
 
-/// Writes `res`'s access line ([`super::access`]).
+/// Writes `res`'s access line ([`crate::api::access`]).
 fn access_line(res: &actix_web::dev::ServiceResponse, id: &str, elapsed: std::time::Duration) {
     let req = res.request();
     let refused = res.response().extensions().get::<Refused>().cloned();
-    let detail = req.extensions().get::<super::access::Detail>().cloned();
+    let detail = req
+        .extensions()
+        .get::<crate::api::access::Detail>()
+        .cloned();
     let model = req
         .extensions()
-        .get::<super::Chosen>()
+        .get::<crate::api::Chosen>()
         .and_then(|c| c.get().map(|m| (m.name.clone(), m.version.to_string())));
     let route = req
         .match_pattern()
@@ -256,7 +275,7 @@ fn access_line(res: &actix_web::dev::ServiceResponse, id: &str, elapsed: std::ti
         .get("traceparent")
         .and_then(|v| v.to_str().ok());
     let status = res.status();
-    super::access::Line {
+    crate::api::access::Line {
         transport: "http",
         method: req.method().as_str(),
         route: &route,
@@ -269,7 +288,7 @@ fn access_line(res: &actix_web::dev::ServiceResponse, id: &str, elapsed: std::ti
         detail: detail.as_ref(),
         elapsed,
         client: req.peer_addr().map(|a| a.to_string()),
-        quiet: super::access::quiet(&route),
+        quiet: crate::api::access::quiet(&route),
     }
     .write();
 }
@@ -298,11 +317,11 @@ async fn request_id(
     Ok(res)
 }
 
-/// The opening and closing every HTTP inference route shares: the request's span (with its
-/// `X-Request-Id`), its deadline, its priority (`X-Priority`, else the route's default),
-/// dropping the work when the client leaves, TEI's timing headers, and the outcome in the
-/// metrics. `work` gets the request's [`Call`].
-pub(super) async fn inference<T, Fut>(
+/// An HTTP inference route: [`pipeline::call`] with the request's `X-Request-Id`, the server's
+/// deadline, `X-Priority` and `traceparent`, dropping the work when the client closes its
+/// connection; then TEI's timing headers and `X-Model-Version`. `work` gets the request's
+/// [`Call`].
+pub(crate) async fn inference<T, Fut>(
     shared: &Shared,
     req: &HttpRequest,
     route: &'static str,
@@ -310,14 +329,14 @@ pub(super) async fn inference<T, Fut>(
 ) -> Result<HttpResponse, ApiError>
 where
     T: Serialize,
-    Fut: std::future::Future<Output = Result<Served<T>, ApiError>>,
+    Fut: std::future::Future<Output = Result<Reply<T>, ApiError>>,
 {
     inference_with(shared, req, route, work, |res, body| res.json(body)).await
 }
 
 /// [`inference`] for a route that writes its own body (`respond`), such as the Open Inference
 /// Protocol's binary tensors.
-pub(super) async fn inference_with<T, Fut>(
+pub(crate) async fn inference_with<T, Fut>(
     shared: &Shared,
     req: &HttpRequest,
     route: &'static str,
@@ -325,200 +344,35 @@ pub(super) async fn inference_with<T, Fut>(
     respond: impl FnOnce(&mut actix_web::HttpResponseBuilder, T) -> HttpResponse,
 ) -> Result<HttpResponse, ApiError>
 where
-    Fut: std::future::Future<Output = Result<Served<T>, ApiError>>,
+    Fut: std::future::Future<Output = Result<Reply<T>, ApiError>>,
 {
     let id = req
         .extensions()
         .get::<RequestId>()
         .map(|r| r.0.clone())
-        .unwrap_or_else(super::new_request_id);
-    let call = Call::new(
-        tracing::info_span!("request", transport = "http", route, request_id = %id, traceparent = tracing::field::Empty),
-        shared.deadline(None),
-    );
-    let chosen = call.chosen.clone();
-    let detail = call.detail.clone();
-    super::telemetry::continue_trace(&call.span, TraceContext::from_http(req.headers()));
-    let traceparent = req
-        .headers()
-        .get("traceparent")
-        .and_then(|v| v.to_str().ok());
-    detail.trace(super::access::trace_id(traceparent, &call.span));
-    req.extensions_mut().insert(detail.clone());
-    req.extensions_mut().insert(chosen.clone());
-    let header = req
-        .headers()
-        .get("x-priority")
-        .map(|v| v.to_str().unwrap_or("(not ASCII)"));
-    let result = match super::priority(header, "the X-Priority header") {
-        Ok(priority) => {
-            let mut call = call;
-            call.priority = priority.or_else(|| shared.route_priority(route));
-            unless_client_gone(req, work(call))
-                .await
-                .map(|s| (s.body, s.texts, s.timings))
-        }
-        Err(e) => Err(e),
+        .unwrap_or_else(crate::api::new_request_id);
+    let header = |name: &str| req.headers().get(name);
+    let priority = header("x-priority").map(|v| v.to_str().unwrap_or("(not ASCII)"));
+    let opening = pipeline::Opening {
+        transport: "http",
+        route,
+        request_id: &id,
+        deadline: shared.deadline(None),
+        trace: TraceContext::from_http(req.headers()),
+        traceparent: header("traceparent").and_then(|v| v.to_str().ok()),
+        priority: crate::api::priority(priority, "the X-Priority header"),
     };
-    if let Ok((_, texts, timings)) = &result {
-        detail.served(*texts, timings);
-    }
-    super::record(chosen.recorder(shared), "http", &result);
-    let (body, _, timings) = result?;
+    let closed = pipeline::call(shared, opening, client_gone(req), work).await;
+    // The access line (written by the middleware once this returns) reads these.
+    req.extensions_mut().insert(closed.detail);
+    req.extensions_mut().insert(closed.chosen.clone());
+    let Reply { body, timings, .. } = closed.result?;
     let mut res = HttpResponse::Ok();
     with_timings(&mut res, &timings);
-    if let Some(m) = chosen.get() {
+    if let Some(m) = closed.chosen.get() {
         res.insert_header(("x-model-version", m.tag()));
     }
     Ok(respond(&mut res, body))
-}
-
-/// The process is alive (TEI's `/health`; `/ping` is SageMaker's name for it).
-#[utoipa::path(get, path = "/health", responses((status = 200, description = "Alive")))]
-pub async fn health() -> HttpResponse {
-    HttpResponse::Ok().json(serde_json::json!({"status": "alive"}))
-}
-
-/// SageMaker's health route.
-#[utoipa::path(get, path = "/ping", responses((status = 200, description = "Alive")))]
-pub async fn ping() -> HttpResponse {
-    health().await
-}
-
-/// Ready: the model is loaded and warm and the server is not stopping.
-#[utoipa::path(get, path = "/ready", responses((status = 200, description = "Ready"),
-    (status = 503, description = "Loading or stopping", body = ErrorBody)))]
-pub async fn ready(shared: web::Data<Shared>) -> Result<HttpResponse, ApiError> {
-    if shared.lifecycle.is_stopping() {
-        Err(ApiError::shutting_down())
-    } else if shared.lifecycle.is_ready() {
-        Ok(HttpResponse::Ok().json(serde_json::json!({"status": "ready"})))
-    } else {
-        Err(ApiError::not_ready())
-    }
-}
-
-/// What is served: TEI's `/info` fields for the default embedding model (the first model
-/// when none embeds), and ours; `models` lists every model served, each with the same fields.
-#[utoipa::path(get, path = "/info", responses((status = 200, description = "The model", body = super::ModelInfo)))]
-pub async fn info(shared: web::Data<Shared>) -> Result<HttpResponse, ApiError> {
-    let m = shared.model(Pick::Default(crate::model::Task::Embedding))?;
-    let mut body = serde_json::to_value(shared.info(&m))
-        .map_err(|e| ApiError::internal(format!("cannot encode /info: {e}")))?;
-    let models: Vec<super::ModelInfo> = shared
-        .catalog()
-        .models
-        .iter()
-        .map(|m| shared.info(m))
-        .collect();
-    body["models"] = serde_json::to_value(models)
-        .map_err(|e| ApiError::internal(format!("cannot encode /info: {e}")))?;
-    Ok(HttpResponse::Ok().json(body))
-}
-
-/// OpenAI's model list: every model served (`id` is the name `model` takes).
-#[utoipa::path(get, path = "/v1/models", responses((status = 200, description = "The models served")))]
-pub async fn list_models(shared: web::Data<Shared>) -> HttpResponse {
-    let data: Vec<serde_json::Value> = shared
-        .catalog()
-        .models
-        .iter()
-        .map(|m| {
-            serde_json::json!({
-                "id": m.name,
-                "object": "model",
-                "created": 0,
-                "owned_by": "actor-infer",
-                "kind": m.spec.task.as_str(),
-                "version": m.version,
-            })
-        })
-        .collect();
-    HttpResponse::Ok().json(serde_json::json!({"object": "list", "data": data}))
-}
-
-/// Re-reads the experiment file and applies its models (as SIGHUP does): new and changed
-/// models load and warm up beside the running ones, then take over; replaced and removed ones
-/// drain and stop. Answers the report once the old versions have stopped: 200 when every
-/// model loaded, 500 `reload_failed`-style report with `ok: false` when one did not (the old
-/// version keeps serving), 409 while another reload runs.
-#[utoipa::path(post, path = "/admin/reload", responses(
-    (status = 200, description = "Every model of the file serves"),
-    (status = 409, description = "A reload is running", body = ErrorBody),
-    (status = 500, description = "A model failed to load; its old version keeps serving")))]
-pub async fn reload(shared: web::Data<Shared>) -> Result<HttpResponse, ApiError> {
-    use crate::actors::supervisor::{Reload, ReloadRefused};
-    match shared.supervisor.send(Reload).await {
-        Ok(Ok(report)) if report.ok => Ok(HttpResponse::Ok().json(report)),
-        Ok(Ok(report)) => Ok(HttpResponse::InternalServerError().json(report)),
-        Ok(Err(ReloadRefused::Stopping)) | Err(_) => Err(ApiError::shutting_down()),
-        Ok(Err(refused)) => Err(ApiError::new(ErrorKind::Conflict, refused.to_string())),
-    }
-}
-
-/// True when the client asks for Prometheus's text format (Prometheus's own scrapes name
-/// `text/plain` or `application/openmetrics-text` in `Accept`; `curl` sends `*/*`, browsers
-/// and the original dashboard's scripts get JSON).
-fn wants_prometheus(req: &HttpRequest) -> bool {
-    let accept = req
-        .headers()
-        .get(actix_web::http::header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    accept.contains("application/openmetrics-text") || accept.contains("text/plain")
-}
-
-/// `GET /metrics`: Prometheus text when asked for, else the JSON dashboard; `?format=json`
-/// or `?format=prometheus` force one.
-#[utoipa::path(get, path = "/metrics", responses((status = 200, description = "Prometheus text or the JSON dashboard")))]
-pub async fn metrics(
-    shared: web::Data<Shared>,
-    req: HttpRequest,
-) -> Result<HttpResponse, ApiError> {
-    let prometheus = match req.query_string() {
-        q if q.contains("format=prometheus") => true,
-        q if q.contains("format=json") => false,
-        _ => wants_prometheus(&req),
-    };
-    if prometheus {
-        let text = shared
-            .metrics
-            .send(Render)
-            .await
-            .ok()
-            .flatten()
-            .ok_or_else(|| ApiError::internal("the metrics actor could not answer; retry"))?;
-        Ok(HttpResponse::Ok()
-            .content_type("text/plain; version=0.0.4; charset=utf-8")
-            .body(text))
-    } else {
-        Ok(HttpResponse::Ok().json(super::dashboard_json(&shared).await?))
-    }
-}
-
-/// `GET /`: the live dashboard page for a browser (it polls `/metrics` as JSON); for other
-/// clients, which probe `/` for health as with TEI, the health answer.
-#[utoipa::path(get, path = "/", responses((status = 200, description = "The live page (text/html) or health")))]
-pub async fn root(req: HttpRequest) -> HttpResponse {
-    let html = req
-        .headers()
-        .get(actix_web::http::header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|a| a.contains("text/html"));
-    if html {
-        HttpResponse::Ok()
-            .content_type("text/html; charset=utf-8")
-            .body(include_str!("dashboard.html"))
-    } else {
-        health().await
-    }
-}
-
-/// The OpenAPI 3.1 document of these routes for the models served now.
-pub async fn openapi_json(shared: web::Data<Shared>) -> HttpResponse {
-    HttpResponse::Ok()
-        .content_type("application/json")
-        .body(super::openapi::document_json(&shared))
 }
 
 async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
@@ -620,7 +474,7 @@ fn is_open_route(method: &actix_web::http::Method, path: &str, protect_metrics: 
         || (!protect_metrics
             && (matches!(path, "/metrics" | "/info" | "/api-doc/openapi.json")
                 || (path == "/" && method == actix_web::http::Method::GET)))
-        || super::v2::is_open_route(path, protect_metrics)
+        || crate::api::kserve::http::is_open_route(path, protect_metrics)
 }
 
 /// Middleware: with `server.api_key` set, every route but the open ones needs
@@ -641,8 +495,8 @@ async fn require_api_key(
             .headers()
             .get(actix_web::http::header::AUTHORIZATION)
             .map(|v| v.as_bytes());
-        if let Err(e) = super::check_api_key(server, header) {
-            super::record::<()>(&shared.recorder, "http", &Err(e.clone()));
+        if let Err(e) = crate::api::check_api_key(server, header) {
+            crate::api::record::<()>(&shared.recorder, "http", &Err(e.clone()));
             // A response, not an error, so the middleware around this one adds its headers.
             return Ok(req.into_response(e.error_response()));
         }
@@ -685,21 +539,21 @@ fn handler(method: &str, path: &str) -> actix_web::Route {
         ("POST", "/embed_all") => web::post().to(tei::embed_all),
         ("POST", "/embed_sparse") => web::post().to(tei::embed_sparse),
         ("POST", "/embeddings") => web::post().to(tei::embeddings),
-        ("POST", "/v1/embeddings") => web::post().to(tei::openai_embeddings),
+        ("POST", "/v1/embeddings") => web::post().to(crate::api::openai::openai_embeddings),
         ("POST", "/similarity") => web::post().to(tei::similarity),
         ("POST", "/tokenize") => web::post().to(tei::tokenize),
         ("POST", "/decode") => web::post().to(tei::decode),
         ("POST", "/predict") => web::post().to(predict::predict),
         ("POST", "/rerank") => web::post().to(predict::rerank),
-        ("GET", "/") => web::get().to(root),
-        ("GET", "/health") => web::get().to(health),
-        ("GET", "/ping") => web::get().to(ping),
-        ("GET", "/ready") => web::get().to(ready),
-        ("GET", "/info") => web::get().to(info),
-        ("GET", "/v1/models") => web::get().to(list_models),
-        ("POST", "/admin/reload") => web::post().to(reload),
-        ("GET", "/metrics") => web::get().to(metrics),
-        ("GET", "/api-doc/openapi.json") => web::get().to(openapi_json),
+        ("GET", "/") => web::get().to(ops::root),
+        ("GET", "/health") => web::get().to(ops::health),
+        ("GET", "/ping") => web::get().to(ops::ping),
+        ("GET", "/ready") => web::get().to(ops::ready),
+        ("GET", "/info") => web::get().to(ops::info),
+        ("GET", "/v1/models") => web::get().to(ops::list_models),
+        ("POST", "/admin/reload") => web::post().to(ops::reload),
+        ("GET", "/metrics") => web::get().to(ops::metrics),
+        ("GET", "/api-doc/openapi.json") => web::get().to(ops::openapi_json),
         _ => unreachable!("{method} {path} is in ROUTES without a handler"),
     }
 }
@@ -739,7 +593,7 @@ pub fn serve(listener: TcpListener, shared: Arc<Shared>) -> std::io::Result<Serv
                     .error_handler(json_error),
             )
             .configure(routes)
-            .configure(super::v2::routes)
+            .configure(crate::api::kserve::http::routes)
             .default_service(web::to(not_found))
             .wrap(actix_web::middleware::from_fn(require_api_key))
             .wrap(actix_web::middleware::from_fn(request_id))
@@ -785,7 +639,7 @@ mod tests {
     fn decode(body: &serde_json::Value) -> [Option<ApiError>; 2] {
         [
             typed::<tei::EmbedRequest>(body.clone()).err(),
-            typed::<tei::OpenAiRequest>(body.clone()).err(),
+            typed::<crate::api::openai::OpenAiRequest>(body.clone()).err(),
         ]
     }
 

@@ -11,11 +11,12 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use super::{
+use crate::api::{
     Shared,
     error::ApiError,
-    grpc::{GrpcApi, WithRequestId},
-    oip::{self, InferRequest, InputTensor, Parameters},
+    grpc::{self, WithRequestId},
+    kserve::{self as oip, InferRequest, InputTensor, Parameters},
+    pipeline::Reply,
 };
 
 /// Code generated from `proto/inference/grpc_service.proto`.
@@ -34,18 +35,14 @@ use pb::grpc_inference_service_server::{GrpcInferenceService, GrpcInferenceServi
 /// `server.max_request_bytes`.
 pub fn service(shared: Arc<Shared>) -> GrpcInferenceServiceServer<V2Grpc> {
     let limit = shared.config.server.max_request_bytes;
-    GrpcInferenceServiceServer::new(V2Grpc {
-        api: GrpcApi::new(shared.clone()),
-        shared,
-    })
-    .max_decoding_message_size(limit)
-    .max_encoding_message_size(usize::MAX)
+    GrpcInferenceServiceServer::new(V2Grpc { shared })
+        .max_decoding_message_size(limit)
+        .max_encoding_message_size(usize::MAX)
 }
 
 /// `inference.GRPCInferenceService`.
 pub struct V2Grpc {
     shared: Arc<Shared>,
-    api: GrpcApi,
 }
 
 impl WithRequestId for pb::ModelInferRequest {
@@ -68,8 +65,8 @@ impl V2Grpc {
             .metadata()
             .get("authorization")
             .map(|v| v.as_bytes());
-        super::check_api_key(server, header).map_err(|e| {
-            super::record::<()>(&self.shared.recorder, "grpc", &Err(e.clone()));
+        crate::api::check_api_key(server, header).map_err(|e| {
+            crate::api::record::<()>(&self.shared.recorder, "grpc", &Err(e.clone()));
             Status::from(e)
         })
     }
@@ -205,45 +202,44 @@ impl GrpcInferenceService for V2Grpc {
     ) -> Result<Response<pb::ModelInferResponse>, Status> {
         self.authorize(&request, false)?;
         let shared = &self.shared;
-        let (response, _) = self
-            .api
-            .inference(
-                request,
-                "ModelInfer",
-                |req: pb::ModelInferRequest, call| async move {
-                    let m = oip::model(shared, &req.model_name, Some(&req.model_version))?;
-                    call.chose(&m);
-                    let id = req.id.clone();
-                    let out = oip::infer(shared, &m, decode(req)?, call).await?;
-                    let (outputs, raw) = out
-                        .outputs
-                        .into_iter()
-                        .map(|o| {
-                            let tensor = pb::model_infer_response::InferOutputTensor {
-                                name: o.name.into(),
-                                datatype: o.data.datatype().into(),
-                                shape: o.shape,
-                                parameters: Default::default(),
-                                contents: None,
-                            };
-                            (tensor, o.data.to_raw())
-                        })
-                        .unzip();
-                    Ok((
-                        pb::ModelInferResponse {
-                            model_name: m.name.clone(),
-                            model_version: m.version.to_string(),
-                            id,
+        let (response, _) = grpc::unary(
+            shared,
+            request,
+            "ModelInfer",
+            |req: pb::ModelInferRequest, call| async move {
+                let m = oip::model(shared, &req.model_name, Some(&req.model_version))?;
+                call.chose(&m);
+                let id = req.id.clone();
+                let out = oip::infer(shared, &m, decode(req)?, call).await?;
+                let (outputs, raw) = out
+                    .outputs
+                    .into_iter()
+                    .map(|o| {
+                        let tensor = pb::model_infer_response::InferOutputTensor {
+                            name: o.name.into(),
+                            datatype: o.data.datatype().into(),
+                            shape: o.shape,
                             parameters: Default::default(),
-                            outputs,
-                            raw_output_contents: raw,
-                        },
-                        out.texts,
-                        out.timings,
-                    ))
-                },
-            )
-            .await?;
+                            contents: None,
+                        };
+                        (tensor, o.data.to_raw())
+                    })
+                    .unzip();
+                Ok(Reply {
+                    body: pb::ModelInferResponse {
+                        model_name: m.name.clone(),
+                        model_version: m.version.to_string(),
+                        id,
+                        parameters: Default::default(),
+                        outputs,
+                        raw_output_contents: raw,
+                    },
+                    texts: out.texts,
+                    timings: out.timings,
+                })
+            },
+        )
+        .await?;
         Ok(response)
     }
 }
