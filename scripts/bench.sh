@@ -16,15 +16,12 @@
 # BF16 (auto: when the CPU has native bf16; 1 always, 0 never), PEER_URL or PEER_RUN (below).
 set -uo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/_bin.sh"
+. "$(dirname "${BASH_SOURCE[0]}")/_procs.sh"
 SECS=${BENCH_SECONDS:-10}
 MEM_SECS=${MEMORY_SECONDS:-60}
 ROUNDS=${HTTP_ROUNDS:-2}
 out=$(mktemp -d -t actor-infer-bench.XXXXXX)
 say() { printf '[bench] %s\n' "$*" >&2; }
-
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
 
 # Native bf16: what src/model/cpu.rs calls native (the start-up log says the same).
 case ${BF16:-auto} in
@@ -32,15 +29,6 @@ case ${BF16:-auto} in
   0) BF16=0 ;;
   *) if grep -qwE 'avx512_bf16|amx_bf16' /proc/cpuinfo 2>/dev/null; then BF16=1; else BF16=0; fi ;;
 esac
-
-# Every process started here, stopped (and waited for) when the script ends, whatever the path.
-PIDS=()
-stop_all() {
-  local p
-  for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
-  PIDS=()
-}
 
 # One `actor-infer bench --json` run. A failure does not stop the script: its stderr and exit
 # code stay in NAME.err, and its row says so.

@@ -10,18 +10,9 @@
 # (libtorch, MKL/oneDNN, libgomp, ...), the executable, other files. Stops what it started.
 set -euo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/_bin.sh"
+. "$(dirname "${BASH_SOURCE[0]}")/_procs.sh"
 SECS=${SECS:-5}
 out=$(mktemp -d -t actor-infer-rss.XXXXXX)
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
-PIDS=()
-stop_all() {
-  local p
-  for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
-  PIDS=()
-}
 trap stop_all EXIT
 wait_ready() { # url, pid
   for _ in $(seq 1200); do
