@@ -28,10 +28,11 @@
 //! aged request is owed are never held back by the latency budget.
 //!
 //! Bounds, property-tested: the first batch formed has a text of the top-ranked request; a
-//! request that is aged gets a text into one of the next N batches, N the requests waiting (the
-//! head of the aged rank is served each batch and goes behind the others); with no latency
-//! budget in force and room for one text of each, every request that never had a text run gets
-//! one into the next batch. A request's texts may be split over several batches (and workers);
+//! request that is aged gets a text into one of the next N batches, N the requests waiting at
+//! the first batch formed after it aged (only they can rank ahead of it, and the head of the
+//! aged rank is served each batch and goes behind the others; some may leave meanwhile, which
+//! only shortens the wait); with no latency budget in force and room for one text of each,
+//! every request that never had a text run gets one into the next batch. A request's texts may be split over several batches (and workers);
 //! it is answered when its last row is back.
 
 use std::{
