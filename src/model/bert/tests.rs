@@ -35,8 +35,28 @@ fn tiny_model(dir: &std::path::Path, prefix: &str, skip: Option<&str>) {
         .to_string(),
     )
     .unwrap();
-    tch::manual_seed(7);
-    let r = |shape: &[i64]| Tensor::randn(shape, (Kind::Float, tch::Device::Cpu)) * 0.2;
+    // Weights from a generator of its own, not libtorch's global one: tests run on several
+    // threads of one process under `cargo test`, and another test's draws in between would
+    // give two calls different weights.
+    let mut state = 7u64;
+    let mut uniform = move || {
+        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64
+    };
+    let mut r = |shape: &[i64]| {
+        let n: i64 = shape.iter().product();
+        // Box-Muller: normal values, as randn gave.
+        let v: Vec<f32> = (0..n)
+            .map(|_| {
+                let (u1, u2) = (uniform().max(f64::MIN_POSITIVE), uniform());
+                ((-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()) as f32
+            })
+            .collect();
+        Tensor::from_slice(&v).reshape(shape) * 0.2
+    };
     let mut named: Vec<(String, Tensor)> = vec![
         ("embeddings.word_embeddings.weight".into(), r(&[v, h])),
         ("embeddings.position_embeddings.weight".into(), r(&[p, h])),
