@@ -13,7 +13,10 @@
 //! The kernel keeps up to 14 rows × 32 columns of the result in 28 AVX-512 registers, starting
 //! from the bias, and adds one rank-1 update per input feature: two 16-float loads of the panel,
 //! one broadcast per row, two FMAs per row. Rows beyond 14 are done in further blocks over the
-//! same panel while it is still in cache. Threads split the panels between them through
+//! same panel while it is still in cache. Before the registers are stored, an [`Epilogue`] may
+//! apply the layer's activation (GELU with the exact erf, ReLU) or add a residual: the value is
+//! still in a register, so the encoder skips a separate libtorch call (GELU's goes through
+//! oneDNN's per-call set-up) and a pass over the output per use. Threads split the panels between them through
 //! libgomp's `GOMP_parallel`, the OpenMP runtime and thread team libtorch itself uses, so the
 //! product shares libtorch's threads instead of competing with them.
 
@@ -28,6 +31,29 @@ const ROWS: usize = 14;
 #[derive(Clone, Copy)]
 #[repr(C, align(64))]
 struct Line([f32; 16]);
+
+/// What [`PanelLinear::forward_then`] does to each result before storing it.
+#[derive(Clone, Copy)]
+pub enum Epilogue<'a> {
+    /// Nothing: `x W^T + b`.
+    None,
+    /// GELU with the exact erf (transformers' `gelu`): `0.5 y (1 + erf(y / sqrt 2))`, erf by a
+    /// rational approximation good to a few f32 ulps (see [`gelu_erf`]).
+    GeluErf,
+    /// `max(y, 0)`.
+    Relu,
+    /// Adds a tensor of the output's shape, f32 on the CPU: a residual connection.
+    Add(&'a Tensor),
+}
+
+/// [`Epilogue`] as the kernel takes it: `Add`'s pointer is at the block's first element.
+#[derive(Clone, Copy)]
+enum Epi {
+    None,
+    Gelu,
+    Relu,
+    Add(*const f32),
+}
 
 /// A linear layer packed for [`PanelLinear::forward`].
 pub struct PanelLinear {
@@ -77,6 +103,11 @@ impl PanelLinear {
     /// `x` `[..., in]` (f32, CPU) to `[..., out]`, with as many threads as libtorch's intra-op
     /// setting on this thread.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor, TchError> {
+        self.forward_then(x, Epilogue::None)
+    }
+
+    /// [`PanelLinear::forward`], then `then` on each result while it is in a register.
+    pub fn forward_then(&self, x: &Tensor, then: Epilogue) -> Result<Tensor, TchError> {
         let mut shape = x.size();
         if x.kind() != Kind::Float
             || x.device() != tch::Device::Cpu
@@ -92,11 +123,38 @@ impl PanelLinear {
         let x = x.f_contiguous()?;
         let m = x.numel() / self.k;
         let out = Tensor::f_empty([m as i64, self.n as i64], (Kind::Float, tch::Device::Cpu))?;
+        // The residual, contiguous and alive until the product returns.
+        let residual = match then {
+            Epilogue::Add(r) => {
+                if r.kind() != Kind::Float
+                    || r.device() != tch::Device::Cpu
+                    || r.numel() != m * self.n
+                {
+                    return Err(TchError::Shape(format!(
+                        "a residual for a [{m}, {}] product must be f32 on the CPU with {} \
+                         elements, not {:?} {:?} on {:?}",
+                        self.n,
+                        m * self.n,
+                        r.kind(),
+                        r.size(),
+                        r.device()
+                    )));
+                }
+                Some(r.f_contiguous()?)
+            }
+            _ => None,
+        };
         let job = Job {
             layer: self,
             x: x.data_ptr() as *const f32,
             out: out.data_ptr() as *mut f32,
             m,
+            epi: match (then, &residual) {
+                (Epilogue::GeluErf, _) => Epi::Gelu,
+                (Epilogue::Relu, _) => Epi::Relu,
+                (Epilogue::Add(_), Some(r)) => Epi::Add(r.data_ptr() as *const f32),
+                _ => Epi::None,
+            },
         };
         let threads = usize::try_from(tch::get_num_threads()).unwrap_or(1).max(1);
         match gomp() {
@@ -127,6 +185,8 @@ struct Job<'a> {
     /// `m × n` contiguous f32, written only here.
     out: *mut f32,
     m: usize,
+    /// `Add`'s pointer: `m × n` contiguous f32, alive for the call, only read.
+    epi: Epi,
 }
 
 impl Job<'_> {
@@ -138,8 +198,8 @@ impl Job<'_> {
             while row < self.m {
                 let rows = (self.m - row).min(ROWS);
                 // SAFETY: row block [row, row + rows) and panel j lie inside x (m × k), the
-                // packed weights (n / 32 panels of k × 32), the bias (n) and out (m × n); the
-                // kernel runs only where `available()` found AVX-512.
+                // packed weights (n / 32 panels of k × 32), the bias (n), out and the residual
+                // (m × n each); the kernel runs only where `available()` found AVX-512.
                 unsafe {
                     block(
                         rows,
@@ -149,6 +209,10 @@ impl Job<'_> {
                         l.bias.as_ptr().add(j * PANEL),
                         self.out.add(row * l.n + j * PANEL),
                         l.n,
+                        match self.epi {
+                            Epi::Add(r) => Epi::Add(r.add(row * l.n + j * PANEL)),
+                            e => e,
+                        },
                     );
                 }
                 row += rows;
@@ -214,12 +278,13 @@ pub fn available() -> bool {
     false
 }
 
-/// `rows` (1..=14) rows of `out` over one panel: `out[r][0..32] = bias + x[r] · panel`.
+/// `rows` (1..=14) rows of `out` over one panel: `out[r][0..32] = epi(bias + x[r] · panel)`.
 ///
 /// # Safety
-/// AVX-512F must be available; `x` must hold `rows × k` floats with rows `lda` apart, `panel`
-/// `k × 32`, `bias` 32, `out` `rows` rows of 32 floats `ldc` apart.
+/// AVX-512F must be available; `x` must hold `rows × k` floats with rows `k` apart, `panel`
+/// `k × 32`, `bias` 32, `out` (and `epi`'s residual) `rows` rows of 32 floats `ldc` apart.
 #[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
 unsafe fn block(
     rows: usize,
     x: *const f32,
@@ -228,12 +293,13 @@ unsafe fn block(
     bias: *const f32,
     out: *mut f32,
     ldc: usize,
+    epi: Epi,
 ) {
     macro_rules! rows {
         ($($r:literal)*) => {
             match rows {
                 // SAFETY: as this function's.
-                $($r => unsafe { kernel::<$r>(x, k, panel, bias, out, ldc) },)*
+                $($r => unsafe { kernel::<$r>(x, k, panel, bias, out, ldc, epi) },)*
                 _ => unreachable!("row blocks are 1 to {ROWS} rows"),
             }
         };
@@ -242,6 +308,7 @@ unsafe fn block(
 }
 
 #[cfg(not(target_arch = "x86_64"))]
+#[allow(clippy::too_many_arguments)]
 unsafe fn block(
     _: usize,
     _: *const f32,
@@ -250,6 +317,7 @@ unsafe fn block(
     _: *const f32,
     _: *mut f32,
     _: usize,
+    _: Epi,
 ) {
     unreachable!("PanelLinear::new returns None off x86-64")
 }
@@ -264,6 +332,7 @@ unsafe fn kernel<const R: usize>(
     bias: *const f32,
     out: *mut f32,
     ldc: usize,
+    epi: Epi,
 ) {
     use std::arch::x86_64::*;
     // SAFETY: every pointer stays inside the ranges the caller vouches for.
@@ -283,10 +352,60 @@ unsafe fn kernel<const R: usize>(
             p = p.add(PANEL);
         }
         for (r, a) in acc.iter().enumerate() {
-            _mm512_storeu_ps(out.add(r * ldc), a[0]);
-            _mm512_storeu_ps(out.add(r * ldc + 16), a[1]);
+            let (y0, y1) = match epi {
+                Epi::None => (a[0], a[1]),
+                Epi::Gelu => (gelu_erf(a[0]), gelu_erf(a[1])),
+                Epi::Relu => {
+                    let zero = _mm512_setzero_ps();
+                    (_mm512_max_ps(a[0], zero), _mm512_max_ps(a[1], zero))
+                }
+                Epi::Add(res) => (
+                    _mm512_add_ps(a[0], _mm512_loadu_ps(res.add(r * ldc))),
+                    _mm512_add_ps(a[1], _mm512_loadu_ps(res.add(r * ldc + 16))),
+                ),
+            };
+            _mm512_storeu_ps(out.add(r * ldc), y0);
+            _mm512_storeu_ps(out.add(r * ldc + 16), y1);
         }
     }
+}
+
+/// GELU with the exact erf on 16 floats: `0.5 y (1 + erf(y / sqrt 2))`. erf is the rational
+/// approximation on [-4, 4] that Eigen, XLA and TVM use for f32 (odd numerator of degree 13
+/// over an even denominator of degree 8; beyond ±4 erf is ±1 in f32); against libm's erf in
+/// f64 the GELU differs by under 1e-6 of `max(1, |y|)` (the unit test checks it), below the
+/// f32 rounding of the products it follows.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::excessive_precision)]
+fn gelu_erf(y: std::arch::x86_64::__m512) -> std::arch::x86_64::__m512 {
+    use std::arch::x86_64::*;
+    let c = _mm512_set1_ps;
+    let x = _mm512_mul_ps(y, c(std::f32::consts::FRAC_1_SQRT_2));
+    let x = _mm512_min_ps(_mm512_max_ps(x, c(-4.0)), c(4.0));
+    let x2 = _mm512_mul_ps(x, x);
+    let mut p = _mm512_fmadd_ps(x2, c(-2.72614225801306e-10), c(2.77068142495902e-08));
+    for a in [
+        -2.10102402082508e-06,
+        -5.69250639462346e-05,
+        -7.34990630326855e-04,
+        -2.95459980854025e-03,
+        -1.60960333262415e-02,
+    ] {
+        p = _mm512_fmadd_ps(x2, p, c(a));
+    }
+    let p = _mm512_mul_ps(x, p);
+    let mut q = _mm512_fmadd_ps(x2, c(-1.45660718464996e-05), c(-2.13374055278905e-04));
+    for b in [
+        -1.68282697438203e-03,
+        -7.37332916720468e-03,
+        -1.42647390514189e-02,
+    ] {
+        q = _mm512_fmadd_ps(x2, q, c(b));
+    }
+    let erf = _mm512_div_ps(p, q);
+    _mm512_mul_ps(_mm512_mul_ps(c(0.5), y), _mm512_add_ps(c(1.0), erf))
 }
 
 #[cfg(test)]
@@ -378,6 +497,74 @@ mod tests {
             .is_none(),
             "bf16 stays libtorch's"
         );
+    }
+
+    #[test]
+    fn each_epilogue_is_libtorchs_op_on_the_product() {
+        if !available() {
+            return;
+        }
+        let opts = (Kind::Float, tch::Device::Cpu);
+        // MiniLM's intermediate (GELU follows it) and output (a residual follows it).
+        for (n, k) in [(1536, 384), (384, 1536), (64, 40)] {
+            let w = Tensor::randn([n, k], opts) * 0.05;
+            let b = Tensor::randn([n], opts);
+            let p = PanelLinear::new(&w, &b).unwrap().unwrap();
+            let tol = 4e-5 * (k as f64).sqrt();
+            for threads in [1, 2] {
+                tch::set_num_threads(threads);
+                for m in [1i64, 13, 14, 15, 100] {
+                    let x = Tensor::randn([m, k], opts);
+                    let plain = x.linear(&w, Some(&b));
+                    let d = |got: Tensor, want: Tensor| {
+                        assert_eq!(got.size(), want.size());
+                        f64::try_from((got - want).abs().max()).unwrap()
+                    };
+                    let gelu = p.forward_then(&x, Epilogue::GeluErf).unwrap();
+                    let e = d(gelu, plain.gelu("none"));
+                    assert!(e < tol, "GELU n {n} k {k} m {m}: {e}");
+                    let relu = p.forward_then(&x, Epilogue::Relu).unwrap();
+                    let e = d(relu, plain.relu());
+                    assert!(e < tol, "ReLU n {n} k {k} m {m}: {e}");
+                    // A residual in the [b, l, n] shape the encoder passes.
+                    let r = Tensor::randn([1, m, n], opts);
+                    let added = p.forward_then(&x, Epilogue::Add(&r)).unwrap();
+                    let e = d(added, &plain + r.view([m, n]));
+                    assert!(e < tol, "residual n {n} k {k} m {m}: {e}");
+                }
+            }
+        }
+        // A residual of another size is refused, naming the sizes.
+        let w = Tensor::randn([64, 8], opts);
+        let p = PanelLinear::new(&w, &Tensor::zeros([64], opts))
+            .unwrap()
+            .unwrap();
+        let err = p
+            .forward_then(
+                &Tensor::zeros([2, 8], opts),
+                Epilogue::Add(&Tensor::zeros([2, 63], opts)),
+            )
+            .unwrap_err();
+        assert!(err.to_string().contains("128 elements"), "{err}");
+    }
+
+    #[test]
+    fn the_gelu_is_the_exact_erf_one_to_a_millionth() {
+        if !available() {
+            return;
+        }
+        // y = x · 1 + 0 in every column: the kernel's GELU of each x, against libtorch's GELU
+        // in f64 (libm's erf).
+        let opts = (Kind::Float, tch::Device::Cpu);
+        let p = PanelLinear::new(&Tensor::ones([32, 1], opts), &Tensor::zeros([32], opts))
+            .unwrap()
+            .unwrap();
+        let x = Tensor::linspace(-12.0, 12.0, 24_001, opts).view([-1, 1]);
+        let got = p.forward_then(&x, Epilogue::GeluErf).unwrap().select(1, 17);
+        let want = x.to_kind(Kind::Double).gelu("none").view([-1]);
+        let scale = x.to_kind(Kind::Double).abs().clamp_min(1.0).view([-1]);
+        let err = f64::try_from(((got.to_kind(Kind::Double) - want).abs() / scale).max()).unwrap();
+        assert!(err < 1e-6, "relative to max(1, |x|): {err}");
     }
 
     #[test]

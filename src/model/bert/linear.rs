@@ -33,6 +33,16 @@ pub(super) enum Linear {
     },
 }
 
+/// What follows a product in the encoder: the feed-forward layer's activation, or a residual
+/// connection's add (a tensor of the output's shape).
+#[derive(Clone, Copy)]
+pub(super) enum Then<'a> {
+    GeluErf,
+    GeluTanh,
+    Relu,
+    Add(&'a Tensor),
+}
+
 /// Which form the linear layers take. Unset `ACTOR_INFER_LINEAR` (or `auto`) picks the fastest
 /// for the device and dtype; `panel`, `addmm`, `mkl-packed` or `linear` force one, to measure
 /// them against each other (`bench --raw`) or to run the portable path on any CPU. A forced
@@ -114,6 +124,32 @@ impl Linear {
             Linear::Addmm { .. } => "addmm",
             Linear::Unpacked { .. } => "linear",
         }
+    }
+
+    /// `x` `[..., in]` to `[..., out]`, then `then`: in the panel kernel's epilogue where it
+    /// runs (no second libtorch call, no second pass over the output), else libtorch's op, in
+    /// place on the product.
+    pub(super) fn forward_then(&self, x: &Tensor, then: Then) -> Result<Tensor, TchError> {
+        use crate::model::gemm::Epilogue;
+        if let Linear::Panel(p) = self {
+            let fused = match then {
+                Then::GeluErf => Some(Epilogue::GeluErf),
+                Then::Relu => Some(Epilogue::Relu),
+                Then::Add(r) => Some(Epilogue::Add(r)),
+                Then::GeluTanh => None,
+            };
+            if let Some(e) = fused {
+                return p.forward_then(x, e);
+            }
+        }
+        let mut y = self.forward(x)?;
+        let _ = match then {
+            Then::GeluErf => y.f_gelu_("none")?,
+            Then::GeluTanh => y.f_gelu_("tanh")?,
+            Then::Relu => y.f_relu_()?,
+            Then::Add(r) => y.f_add_(r)?,
+        };
+        Ok(y)
     }
 
     /// `x` `[..., in]` to `[..., out]`.

@@ -27,7 +27,7 @@ use weights::torch_kind;
 
 use super::{EncoderConfig, Family, ModelError, ModelSpec, Task, heads::Head};
 use crate::config::Pooling;
-use linear::Linear;
+use linear::{Linear, Then};
 
 /// Activation of the feed-forward layer.
 #[derive(Debug, Clone, Copy)]
@@ -35,6 +35,17 @@ enum Activation {
     GeluErf,
     GeluTanh,
     Relu,
+}
+
+impl Activation {
+    /// As it follows the intermediate product.
+    fn then(self) -> Then<'static> {
+        match self {
+            Activation::GeluErf => Then::GeluErf,
+            Activation::GeluTanh => Then::GeluTanh,
+            Activation::Relu => Then::Relu,
+        }
+    }
 }
 
 /// One encoder layer's weights; the projections in the form [`Linear`] picks.
@@ -277,9 +288,10 @@ impl Bert {
         let heads = self.heads;
         let head_dim = h / heads;
         // Each intermediate is dropped as soon as the next op has read it, and the activation
-        // and the residual adds run in place on a product's fresh output: a large batch's
-        // forward then holds about half the activations at once (docs/cpu-forward.md,
-        // "Resident memory"), and skips two allocations per layer.
+        // and the residual adds run on a product's fresh output (in the panel kernel's
+        // epilogue where it runs, else in place): a large batch's forward then holds about half
+        // the activations at once (docs/cpu-forward.md, "Resident memory"), and skips two
+        // allocations per layer.
         let ctx = {
             let qkv = layer
                 .qkv
@@ -291,9 +303,8 @@ impl Bert {
                 .f_transpose(1, 2)?
                 .f_reshape([b, l, h])?
         };
-        let mut projected = layer.attn_out.forward(&ctx)?;
+        let projected = layer.attn_out.forward_then(&ctx, Then::Add(x))?;
         drop(ctx);
-        let _ = projected.f_add_(x)?;
         let attn = projected.f_layer_norm(
             [h],
             Some(&layer.attn_ln_w),
@@ -302,15 +313,9 @@ impl Bert {
             true,
         )?;
         drop(projected);
-        let mut inter = layer.inter.forward(&attn)?;
-        let _ = match self.activation {
-            Activation::GeluErf => inter.f_gelu_("none")?,
-            Activation::GeluTanh => inter.f_gelu_("tanh")?,
-            Activation::Relu => inter.f_relu_()?,
-        };
-        let mut out = layer.out.forward(&inter)?;
+        let inter = layer.inter.forward_then(&attn, self.activation.then())?;
+        let out = layer.out.forward_then(&inter, Then::Add(&attn))?;
         drop(inter);
-        let _ = out.f_add_(&attn)?;
         drop(attn);
         out.f_layer_norm(
             [h],
